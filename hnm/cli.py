@@ -1,0 +1,71 @@
+"""`python -m hnm <stage>`: one subcommand per pipeline stage.
+
+Each stage's argparse definition and heavy imports live in hnm/commands/<stage>.py and are imported
+only when that stage runs, so `--help` is instant and a stage never pays for another's imports.
+Errors the user can fix (HnmError) print as one line without a traceback and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from hnm import __version__
+from hnm.errors import HnmError
+
+# stage name -> (module under hnm.commands, one-line help)
+STAGES: dict[str, tuple[str, str]] = {
+    "synth": ("synth", "write one synthetic demo slide (pyramidal JPEG TIFF) and its ground truth"),
+    "check-sheet": ("check_sheet", "validate a slide sheet and report every problem at once"),
+    "tile": ("tile", "detect tissue and write the patch grid of one slide"),
+    "failures": ("failures", "gather per-slide failures into one report"),
+    "init-encoder": ("init_encoder", "write the round-0 encoder from local weights or a seed"),
+    "extract": ("extract", "extract patch features of one slide with an encoder"),
+    "train-mil": ("train_mil", "train a MIL aggregator on one round's features"),
+    "mine": ("mine", "mine hard negatives and pseudo-positive sets from patch scores"),
+    "finetune": ("finetune", "fine-tune the encoder with SupCon on the mined sets"),
+    "evaluate": ("evaluate", "slide- and patch-level metrics on held-out slides"),
+    "report": ("report", "gather per-round metrics into rounds.csv"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hnm", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"hnm {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    for name, (_module, summary) in STAGES.items():
+        sub.add_parser(name, help=summary, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    known, rest = parser.parse_known_args(argv[: _stage_position(argv) + 1])
+    module = importlib.import_module(f"hnm.commands.{STAGES[known.stage][0]}")
+    stage_parser = argparse.ArgumentParser(
+        prog=f"hnm {known.stage}", description=STAGES[known.stage][1]
+    )
+    module.add_arguments(stage_parser)
+    args = stage_parser.parse_args(argv[_stage_position(argv) + 1 :])
+    logging.basicConfig(
+        level=logging.DEBUG if known.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(module.run(args) or 0)
+    except HnmError as error:
+        print(f"hnm {known.stage}: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _stage_position(argv: list[str]) -> int:
+    """Index of the stage name: everything before it is global, everything after is the stage's."""
+    for index, token in enumerate(argv):
+        if token in STAGES:
+            return index
+    return len(argv) - 1
