@@ -1,0 +1,46 @@
+# hnm: hard-negative mining for whole-slide image classification (Huang et al., MICCAI 2024).
+#
+#   snakemake --cores 8 --use-conda                       # demo cohort, or set `sheet` in the config
+#   snakemake --workflow-profile workflow/profiles/slurm  # the same on SLURM
+#
+# Chain per round r = 0..R: tile -> extract (encoder r) -> train_mil -> mine -> finetune (r -> r+1);
+# the last round's MIL is evaluated on test in results/final/.
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "rules/common.smk"
+include: "rules/sheet.smk"
+include: "rules/demo.smk"
+include: "rules/tiling.smk"
+include: "rules/features.smk"
+include: "rules/mil.smk"
+include: "rules/mining.smk"
+include: "rules/finetune.smk"
+include: "rules/report.smk"
+
+
+rule all:
+    input:
+        "results/final/metrics.json",
+        "results/final/rounds.csv",
+        expand("results/qc/{slide}.png", slide=SLIDES),
+
+
+rule tiles:
+    input:
+        tiles(),
+        "results/qc/failed_slides.tsv",
+
+
+rule features_round0:
+    input:
+        features(0),

@@ -1,0 +1,39 @@
+"""`hnm check-sheet`: validate a slide sheet (or lay out the demo cohort) and write the normalised copy."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--sheet", help="slide sheet (TSV/CSV)")
+    source.add_argument(
+        "--demo-counts",
+        help='JSON counts of the demo cohort, e.g. \'{"train": {"tumor": 3, "normal": 3}}\'',
+    )
+    parser.add_argument("--demo-slides-dir", default="results/demo/slides")
+    parser.add_argument("--demo-annotations-dir", default="results/demo/annotations")
+    parser.add_argument("--labels", default="", help="JSON map of label names to 0/1")
+    parser.add_argument("--out", help="where to write the normalised sheet (TSV)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from hnm.sheet import demo_sheet, validate_sheet, write_normalised_sheet
+
+    if args.sheet:
+        labels = json.loads(args.labels) if args.labels else None
+        sheet = validate_sheet(args.sheet, labels=labels)
+    else:
+        sheet = demo_sheet(
+            json.loads(args.demo_counts), args.demo_slides_dir, args.demo_annotations_dir
+        )
+    summary = sheet.groupby(["split", "label"]).size().to_dict()
+    log.info("sheet is valid: %d slides; (split, label) counts %s", len(sheet), summary)
+    if args.out:
+        write_normalised_sheet(sheet, args.out)
+    return 0

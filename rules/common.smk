@@ -1,0 +1,98 @@
+# Config and sheet loading, wildcard constraints, path helpers and input functions shared by all
+# rule files. The sheet is validated here, while the DAG is built, so a bad sheet stops the run
+# before any job starts and lists every problem at once.
+
+import json
+import sys
+from pathlib import Path
+
+from snakemake.utils import validate
+
+sys.path.insert(0, workflow.basedir)
+
+from hnm.cliflags import to_flags
+from hnm.errors import SheetError
+from hnm.sheet import demo_sheet, validate_sheet
+
+validate(config, schema="../workflow/schemas/config.schema.yaml")
+
+REPO = Path(workflow.basedir).resolve()
+# Rules run `python -m hnm`; rule conda envs do not contain the package, so put the repo on the path.
+HNM = f"PYTHONPATH={REPO}${{PYTHONPATH:+:$PYTHONPATH}} python -m hnm"
+DEMO = not config["sheet"]
+ROUNDS = int(config["rounds"])
+
+try:
+    if DEMO:
+        SHEET = demo_sheet(
+            config["demo"]["slides"], "results/demo/slides", "results/demo/annotations"
+        )
+    else:
+        SHEET = validate_sheet(config["sheet"], labels=config["labels"])
+except SheetError as error:
+    raise WorkflowError(str(error)) from None
+
+validate(SHEET.astype(object).where(SHEET.notna(), None), schema="../workflow/schemas/sheet.schema.yaml")
+SLIDES = list(SHEET["slide_id"])
+SLIDE_ROWS = SHEET.set_index("slide_id").to_dict("index")
+TRAIN_SLIDES = [s for s in SLIDES if SLIDE_ROWS[s]["split"] == "train"]
+
+
+wildcard_constraints:
+    slide=r"[A-Za-z0-9][A-Za-z0-9._-]*",
+    round=r"\d+",
+
+
+def slide_path(wildcards):
+    # Demo slides are outputs of rule synth_slide, which Snakemake matches by relative path.
+    if DEMO:
+        return f"results/demo/slides/{wildcards.slide}.tiff"
+    return SLIDE_ROWS[wildcards.slide]["path"]
+
+
+def slide_mpp_flag(wildcards):
+    mpp = SLIDE_ROWS[wildcards.slide]["mpp"]
+    return "" if mpp is None or mpp != mpp else f"--mpp {mpp}"
+
+
+def tiles(slides=None):
+    return expand("results/tiles/{slide}.h5", slide=SLIDES if slides is None else slides)
+
+
+def features(round_):
+    return expand("results/r{round}/features/{slide}.h5", round=round_, slide=SLIDES)
+
+
+def mil_outputs(round_):
+    folder = f"results/r{round_}/mil"
+    return {
+        "model": f"{folder}/model.pt",
+        "metrics": f"{folder}/metrics.json",
+        "epochs": f"{folder}/epochs.csv",
+        "slides": f"{folder}/slides.parquet",
+        "train": f"{folder}/scores/train.parquet",
+        "val": f"{folder}/scores/val.parquet",
+        "test": f"{folder}/scores/test.parquet",
+    }
+
+
+def gpu_resources(rule_name):
+    """SLURM GPU request for GPU-capable rules; the local executor ignores unknown resources."""
+    settings = {"gpu": 1}
+    if config["resources"]["gpu_model"]:
+        settings["gpu_model"] = config["resources"]["gpu_model"]
+    return settings
+
+
+def retry_scaled(rule_name, key):
+    """mem_mb / runtime that grow with the retry attempt, so a retry after OOM or timeout can pass."""
+    base = config["resources"][rule_name][key]
+    return lambda wildcards, attempt: base * attempt
+
+
+def rule_threads(rule_name):
+    return config["resources"][rule_name].get("threads", 1)
+
+
+def flags(section, skip=()):
+    return to_flags(config[section], skip=skip)

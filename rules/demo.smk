@@ -1,0 +1,23 @@
+# The built-in synthetic cohort, made by a rule so a fresh checkout does real work with no download.
+
+
+rule synth_slide:
+    output:
+        slide="results/demo/slides/{slide}.tiff",
+        annotation="results/demo/annotations/{slide}.geojson",
+    params:
+        label=lambda wildcards: SLIDE_ROWS[wildcards.slide]["label"],
+        settings=to_flags(config["demo"], skip=["slides"]),
+        seed=config["seed"],
+    log:
+        "results/logs/synth/{slide}.log",
+    benchmark:
+        "results/benchmarks/synth/{slide}.tsv"
+    conda:
+        "../envs/slide.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    shell:
+        "{HNM} synth --slide-id {wildcards.slide} --label {params.label} --seed {params.seed} "
+        "{params.settings} --out {output.slide} --annotation {output.annotation} > {log} 2>&1"

@@ -1,0 +1,36 @@
+# SupCon fine-tuning of the encoder on round r's mined sets: encoder r -> encoder r+1.
+
+
+rule finetune:
+    input:
+        sheet="results/sheet.tsv",
+        encoder=lambda wildcards: f"results/r{int(wildcards.round) - 1}/encoder.pt",
+        sets=lambda wildcards: f"results/r{int(wildcards.round) - 1}/mining/sets.parquet",
+        tiles=tiles(TRAIN_SLIDES),
+    output:
+        "results/r{round}/encoder.pt",
+    wildcard_constraints:
+        round=r"[1-9]\d*",
+    params:
+        settings=flags("finetune", skip=["epochs_per_round"]),
+        epochs=config["finetune"]["epochs_per_round"],
+        total=config["finetune"]["epochs_per_round"] * max(ROUNDS, 1),
+        checkpoints="results/checkpoints/r{round}/finetune",
+        seed=config["seed"],
+        device=config["device"],
+    log:
+        "results/logs/r{round}/finetune.log",
+    benchmark:
+        "results/benchmarks/r{round}/finetune.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: rule_threads("finetune")
+    resources:
+        mem_mb=retry_scaled("finetune", "mem_mb"),
+        runtime=retry_scaled("finetune", "runtime"),
+        **gpu_resources("finetune"),
+    shell:
+        "{HNM} finetune --sheet {input.sheet} --sets {input.sets} --tiles-dir results/tiles "
+        "--encoder-in {input.encoder} --out {output} --checkpoint-dir {params.checkpoints} "
+        "--epochs {params.epochs} --total-epochs {params.total} --seed {params.seed} "
+        "--device {params.device} {params.settings} > {log} 2>&1"

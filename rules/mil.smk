@@ -1,0 +1,51 @@
+# MIL aggregator training per round, and its evaluation on held-out slides.
+
+
+rule train_mil:
+    input:
+        sheet="results/sheet.tsv",
+        features=lambda wildcards: features(wildcards.round),
+    output:
+        **mil_outputs("{round}"),
+    params:
+        settings=flags("mil"),
+        folder="results/r{round}/mil",
+        checkpoints="results/checkpoints/r{round}/mil",
+        seed=config["seed"],
+        device=config["device"],
+    log:
+        "results/logs/r{round}/train_mil.log",
+    benchmark:
+        "results/benchmarks/r{round}/train_mil.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: rule_threads("train_mil")
+    resources:
+        mem_mb=retry_scaled("train_mil", "mem_mb"),
+        runtime=retry_scaled("train_mil", "runtime"),
+        **gpu_resources("train_mil"),
+    shell:
+        "{HNM} train-mil --sheet {input.sheet} --features-dir results/r{wildcards.round}/features "
+        "--out-dir {params.folder} --checkpoint-dir {params.checkpoints} --seed {params.seed} "
+        "--device {params.device} {params.settings} > {log} 2>&1"
+
+
+rule evaluate:
+    input:
+        unpack(lambda wildcards: mil_outputs(wildcards.round)),
+        sheet="results/sheet.tsv",
+        tiles=tiles(),
+    output:
+        metrics="results/r{round}/eval/metrics.json",
+        predictions="results/r{round}/eval/predictions.csv",
+    log:
+        "results/logs/r{round}/evaluate.log",
+    conda:
+        "../envs/report.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        "{HNM} evaluate --sheet {input.sheet} --mil-dir results/r{wildcards.round}/mil "
+        "--tiles-dir results/tiles --out {output.metrics} --predictions {output.predictions} "
+        "> {log} 2>&1"

@@ -1,0 +1,33 @@
+# The end of the chain: round R's model evaluated on test, and the per-round table.
+
+
+rule final:
+    input:
+        rounds_eval=expand("results/r{round}/eval/metrics.json", round=range(ROUNDS + 1)),
+        rounds_mil=expand("results/r{round}/mil/metrics.json", round=range(ROUNDS + 1)),
+        mining=expand("results/r{round}/mining/summary.json", round=range(ROUNDS)),
+        failures="results/qc/failed_slides.tsv",
+    output:
+        metrics=report(
+            "results/final/metrics.json",
+            caption="../workflow/report/metrics.rst",
+            category="Results",
+        ),
+        predictions="results/final/predictions.csv",
+        rounds=report(
+            "results/final/rounds.csv",
+            caption="../workflow/report/rounds.rst",
+            category="Results",
+        ),
+    params:
+        rounds=ROUNDS,
+    log:
+        "results/logs/final.log",
+    conda:
+        "../envs/report.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    shell:
+        "{HNM} report --results results --rounds {params.rounds} --out-dir results/final "
+        "> {log} 2>&1"

@@ -1,0 +1,46 @@
+# Tissue detection and the patch grid, one job per slide; failures gathered into one report.
+
+
+rule tile:
+    input:
+        slide=slide_path,
+    output:
+        tiles="results/tiles/{slide}.h5",
+        qc=report(
+            "results/qc/{slide}.png",
+            caption="../workflow/report/qc.rst",
+            category="Tiling QC",
+        ),
+    params:
+        mpp=slide_mpp_flag,
+        settings=flags("tiling"),
+    log:
+        "results/logs/tile/{slide}.log",
+    benchmark:
+        "results/benchmarks/tile/{slide}.tsv"
+    conda:
+        "../envs/slide.yaml"
+    group:
+        "per_slide"
+    resources:
+        mem_mb=retry_scaled("tile", "mem_mb"),
+        runtime=retry_scaled("tile", "runtime"),
+    shell:
+        "{HNM} tile --slide {input.slide} --slide-id {wildcards.slide} {params.mpp} "
+        "{params.settings} --out {output.tiles} --qc {output.qc} > {log} 2>&1"
+
+
+rule failures:
+    input:
+        tiles(),
+    output:
+        "results/qc/failed_slides.tsv",
+    log:
+        "results/logs/failures.log",
+    conda:
+        "../envs/slide.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    shell:
+        "{HNM} failures --tiles {input} --out {output} > {log} 2>&1"
