@@ -17,8 +17,11 @@ from hnm.sheet import demo_sheet, validate_sheet
 validate(config, schema="../workflow/schemas/config.schema.yaml")
 
 REPO = Path(workflow.basedir).resolve()
-# Rules run `python -m hnm`; rule conda envs do not contain the package, so put the repo on the path.
-HNM = f"PYTHONPATH={REPO}${{PYTHONPATH:+:$PYTHONPATH}} python -m hnm"
+# Rules run `python -m hnm`; rule conda envs do not contain the package (and Snakemake drops an
+# inherited PYTHONPATH in them), so every shell command puts the repository on the path itself.
+shell.prefix(
+    f"set -euo pipefail; export PYTHONPATH={REPO}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
+)
 DEMO = not config["sheet"]
 ROUNDS = int(config["rounds"])
 
@@ -32,7 +35,10 @@ try:
 except SheetError as error:
     raise WorkflowError(str(error)) from None
 
-validate(SHEET.astype(object).where(SHEET.notna(), None), schema="../workflow/schemas/sheet.schema.yaml")
+validate(
+    SHEET.astype(object).where(SHEET.notna(), None),
+    schema="../workflow/schemas/sheet.schema.yaml",
+)
 SLIDES = list(SHEET["slide_id"])
 SLIDE_ROWS = SHEET.set_index("slide_id").to_dict("index")
 TRAIN_SLIDES = [s for s in SLIDES if SLIDE_ROWS[s]["split"] == "train"]
@@ -56,7 +62,9 @@ def slide_mpp_flag(wildcards):
 
 
 def tiles(slides=None):
-    return expand("results/tiles/{slide}.h5", slide=SLIDES if slides is None else slides)
+    return expand(
+        "results/tiles/{slide}.h5", slide=SLIDES if slides is None else slides
+    )
 
 
 def features(round_):
@@ -96,3 +104,19 @@ def rule_threads(rule_name):
 
 def flags(section, skip=()):
     return to_flags(config[section], skip=skip)
+
+
+def previous_mining(wildcards):
+    round_ = int(wildcards.round)
+    if round_ == 0:
+        return {}
+    return {
+        "previous_sets": f"results/r{round_ - 1}/mining/sets.parquet",
+        "previous_summary": f"results/r{round_ - 1}/mining/summary.json",
+    }
+
+
+def previous_mining_flags(wildcards, input):
+    if int(wildcards.round) == 0:
+        return ""
+    return f"--previous-sets {input.previous_sets} --previous-summary {input.previous_summary}"

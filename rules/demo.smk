@@ -5,10 +5,6 @@ rule synth_slide:
     output:
         slide="results/demo/slides/{slide}.tiff",
         annotation="results/demo/annotations/{slide}.geojson",
-    params:
-        label=lambda wildcards: SLIDE_ROWS[wildcards.slide]["label"],
-        settings=to_flags(config["demo"], skip=["slides"]),
-        seed=config["seed"],
     log:
         "results/logs/synth/{slide}.log",
     benchmark:
@@ -18,6 +14,10 @@ rule synth_slide:
     resources:
         mem_mb=1000,
         runtime=10,
+    params:
+        label=lambda wildcards: SLIDE_ROWS[wildcards.slide]["label"],
+        settings=to_flags(config["demo"], skip=["slides"]),
+        seed=config["seed"],
     shell:
-        "{HNM} synth --slide-id {wildcards.slide} --label {params.label} --seed {params.seed} "
+        "python -m hnm synth --slide-id {wildcards.slide} --label {params.label} --seed {params.seed} "
         "{params.settings} --out {output.slide} --annotation {output.annotation} > {log} 2>&1"

@@ -6,9 +6,6 @@ rule init_encoder:
         weights=config["encoder"]["weights"] or [],
     output:
         "results/r0/encoder.pt",
-    params:
-        settings=flags("encoder"),
-        seed=config["seed"],
     log:
         "results/logs/r0/init_encoder.log",
     conda:
@@ -16,8 +13,11 @@ rule init_encoder:
     resources:
         mem_mb=4000,
         runtime=10,
+    params:
+        settings=flags("encoder"),
+        seed=config["seed"],
     shell:
-        "{HNM} init-encoder {params.settings} --seed {params.seed} --out {output} > {log} 2>&1"
+        "python -m hnm init-encoder {params.settings} --seed {params.seed} --out {output} > {log} 2>&1"
 
 
 rule extract:
@@ -27,9 +27,6 @@ rule extract:
         encoder="results/r{round}/encoder.pt",
     output:
         "results/r{round}/features/{slide}.h5",
-    params:
-        settings=flags("extraction"),
-        device=config["device"],
     log:
         "results/logs/r{round}/extract/{slide}.log",
     benchmark:
@@ -38,10 +35,13 @@ rule extract:
         "../envs/torch.yaml"
     threads: rule_threads("extract")
     resources:
+        **gpu_resources("extract"),
         mem_mb=retry_scaled("extract", "mem_mb"),
         runtime=retry_scaled("extract", "runtime"),
-        **gpu_resources("extract"),
+    params:
+        settings=flags("extraction"),
+        device=config["device"],
     shell:
-        "{HNM} extract --slide {input.slide} --slide-id {wildcards.slide} --tiles {input.tiles} "
+        "python -m hnm extract --slide {input.slide} --slide-id {wildcards.slide} --tiles {input.tiles} "
         "--encoder {input.encoder} --round {wildcards.round} --device {params.device} "
         "{params.settings} --out {output} > {log} 2>&1"

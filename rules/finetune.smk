@@ -9,8 +9,19 @@ rule finetune:
         tiles=tiles(TRAIN_SLIDES),
     output:
         "results/r{round}/encoder.pt",
+    log:
+        "results/logs/r{round}/finetune.log",
+    benchmark:
+        "results/benchmarks/r{round}/finetune.tsv"
     wildcard_constraints:
         round=r"[1-9]\d*",
+    conda:
+        "../envs/torch.yaml"
+    threads: rule_threads("finetune")
+    resources:
+        **gpu_resources("finetune"),
+        mem_mb=retry_scaled("finetune", "mem_mb"),
+        runtime=retry_scaled("finetune", "runtime"),
     params:
         settings=flags("finetune", skip=["epochs_per_round"]),
         epochs=config["finetune"]["epochs_per_round"],
@@ -18,19 +29,8 @@ rule finetune:
         checkpoints="results/checkpoints/r{round}/finetune",
         seed=config["seed"],
         device=config["device"],
-    log:
-        "results/logs/r{round}/finetune.log",
-    benchmark:
-        "results/benchmarks/r{round}/finetune.tsv"
-    conda:
-        "../envs/torch.yaml"
-    threads: rule_threads("finetune")
-    resources:
-        mem_mb=retry_scaled("finetune", "mem_mb"),
-        runtime=retry_scaled("finetune", "runtime"),
-        **gpu_resources("finetune"),
     shell:
-        "{HNM} finetune --sheet {input.sheet} --sets {input.sets} --tiles-dir results/tiles "
+        "python -m hnm finetune --sheet {input.sheet} --sets {input.sets} --tiles-dir results/tiles "
         "--encoder-in {input.encoder} --out {output} --checkpoint-dir {params.checkpoints} "
         "--epochs {params.epochs} --total-epochs {params.total} --seed {params.seed} "
         "--device {params.device} {params.settings} > {log} 2>&1"

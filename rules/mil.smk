@@ -7,12 +7,6 @@ rule train_mil:
         features=lambda wildcards: features(wildcards.round),
     output:
         **mil_outputs("{round}"),
-    params:
-        settings=flags("mil"),
-        folder="results/r{round}/mil",
-        checkpoints="results/checkpoints/r{round}/mil",
-        seed=config["seed"],
-        device=config["device"],
     log:
         "results/logs/r{round}/train_mil.log",
     benchmark:
@@ -21,11 +15,17 @@ rule train_mil:
         "../envs/torch.yaml"
     threads: rule_threads("train_mil")
     resources:
+        **gpu_resources("train_mil"),
         mem_mb=retry_scaled("train_mil", "mem_mb"),
         runtime=retry_scaled("train_mil", "runtime"),
-        **gpu_resources("train_mil"),
+    params:
+        settings=flags("mil"),
+        folder="results/r{round}/mil",
+        checkpoints="results/checkpoints/r{round}/mil",
+        seed=config["seed"],
+        device=config["device"],
     shell:
-        "{HNM} train-mil --sheet {input.sheet} --features-dir results/r{wildcards.round}/features "
+        "python -m hnm train-mil --sheet {input.sheet} --features-dir results/r{wildcards.round}/features "
         "--out-dir {params.folder} --checkpoint-dir {params.checkpoints} --seed {params.seed} "
         "--device {params.device} {params.settings} > {log} 2>&1"
 
@@ -46,6 +46,6 @@ rule evaluate:
         mem_mb=4000,
         runtime=30,
     shell:
-        "{HNM} evaluate --sheet {input.sheet} --mil-dir results/r{wildcards.round}/mil "
+        "python -m hnm evaluate --sheet {input.sheet} --mil-dir results/r{wildcards.round}/mil "
         "--tiles-dir results/tiles --out {output.metrics} --predictions {output.predictions} "
         "> {log} 2>&1"

@@ -1,22 +1,6 @@
 # Pseudo-labels and hard-negative mining from a round's patch scores.
 
 
-def previous_mining(wildcards):
-    round_ = int(wildcards.round)
-    if round_ == 0:
-        return {}
-    return {
-        "previous_sets": f"results/r{round_ - 1}/mining/sets.parquet",
-        "previous_summary": f"results/r{round_ - 1}/mining/summary.json",
-    }
-
-
-def previous_mining_flags(wildcards, input):
-    if int(wildcards.round) == 0:
-        return ""
-    return f"--previous-sets {input.previous_sets} --previous-summary {input.previous_summary}"
-
-
 rule mine:
     input:
         unpack(previous_mining),
@@ -26,6 +10,13 @@ rule mine:
     output:
         sets="results/r{round}/mining/sets.parquet",
         summary="results/r{round}/mining/summary.json",
+    log:
+        "results/logs/r{round}/mine.log",
+    conda:
+        "../envs/report.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=15,
     params:
         settings=flags("mining"),
         previous=previous_mining_flags,
@@ -34,14 +25,7 @@ rule mine:
             f"--warmup {config['finetune']['warmup']} "
             f"--total-epochs {config['finetune']['epochs_per_round'] * max(ROUNDS, 1)}"
         ),
-    log:
-        "results/logs/r{round}/mine.log",
-    conda:
-        "../envs/report.yaml"
-    resources:
-        mem_mb=4000,
-        runtime=15,
     shell:
-        "{HNM} mine --sheet {input.sheet} --scores {input.scores} --metrics {input.metrics} "
+        "python -m hnm mine --sheet {input.sheet} --scores {input.scores} --metrics {input.metrics} "
         "--round {wildcards.round} {params.previous} {params.schedule} {params.settings} "
         "--out {output.sets} --summary {output.summary} > {log} 2>&1"

@@ -3,7 +3,9 @@
 
 rule final:
     input:
-        rounds_eval=expand("results/r{round}/eval/metrics.json", round=range(ROUNDS + 1)),
+        rounds_eval=expand(
+            "results/r{round}/eval/metrics.json", round=range(ROUNDS + 1)
+        ),
         rounds_mil=expand("results/r{round}/mil/metrics.json", round=range(ROUNDS + 1)),
         mining=expand("results/r{round}/mining/summary.json", round=range(ROUNDS)),
         failures="results/qc/failed_slides.tsv",
@@ -19,8 +21,6 @@ rule final:
             caption="../workflow/report/rounds.rst",
             category="Results",
         ),
-    params:
-        rounds=ROUNDS,
     log:
         "results/logs/final.log",
     conda:
@@ -28,6 +28,8 @@ rule final:
     resources:
         mem_mb=1000,
         runtime=10,
+    params:
+        rounds=ROUNDS,
     shell:
-        "{HNM} report --results results --rounds {params.rounds} --out-dir results/final "
+        "python -m hnm report --results results --rounds {params.rounds} --out-dir results/final "
         "> {log} 2>&1"

@@ -6,12 +6,6 @@ rule sheet:
         [] if DEMO else config["sheet"],
     output:
         "results/sheet.tsv",
-    params:
-        source=(
-            f"--demo-counts '{json.dumps(config['demo']['slides'])}'"
-            if DEMO
-            else f"--sheet {config['sheet']} --labels '{json.dumps(config['labels'])}'"
-        ),
     log:
         "results/logs/sheet.log",
     conda:
@@ -19,5 +13,11 @@ rule sheet:
     resources:
         mem_mb=500,
         runtime=5,
+    params:
+        source=(
+            f"--demo-counts '{json.dumps(config['demo']['slides'])}'"
+            if DEMO
+            else f"--sheet {config['sheet']} --labels '{json.dumps(config['labels'])}'"
+        ),
     shell:
-        "{HNM} check-sheet {params.source} --out {output} > {log} 2>&1"
+        "python -m hnm check-sheet {params.source} --out {output} > {log} 2>&1"

@@ -11,22 +11,22 @@ rule tile:
             caption="../workflow/report/qc.rst",
             category="Tiling QC",
         ),
-    params:
-        mpp=slide_mpp_flag,
-        settings=flags("tiling"),
     log:
         "results/logs/tile/{slide}.log",
     benchmark:
         "results/benchmarks/tile/{slide}.tsv"
-    conda:
-        "../envs/slide.yaml"
     group:
         "per_slide"
+    conda:
+        "../envs/slide.yaml"
     resources:
         mem_mb=retry_scaled("tile", "mem_mb"),
         runtime=retry_scaled("tile", "runtime"),
+    params:
+        mpp=slide_mpp_flag,
+        settings=flags("tiling"),
     shell:
-        "{HNM} tile --slide {input.slide} --slide-id {wildcards.slide} {params.mpp} "
+        "python -m hnm tile --slide {input.slide} --slide-id {wildcards.slide} {params.mpp} "
         "{params.settings} --out {output.tiles} --qc {output.qc} > {log} 2>&1"
 
 
@@ -43,4 +43,4 @@ rule failures:
         mem_mb=1000,
         runtime=10,
     shell:
-        "{HNM} failures --tiles {input} --out {output} > {log} 2>&1"
+        "python -m hnm failures --tiles {input} --out {output} > {log} 2>&1"

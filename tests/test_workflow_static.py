@@ -1,0 +1,138 @@
+"""Checks of the workflow that need no job to run: lint, format, dry runs and the conda envs.
+
+The envs cannot be built here (no conda channels), so each rule's env is checked statically: it
+must exist and list every third-party package that the rule's stage imports, followed through the
+hnm modules it uses.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+# import name -> conda-forge package name
+CONDA_NAME = {
+    "PIL": "pillow",
+    "openslide": "openslide-python",
+    "yaml": "pyyaml",
+    "sklearn": "scikit-learn",
+    "torch": "pytorch",
+}
+OPTIONAL_IMPORTS = {"torchvision", "timm", "nvidia"}  # extras, imported only when installed
+
+
+def snakemake(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def rules_with_stages() -> dict[str, tuple[str, str]]:
+    """rule name -> (env file, hnm stage) read from the rule files."""
+    found = {}
+    for path in sorted((REPO / "rules").glob("*.smk")):
+        for block in re.split(r"\n(?=rule )", path.read_text()):
+            name = re.match(r"rule (\w+):", block)
+            conda = re.search(r'conda:\s*\n\s*"([^"]+)"', block)
+            stage = re.search(r"python -m hnm ([\w-]+)", block)
+            if name and stage:
+                env = (path.parent / conda.group(1)).resolve() if conda else None
+                found[name.group(1)] = (str(env) if env else "", stage.group(1))
+    return found
+
+
+def hnm_imports(module_file: Path, seen: set[Path] | None = None) -> set[str]:
+    """Top-level names of third-party modules imported by a file and the hnm modules it imports."""
+    seen = set() if seen is None else seen
+    if module_file in seen or not module_file.exists():
+        return set()
+    seen.add(module_file)
+    third_party: set[str] = set()
+    for node in ast.walk(ast.parse(module_file.read_text())):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        for name in names:
+            if name.split(".")[0] == "hnm":
+                third_party |= hnm_imports(module_path(name), seen)
+            else:
+                third_party.add(name.split(".")[0])
+    return third_party
+
+
+def module_path(dotted: str) -> Path:
+    base = REPO.joinpath(*dotted.split("."))
+    return base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+
+
+def test_every_rule_that_runs_a_stage_has_an_env_listing_its_imports() -> None:
+    from hnm.cli import STAGES
+
+    rules = rules_with_stages()
+    assert {"tile", "extract", "train_mil", "mine", "finetune"} <= set(rules)
+    for rule, (env, stage) in rules.items():
+        assert env and Path(env).exists(), f"rule {rule} has no existing conda env"
+        spec = yaml.safe_load(Path(env).read_text())
+        assert "conda-forge" in spec["channels"]
+        listed = {re.split(r"[\s=<>]", dep)[0] for dep in spec["dependencies"]}
+        for dep in spec["dependencies"]:
+            assert re.search(r"=\d", dep), f"{env}: {dep} is not pinned"
+        command = REPO / "hnm" / "commands" / f"{STAGES[stage][0]}.py"
+        assert command.exists(), f"rule {rule} calls hnm {stage}, which has no {command}"
+        imports = hnm_imports(command) - set(sys.stdlib_module_names) - OPTIONAL_IMPORTS
+        needed = {CONDA_NAME.get(name, name) for name in imports}
+        missing = needed - listed
+        assert not missing, f"rule {rule} (hnm {stage}) imports {missing} missing from {env}"
+
+
+def test_lint_is_clean() -> None:
+    result = snakemake("--lint")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Congratulations, your workflow is in a good condition" in result.stdout + result.stderr
+
+
+@pytest.mark.skipif(shutil.which("snakefmt") is None and not (Path(sys.executable).parent / "snakefmt").exists(),
+                    reason="snakefmt is not installed")
+def test_snakefmt_is_clean() -> None:
+    snakefmt = shutil.which("snakefmt") or str(Path(sys.executable).parent / "snakefmt")
+    result = subprocess.run(
+        [snakefmt, "--check", "Snakefile", "rules"], cwd=REPO, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("profile", ["local", "slurm"])
+def test_dry_run_with_each_profile(profile: str) -> None:
+    result = snakemake("-n", "--workflow-profile", f"workflow/profiles/{profile}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    for rule in ("synth_slide", "tile", "extract", "train_mil", "mine", "finetune", "final"):
+        assert re.search(rf"^{rule}\s+\d+", result.stdout, re.M), f"{rule} missing from the DAG"
+
+
+def test_a_bad_sheet_stops_the_run_before_any_job(tmp_path: Path) -> None:
+    sheet = tmp_path / "sheet.tsv"
+    sheet.write_text("slide_id\tpath\tlabel\tsplit\na/b\tnowhere.svs\ttumor\ttrain\n")
+    result = snakemake("-n", "--config", f"sheet={sheet}")
+    assert result.returncode != 0
+    text = result.stdout + result.stderr
+    assert "row 2 (slide_id 'a/b')" in text and "slide file not found" in text
+    assert "train split has only label(s) [1]" in text
+
+
+def test_config_schema_rejects_unknown_and_bad_settings() -> None:
+    result = snakemake("-n", "--config", "rounds=-1")
+    assert result.returncode != 0 and "rounds" in result.stdout + result.stderr
