@@ -6,12 +6,15 @@
 # Chain per round r = 0..R: tile -> extract (encoder r) -> train_mil -> mine -> finetune (r -> r+1);
 # the last round's MIL is evaluated on test in results/final/.
 
+import os
+
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# Found beside this file, so `snakemake -s path/to/Snakefile -d my_run` works from any folder.
+configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
 report: "workflow/report/workflow.rst"

@@ -1,0 +1,103 @@
+"""The real workflow, end to end on a tiny synthetic cohort, and killed (SIGKILL) and resumed.
+
+One uninterrupted run is the reference. A second run is killed three times, during tiling, during
+extraction and during fine-tuning, and resumed with the README's command each time: finished
+outputs must not be recomputed, the fine-tuning job must continue from its epoch checkpoint, and
+the final metrics must equal the uninterrupted run's (same seed, CPU).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hnm.h5io import read_features, read_tiles
+from tests.workflow_runner import TINY_CONFIG, jobs_run, run, run_and_kill, write_config
+
+pytestmark = pytest.mark.workflow
+
+N_SLIDES = sum(sum(c.values()) for c in TINY_CONFIG["demo"]["slides"].values())
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("reference")
+    write_config(folder)
+    result = run(folder)
+    counts = jobs_run(result)
+    assert counts.get("tile") == N_SLIDES and counts.get("finetune") == 1, counts
+    return folder
+
+
+def test_full_chain_writes_every_output(reference: Path) -> None:
+    results = reference / "results"
+    slides = pd.read_csv(results / "sheet.tsv", sep="\t")
+    assert len(slides) == N_SLIDES
+    for slide_id in slides["slide_id"]:
+        coords, attrs = read_tiles(results / "tiles" / f"{slide_id}.h5")
+        assert len(coords) > 20 and not attrs["failed"], slide_id
+        assert (results / "qc" / f"{slide_id}.png").stat().st_size > 1000
+        for round_ in (0, 1):
+            features, feature_coords, _ = read_features(
+                results / f"r{round_}" / "features" / f"{slide_id}.h5"
+            )
+            assert np.array_equal(feature_coords, coords)
+            assert np.isfinite(features).all()
+    metrics = json.loads((results / "final" / "metrics.json").read_text())
+    assert 0.0 <= metrics["slide"]["auc"] <= 1.0
+    rounds = pd.read_csv(results / "final" / "rounds.csv")
+    assert list(rounds["round"]) == [0, 1]
+    assert rounds.loc[0, "hard_negatives"] > 0
+    # Rerunning a finished workflow does nothing.
+    assert "Nothing to be done" in run(reference).stderr
+
+
+def test_killed_three_times_resumes_to_the_same_result(tmp_path: Path, reference: Path) -> None:
+    results = tmp_path / "results"
+    write_config(tmp_path)
+
+    def count(folder: Path) -> int:
+        return len(list(folder.glob("*.h5"))) if folder.exists() else 0
+
+    # 1. During tiling.
+    run_and_kill(tmp_path, lambda: count(results / "tiles") >= 2)
+    finished = {p.name: p.stat().st_mtime_ns for p in (results / "tiles").glob("*.h5")}
+    assert len(finished) < N_SLIDES, "tiling finished before the kill"
+    result = run(tmp_path, "tiles")
+    print("jobs rerun after the tiling kill:", jobs_run(result))
+    assert jobs_run(result).get("tile", 0) == N_SLIDES - len(finished)
+    for name, mtime in finished.items():
+        assert (results / "tiles" / name).stat().st_mtime_ns == mtime, f"{name} was recomputed"
+
+    # 2. During round-0 extraction.
+    features = results / "r0" / "features"
+    run_and_kill(tmp_path, lambda: count(features) >= 2)
+    finished = {p.name: p.stat().st_mtime_ns for p in features.glob("*.h5")}
+    assert len(finished) < N_SLIDES, "extraction finished before the kill"
+    result = run(tmp_path, "features_round0")
+    print("jobs rerun after the extraction kill:", jobs_run(result))
+    assert jobs_run(result).get("extract", 0) == N_SLIDES - len(finished)
+    for name, mtime in finished.items():
+        assert (features / name).stat().st_mtime_ns == mtime, f"{name} was recomputed"
+
+    # 3. During fine-tuning, once its first epoch checkpoint is on disk.
+    checkpoint = results / "checkpoints" / "r1" / "finetune" / "state.pt"
+    run_and_kill(tmp_path, checkpoint.exists)
+    assert not (results / "r1" / "encoder.pt").exists(), "fine-tuning finished before the kill"
+    result = run(tmp_path)
+    print("jobs rerun after the fine-tuning kill:", jobs_run(result))
+    assert jobs_run(result).get("tile", 0) == 0 and jobs_run(result).get("finetune") == 1
+    log = (results / "logs" / "r1" / "finetune.log").read_text()
+    assert "resuming from checkpoint" in log, log[-2000:]
+
+    ours = json.loads((results / "final" / "metrics.json").read_text())
+    theirs = json.loads((reference / "results" / "final" / "metrics.json").read_text())
+    assert ours["slide"] == theirs["slide"]
+    for split in ("train", "val", "test"):
+        a = pd.read_parquet(results / "r1" / "mil" / "scores" / f"{split}.parquet")
+        b = pd.read_parquet(reference / "results" / "r1" / "mil" / "scores" / f"{split}.parquet")
+        pd.testing.assert_frame_equal(a, b)

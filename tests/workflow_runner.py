@@ -1,0 +1,111 @@
+"""Running the real workflow on a tiny demo cohort in a scratch folder, for workflow and fault tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Small enough that the whole chain (8 slides, rounds 0 and 1) runs in a minute or two on 2 cores.
+TINY_CONFIG = {
+    "rounds": 1,
+    "demo": {
+        "slides": {
+            "train": {"tumor": 2, "normal": 2},
+            "val": {"tumor": 1, "normal": 1},
+            "test": {"tumor": 1, "normal": 1},
+        },
+        "width": 2048,
+        "height": 2048,
+    },
+    "extraction": {"batch_size": 64, "workers": 0},
+    "mil": {"epochs": 12, "checkpoint_every": 2},
+    "finetune": {"epochs_per_round": 2, "warmup": 1, "batch_size": 32, "workers": 0,
+                 "max_steps_per_epoch": 3},
+    "device": "cpu",
+}
+
+
+def deep_update(base: dict, extra: dict) -> dict:
+    merged = dict(base)
+    for key, value in extra.items():
+        merged[key] = (
+            deep_update(merged[key], value)
+            if isinstance(value, dict) and isinstance(merged.get(key), dict)
+            else value
+        )
+    return merged
+
+
+def write_config(folder: Path, extra: dict | None = None) -> Path:
+    path = folder / "tiny.yaml"
+    path.write_text(yaml.safe_dump(deep_update(TINY_CONFIG, extra or {})))
+    return path
+
+
+def command(folder: Path, *args: str, cores: int = 2) -> list[str]:
+    return [
+        sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(folder),
+        "--configfile", str(folder / "tiny.yaml"), "--cores", str(cores), "--rerun-incomplete",
+        *args,
+    ]
+
+
+def run(folder: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        command(folder, *args), capture_output=True, text=True, timeout=timeout, env=_env()
+    )
+    if result.returncode != 0:
+        raise AssertionError(f"snakemake failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
+    return result
+
+
+def run_and_kill(
+    folder: Path, until: Callable[[], bool], *args: str, timeout: float = 600
+) -> None:
+    """Start the workflow and SIGKILL snakemake and all its jobs once `until()` holds."""
+    process = subprocess.Popen(
+        command(folder, *args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True, env=_env(),
+    )
+    deadline = time.monotonic() + timeout
+    try:
+        while not until():
+            if process.poll() is not None:
+                raise AssertionError("the workflow finished before the kill point was reached")
+            if time.monotonic() > deadline:
+                raise AssertionError("the kill point was not reached in time")
+            time.sleep(0.2)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def jobs_run(result: subprocess.CompletedProcess[str]) -> dict[str, int]:
+    """Rule name -> number of jobs, from snakemake's job-stats table."""
+    counts: dict[str, int] = {}
+    text = result.stdout + result.stderr
+    if "Job stats:" not in text:
+        return counts
+    table = text.split("Job stats:", 1)[1].splitlines()[3:]
+    for line in table:
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit() or parts[0] == "total":
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
