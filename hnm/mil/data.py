@@ -1,0 +1,168 @@
+"""A cohort's bags of patch features, loaded once and kept resident on the training device.
+
+All bags live in ONE (total patches, d) float32 tensor and each bag is a slice of it: a training
+step then costs a view, not a file read, a copy or a DataLoader round trip, and on a GPU the whole
+cohort (Camelyon16 at 512-d: about 2M patches, 4 GB) is read from host memory once per job.
+The tensor is preallocated from the files' shapes so peak host memory is one slide, not two cohorts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pandas as pd
+import torch
+
+from hnm.errors import HnmError
+from hnm.sheet import read_normalised_sheet
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Bag:
+    slide_id: str
+    split: str
+    label: int
+    start: int  # rows [start, stop) of Cohort.features
+    stop: int
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass
+class Cohort:
+    features: torch.Tensor  # (total patches, d), on the training device
+    bags: list[Bag]
+    excluded: list[dict[str, str]] = field(default_factory=list)
+    identities: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.features.shape[1])
+
+    def bag_features(self, index: int) -> torch.Tensor:
+        bag = self.bags[index]
+        return self.features[bag.start : bag.stop]
+
+    def indices(self, split: str, label: int | None = None) -> np.ndarray:
+        return np.array(
+            [
+                i
+                for i, bag in enumerate(self.bags)
+                if bag.split == split and (label is None or bag.label == label)
+            ],
+            dtype=np.int64,
+        )
+
+
+def read_sheet(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """The normalised slide sheet (results/sheet.tsv)."""
+    if not Path(path).exists():
+        raise HnmError(f"slide sheet {path} does not exist; run the workflow's sheet step first")
+    return read_normalised_sheet(path)
+
+
+def feature_path(features_dir: str | os.PathLike[str], slide_id: str) -> Path:
+    return Path(features_dir) / f"{slide_id}.h5"
+
+
+def load_cohort(
+    sheet: pd.DataFrame, features_dir: str | os.PathLike[str], device: torch.device
+) -> Cohort:
+    """Every slide of the sheet whose features are usable; failed or empty files are excluded."""
+    planned: list[tuple[pd.Series, Path, int]] = []
+    excluded: list[dict[str, str]] = []
+    identities: list[dict[str, Any]] = []
+    missing: list[str] = []
+    dim: int | None = None
+    dim_source = ""
+    for _, row in sheet.iterrows():
+        slide_id = str(row["slide_id"])
+        path = feature_path(features_dir, slide_id)
+        if not path.exists():
+            missing.append(f"{slide_id}: {path}")
+            continue
+        stat = path.stat()
+        identities.append({"slide": slide_id, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns})
+        rows, width, reason = _inspect(path, slide_id)
+        if reason:
+            log.warning("excluding slide %s (%s): %s", slide_id, path, reason)
+            excluded.append({"slide_id": slide_id, "split": str(row["split"]), "reason": reason})
+            continue
+        if dim is None:
+            dim, dim_source = width, slide_id
+        elif width != dim:
+            raise HnmError(
+                f"feature file {path} of slide '{slide_id}' has {width}-d features but "
+                f"'{dim_source}' has {dim}-d; all slides of a round must use the same encoder"
+            )
+        planned.append((row, path, rows))
+    if missing:
+        raise HnmError(
+            f"{len(missing)} feature file(s) are missing (expected <features-dir>/<slide_id>.h5): "
+            + "; ".join(missing[:10])
+            + ("; ..." if len(missing) > 10 else "")
+        )
+    if not planned:
+        raise HnmError(f"no usable feature files in {features_dir}: every slide failed or is empty")
+    total = sum(rows for _, _, rows in planned)
+    features = torch.empty((total, dim or 0), dtype=torch.float32, device=device)
+    bags: list[Bag] = []
+    start = 0
+    for row, path, rows in planned:
+        with h5py.File(path, "r") as handle:
+            block = np.asarray(handle["features"][:], dtype=np.float32)
+        features[start : start + rows].copy_(torch.from_numpy(block))
+        bags.append(
+            Bag(str(row["slide_id"]), str(row["split"]), int(row["label"]), start, start + rows)
+        )
+        start += rows
+    log.info(
+        "loaded %d bags (%d patches, %d-d) onto %s; %d slide(s) excluded",
+        len(bags),
+        total,
+        dim,
+        device,
+        len(excluded),
+    )
+    return Cohort(features, bags, excluded, identities)
+
+
+def _inspect(path: Path, slide_id: str) -> tuple[int, int, str]:
+    """(rows, feature dim, reason to exclude or "") without reading the features."""
+    try:
+        with h5py.File(path, "r") as handle:
+            if "features" not in handle:
+                raise HnmError(
+                    f"feature file {path} of slide '{slide_id}' has no `features` dataset; "
+                    "re-run extraction for this slide"
+                )
+            dataset = handle["features"]
+            failed = dataset.attrs.get("failed", False)
+            error = dataset.attrs.get("error", "")
+            shape = dataset.shape
+    except OSError as error_:
+        raise HnmError(
+            f"feature file {path} of slide '{slide_id}' cannot be read ({error_}); "
+            "delete it and re-run extraction for this slide"
+        ) from error_
+    if isinstance(error, bytes):
+        error = error.decode()
+    if bool(failed):
+        return 0, 0, f"marked failed upstream: {error or 'no reason given'}"
+    if len(shape) != 2:
+        raise HnmError(f"feature file {path} of slide '{slide_id}' has features of shape {shape}")
+    if shape[0] == 0:
+        return 0, int(shape[1]), "no patches (empty feature file)"
+    return int(shape[0]), int(shape[1]), ""

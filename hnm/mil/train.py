@@ -1,0 +1,500 @@
+"""Training one MIL aggregator on one round's features, selecting it on validation, scoring all.
+
+The model and the decision threshold are chosen on the validation split only (the authors chose
+both on test, which leaks). The job is resumable: every `checkpoint_every` epochs the full state
+(model, optimizer, scheduler, the epoch-order generator, best-so-far model, epoch log) is saved
+outside the declared outputs, and a rerun with the same settings and feature files continues to
+the same result an uninterrupted run gives (bit for bit on the CPU).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from hnm import __version__
+from hnm.atomic import atomic_path, write_json
+from hnm.checkpoint import Checkpointer, fingerprint
+from hnm.device import resolve_device
+from hnm.errors import CheckpointError, HnmError
+from hnm.metrics import binary_metrics, choose_threshold, roc_auc
+from hnm.mil import build_aggregator
+from hnm.mil.data import SPLITS, Cohort, load_cohort, read_sheet
+from hnm.mil.losses import bag_loss, pair_loss
+from hnm.mil.pairing import EpochOrder
+from hnm.mil.settings import MilSettings
+
+log = logging.getLogger(__name__)
+
+EPOCH_COLUMNS = ["epoch", "train_loss", "val_loss", "val_auc", "val_f1", "lr", "seconds"]
+
+
+@dataclass
+class _Selection:
+    """Best-so-far (or fixed-epoch) model, carried through checkpoints."""
+
+    key: tuple[float, ...] | None = None
+    epoch: int | None = None
+    state: dict[str, torch.Tensor] | None = None
+
+    def offer(self, key: tuple[float, ...], epoch: int, model: torch.nn.Module) -> None:
+        if self.key is None or key > self.key:  # strict: ties keep the earlier epoch
+            self.key, self.epoch = key, epoch
+            self.state = {
+                name: value.detach().clone() for name, value in model.state_dict().items()
+            }
+
+
+@dataclass
+class TrainingRun:
+    """Everything a checkpoint must restore to continue exactly."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    order: EpochOrder
+    selection: _Selection = field(default_factory=_Selection)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def state(self, epoch: int) -> dict[str, Any]:
+        return {
+            "epoch": epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "order": self.order.state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "selection": {
+                "key": self.selection.key,
+                "epoch": self.selection.epoch,
+                "state": self.selection.state,
+            },
+            "rows": self.rows,
+        }
+
+    def restore(self, state: dict[str, Any], device: torch.device) -> int:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.order.restore(state["order"])
+        torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        chosen = state["selection"]
+        self.selection = _Selection(
+            key=tuple(chosen["key"]) if chosen["key"] is not None else None,
+            epoch=chosen["epoch"],
+            state=(
+                {name: value.to(device) for name, value in chosen["state"].items()}
+                if chosen["state"] is not None
+                else None
+            ),
+        )
+        self.rows = list(state["rows"])
+        return int(state["epoch"]) + 1
+
+
+def train_mil(
+    sheet_path: str | os.PathLike[str],
+    features_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    checkpoint_dir: str | os.PathLike[str] | None,
+    settings: MilSettings,
+    device: str = "auto",
+    checkpoint_every: int = 10,
+    on_epoch_end: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Train, select on val, write OUT/{model.pt, epochs.csv, metrics.json, slides.parquet,
+    scores/}.
+
+    `on_epoch_end(epoch)` runs after each epoch's checkpoint; tests raise from it to simulate a
+    kill.
+    Returns the metrics written to metrics.json.
+    """
+    if checkpoint_every < 1:
+        raise HnmError(f"checkpoint_every must be at least 1 (got {checkpoint_every})")
+    torch_device = resolve_device(device)
+    sheet = read_sheet(sheet_path)
+    cohort = load_cohort(sheet, features_dir, torch_device)
+    train_pos = cohort.indices("train", 1)
+    train_neg = cohort.indices("train", 0)
+    val = cohort.indices("val")
+    if len(train_pos) == 0 or len(train_neg) == 0:
+        raise HnmError(
+            f"the train split has {len(train_pos)} usable positive and {len(train_neg)} usable "
+            "negative slide(s); MIL training needs both classes (check the sheet and the excluded "
+            "slides)"
+        )
+    if settings.select == "best_val" and len(val) == 0:
+        raise HnmError(
+            "selecting the model on validation (select: best_val) needs validation slides, and "
+            "none are usable; add val slides to the sheet or use select: fixed_epoch"
+        )
+    notes: list[str] = []
+    metric_used = settings.select_metric
+    val_labels = np.array([cohort.bags[i].label for i in val])
+    val_has_both = len(set(val_labels.tolist())) == 2
+    if settings.select == "best_val" and metric_used != "loss" and not val_has_both:
+        metric_used = "loss"
+        notes.append(
+            f"validation split lacks a class, so val {settings.select_metric} is undefined; "
+            "the model was selected on val loss instead"
+        )
+        log.warning(notes[-1])
+    if settings.ranking_loss and settings.class_balance == "balanced":
+        log.info("class_balance 'balanced' has no effect in pair mode: pairs are balanced already")
+
+    run_fingerprint = fingerprint(
+        {
+            "settings": settings.as_dict(),
+            "device": torch_device.type,
+            "features": cohort.identities,
+            "bags": [(b.slide_id, b.split, b.label) for b in cohort.bags],
+            "code_version": __version__,
+        }
+    )
+    checkpointer = Checkpointer(checkpoint_dir, run_fingerprint)
+    run = new_run(settings, cohort.feature_dim, torch_device)
+    start_epoch = 0
+    saved = checkpointer.load()
+    if saved is not None:
+        start_epoch = run.restore(saved, torch_device)
+        log.info("continuing MIL training at epoch %d of %d", start_epoch, settings.epochs)
+
+    weights = class_weights(settings, len(train_pos), len(train_neg))
+    for epoch in range(start_epoch, settings.epochs):
+        started = time.perf_counter()
+        lr = run.optimizer.param_groups[0]["lr"]
+        train_loss = train_epoch(run, cohort, settings, train_pos, train_neg, weights)
+        run.scheduler.step()  # once per epoch (the authors' code stepped twice)
+        val_loss, val_auc, val_f1 = validate(run.model, cohort, val, settings)
+        seconds = time.perf_counter() - started
+        run.rows.append(
+            {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "val_loss": val_loss,
+                "val_auc": val_auc,
+                "val_f1": val_f1,
+                "lr": lr,
+                "seconds": seconds,
+            }
+        )
+        if settings.select == "best_val":
+            run.selection.offer(
+                _selection_key(metric_used, val_loss, val_auc, val_f1), epoch, run.model
+            )
+        elif epoch == settings.fixed_epoch:
+            run.selection.offer((0.0,), epoch, run.model)
+        log.info(
+            "epoch %d (of 0..%d): train loss %.4f, val loss %s, val auc %s, val f1 %s, lr %.3g, "
+            "%.2f s",
+            epoch,
+            settings.epochs - 1,
+            train_loss,
+            _fmt(val_loss),
+            _fmt(val_auc),
+            _fmt(val_f1),
+            lr,
+            seconds,
+        )
+        if (epoch + 1) % checkpoint_every == 0 and epoch + 1 < settings.epochs:
+            checkpointer.save(run.state(epoch))
+        if on_epoch_end is not None:
+            on_epoch_end(epoch)
+
+    assert run.selection.state is not None and run.selection.epoch is not None
+    run.model.load_state_dict(run.selection.state)
+    metrics = _write_outputs(Path(out_dir), run, cohort, settings, metric_used, notes, torch_device)
+    checkpointer.clear()
+    return metrics
+
+
+def new_run(settings: MilSettings, feature_dim: int, device: torch.device) -> TrainingRun:
+    # A private RNG stream for the initial weights: the caller's torch RNG is left untouched.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(settings.seed)
+        model = build_aggregator(settings.aggregator, feature_dim)
+    model.to(device)
+    # One fused kernel per step on a GPU, where a pair step is launch-bound; CPU keeps the default.
+    optimizer = torch.optim.Adam(
+        model.parameters(),
+        lr=settings.lr,
+        weight_decay=settings.weight_decay,
+        fused=device.type == "cuda",
+    )
+    scheduler = torch.optim.lr_scheduler.StepLR(
+        optimizer, step_size=settings.step_size, gamma=settings.gamma
+    )
+    return TrainingRun(model, optimizer, scheduler, EpochOrder(settings.seed))
+
+
+def class_weights(settings: MilSettings, n_pos: int, n_neg: int) -> dict[int, float]:
+    """Per-bag loss weights of bag mode: n / (2 n_class) when balanced (each class weighs half)."""
+    if settings.ranking_loss or settings.class_balance == "none":
+        return {0: 1.0, 1: 1.0}
+    total = n_pos + n_neg
+    return {0: total / (2 * n_neg), 1: total / (2 * n_pos)}
+
+
+def train_epoch(
+    run: TrainingRun,
+    cohort: Cohort,
+    settings: MilSettings,
+    train_pos: np.ndarray,
+    train_neg: np.ndarray,
+    weights: dict[int, float],
+) -> float:
+    """One pass; the loss sum stays on the device so a GPU is not synchronised every step."""
+    model, optimizer = run.model, run.optimizer
+    model.train()
+    total = torch.zeros((), device=cohort.features.device)
+    steps = 0
+    if settings.ranking_loss:
+        for p, n in run.order.pairs(train_pos, train_neg):
+            loss = pair_loss(
+                model(cohort.bag_features(p)),
+                model(cohort.bag_features(n)),
+                settings.w_bag,
+                settings.w_instance,
+                settings.w_rank,
+                settings.top_k,
+                settings.margin,
+            )
+            _step(optimizer, loss)
+            total += loss.detach()
+            steps += 1
+    else:
+        for index in run.order.bags(np.concatenate([train_pos, train_neg])):
+            label = cohort.bags[index].label
+            bag_logit, instance_logits = model(cohort.bag_features(index))
+            loss = weights[label] * bag_loss(
+                bag_logit, instance_logits, float(label), settings.w_bag, settings.w_instance
+            )
+            _step(optimizer, loss)
+            total += loss.detach()
+            steps += 1
+    return float(total.item()) / max(steps, 1)
+
+
+def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+@torch.no_grad()
+def _forward_bags(
+    model: torch.nn.Module, cohort: Cohort, indices: np.ndarray
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(bag logits (B,), instance logits per bag), on the device, in eval mode."""
+    model.eval()
+    bag_logits: list[torch.Tensor] = []
+    instance_logits: list[torch.Tensor] = []
+    for index in indices:
+        bag_logit, instance = model(cohort.bag_features(int(index)))
+        bag_logits.append(bag_logit)
+        instance_logits.append(instance)
+    if not bag_logits:
+        return torch.zeros(0, device=cohort.features.device), []
+    return torch.stack(bag_logits), instance_logits
+
+
+def validate(
+    model: torch.nn.Module, cohort: Cohort, val: np.ndarray, settings: MilSettings
+) -> tuple[float | None, float | None, float | None]:
+    """(val loss, val AUC, val F1 at probability 0.5); the loss is the unweighted bag-mode loss."""
+    if len(val) == 0:
+        return None, None, None
+    bag_logits, instance_logits = _forward_bags(model, cohort, val)
+    labels = torch.tensor([float(cohort.bags[i].label) for i in val], device=bag_logits.device)
+    max_instance = torch.stack([logits.max() for logits in instance_logits])
+    loss = settings.w_bag * torch.nn.functional.binary_cross_entropy_with_logits(bag_logits, labels)
+    loss = loss + settings.w_instance * torch.nn.functional.binary_cross_entropy_with_logits(
+        max_instance, labels
+    )
+    probs = torch.sigmoid(bag_logits).cpu().numpy()
+    y = labels.cpu().numpy()
+    f1 = binary_metrics(y, probs >= 0.5)["f1"] if y.any() else None
+    return float(loss.item()), roc_auc(y, probs), f1
+
+
+def _selection_key(
+    metric: str, loss: float | None, auc: float | None, f1: float | None
+) -> tuple[float, ...]:
+    """Larger is better; the val loss breaks ties of AUC/F1 (which plateau on small val sets)."""
+    assert loss is not None
+    if metric == "loss":
+        return (-loss,)
+    value = auc if metric == "auc" else f1
+    return (value if value is not None else -math.inf, -loss)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _write_outputs(
+    out_dir: Path,
+    run: TrainingRun,
+    cohort: Cohort,
+    settings: MilSettings,
+    metric_used: str,
+    notes: list[str],
+    device: torch.device,
+) -> dict[str, Any]:
+    """Score every slide with the selected model and write all outputs, each atomically."""
+    slide_rows: list[dict[str, Any]] = []
+    for split in SPLITS:
+        indices = cohort.indices(split)
+        bag_logits, instance_logits = _forward_bags(run.model, cohort, indices)
+        bag_logits_np = bag_logits.cpu().numpy().astype(np.float64)
+        frames = []
+        for index, bag_logit, instance in zip(indices, bag_logits_np, instance_logits):
+            bag = cohort.bags[int(index)]
+            slide_rows.append(
+                {
+                    "slide_id": bag.slide_id,
+                    "split": split,
+                    "label": bag.label,
+                    "bag_logit": float(bag_logit),
+                    "bag_prob": float(_sigmoid(bag_logit)),
+                }
+            )
+            logits = instance.cpu().numpy().astype(np.float32)
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "slide_id": bag.slide_id,
+                        "idx": np.arange(bag.size, dtype=np.int64),
+                        "logit": logits,
+                        "score": _sigmoid(logits).astype(np.float32),
+                    }
+                )
+            )
+        scores = pd.concat(frames, ignore_index=True) if frames else _empty_scores()
+        _write_parquet(out_dir / "scores" / f"{split}.parquet", scores)
+    slides = pd.DataFrame(
+        slide_rows, columns=["slide_id", "split", "label", "bag_logit", "bag_prob"]
+    )
+    _write_parquet(out_dir / "slides.parquet", slides)
+
+    val_slides = slides[slides["split"] == "val"]
+    threshold, threshold_f1, threshold_accuracy = 0.5, None, None
+    if val_slides["label"].nunique() == 2:
+        threshold, _ = choose_threshold(
+            val_slides["label"], val_slides["bag_prob"], settings.threshold_method
+        )
+    else:
+        notes.append("validation split lacks a class; the decision threshold is 0.5")
+        log.warning(notes[-1])
+    if len(val_slides):
+        at_threshold = binary_metrics(val_slides["label"], val_slides["bag_prob"] >= threshold)
+        threshold_f1, threshold_accuracy = at_threshold["f1"], at_threshold["accuracy"]
+
+    selected = run.selection.epoch
+    assert selected is not None
+    chosen_row = next(row for row in run.rows if row["epoch"] == selected)
+    seconds = [float(row["seconds"]) for row in run.rows]
+    metrics: dict[str, Any] = {
+        "aggregator": settings.aggregator,
+        "device": device.type,
+        "settings": settings.as_dict(),
+        "selected_epoch": selected,
+        "selection": {
+            "mode": settings.select,
+            "metric": settings.select_metric,
+            "metric_used": metric_used if settings.select == "best_val" else None,
+        },
+        # val.f1 / val.accuracy are at the val-chosen threshold; f1_at_0.5 is the epoch log's F1
+        "val": {
+            "n_slides": int(len(val_slides)),
+            "auc": chosen_row["val_auc"],
+            "loss": chosen_row["val_loss"],
+            "f1": threshold_f1,
+            "accuracy": threshold_accuracy,
+            "f1_at_0.5": chosen_row["val_f1"],
+        },
+        "threshold": threshold,
+        "threshold_method": settings.threshold_method,
+        "n_slides": {split: int((slides["split"] == split).sum()) for split in SPLITS},
+        "excluded_slides": cohort.excluded,
+        "notes": notes,
+        "timing": {
+            "epoch_seconds": seconds,
+            "epoch_seconds_mean": float(np.mean(seconds)) if seconds else None,
+            "total_seconds": float(np.sum(seconds)),
+        },
+        "code_version": __version__,
+    }
+    with atomic_path(out_dir / "model.pt") as temporary:
+        torch.save(
+            {
+                "state_dict": {k: v.cpu() for k, v in run.model.state_dict().items()},
+                "aggregator": settings.aggregator,
+                "feature_dim": cohort.feature_dim,
+                "settings": settings.as_dict(),
+                "selected_epoch": selected,
+                "threshold": threshold,
+                "code_version": __version__,
+            },
+            temporary,
+        )
+    with atomic_path(out_dir / "epochs.csv") as temporary:
+        pd.DataFrame(run.rows, columns=EPOCH_COLUMNS).to_csv(temporary, index=False)
+    write_json(out_dir / "metrics.json", metrics)
+    log.info(
+        "selected epoch %d (val auc %s, val loss %s); threshold %.4f (%s), val F1 there %s; "
+        "mean epoch %.2f s",
+        selected,
+        _fmt(chosen_row["val_auc"]),
+        _fmt(chosen_row["val_loss"]),
+        threshold,
+        settings.threshold_method,
+        _fmt(threshold_f1),
+        metrics["timing"]["epoch_seconds_mean"] or 0.0,
+    )
+    return metrics
+
+
+def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The selected aggregator saved in model.pt, in eval mode."""
+    try:
+        saved = torch.load(path, map_location=device, weights_only=False)
+        model = build_aggregator(saved["aggregator"], int(saved["feature_dim"]))
+        model.load_state_dict(saved["state_dict"])
+    except (OSError, KeyError, RuntimeError) as error:
+        raise CheckpointError(f"MIL model {path} cannot be loaded ({error}); retrain it") from error
+    return model.to(device).eval()
+
+
+def _sigmoid(x: Any) -> Any:
+    x = np.asarray(x, dtype=np.float64)
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # overflow-free logistic
+
+
+def _empty_scores() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "slide_id": pd.Series(dtype=str),
+            "idx": pd.Series(dtype=np.int64),
+            "logit": pd.Series(dtype=np.float32),
+            "score": pd.Series(dtype=np.float32),
+        }
+    )
+
+
+def _write_parquet(path: Path, frame: pd.DataFrame) -> None:
+    with atomic_path(path) as temporary:
+        frame.to_parquet(temporary, index=False)
