@@ -27,7 +27,7 @@ rule train_mil:
     shell:
         "python -m hnm train-mil --sheet {input.sheet} --features-dir results/r{wildcards.round}/features "
         "--out-dir {params.folder} --checkpoint-dir {params.checkpoints} --seed {params.seed} "
-        "--device {params.device} {params.settings} > {log} 2>&1"
+        "--device {params.device} --threads {threads} {params.settings} > {log} 2>&1"
 
 
 rule evaluate:

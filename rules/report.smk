@@ -8,6 +8,7 @@ rule final:
         ),
         rounds_mil=expand("results/r{round}/mil/metrics.json", round=range(ROUNDS + 1)),
         mining=expand("results/r{round}/mining/summary.json", round=range(ROUNDS)),
+        encoders=expand("results/r{round}/encoder.pt", round=range(1, ROUNDS + 1)),
         failures="results/qc/failed_slides.tsv",
     output:
         metrics=report(
@@ -24,7 +25,7 @@ rule final:
     log:
         "results/logs/final.log",
     conda:
-        "../envs/report.yaml"
+        "../envs/torch.yaml"
     resources:
         mem_mb=1000,
         runtime=10,
