@@ -25,6 +25,7 @@ TINY_CONFIG = {
         },
         "width": 2048,
         "height": 2048,
+        "tumor_size_um": 160,
     },
     "extraction": {"batch_size": 64, "workers": 0},
     "mil": {"epochs": 12, "checkpoint_every": 2},
