@@ -94,6 +94,11 @@ class FeatureWriter(AbstractContextManager["FeatureWriter"]):
             self._features.attrs[key] = _encode_attr(value)
         return self
 
+    def update_attrs(self, attrs: dict[str, Any]) -> None:
+        """Attributes known only at the end (e.g. throughput), written before the rename."""
+        for key, value in attrs.items():
+            self._features.attrs[key] = _encode_attr(value)
+
     def append(self, rows: np.ndarray) -> None:
         rows = np.asarray(rows)
         self._features[self.written : self.written + len(rows)] = rows

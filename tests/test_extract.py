@@ -1,0 +1,396 @@
+"""Patch reader and the extraction stage on a real SVS (CPU path)."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hnm.cli import main
+from hnm.encoders import build_encoder, load_encoder_file, save_encoder_file
+from hnm.extract import ExtractSettings, extract_slide
+from hnm.h5io import read_feature_attrs, read_features, write_tiles
+from hnm.patches import PatchReader
+from hnm.slide import read_rgb
+
+SLIDE = "cmu-1-small-region.svs"
+
+
+def _attrs(slide: str, **over) -> dict:
+    attrs = dict(
+        slide_id="cmu1",
+        slide_path=slide,
+        patch_size=64,
+        target_mpp=0.998,
+        mpp=0.499,
+        mpp_source="metadata",
+        level=0,
+        level_downsample=1.0,
+        read_size=128,
+        step_level0=128,
+        failed=False,
+        error="",
+    )
+    attrs.update(over)
+    return attrs
+
+
+def _coords() -> np.ndarray:
+    # Not sorted, includes a patch hanging over the bottom-right edge, odd positions.
+    rng = np.random.default_rng(0)
+    coords = np.stack([rng.integers(0, 2100, 37), rng.integers(0, 2850, 37)], 1)
+    coords[5] = (2220 - 60, 2967 - 30)
+    return coords
+
+
+@pytest.fixture(scope="module")
+def setup(shared_slides, tmp_path_factory):
+    root = tmp_path_factory.mktemp("extract")
+    slide = str(shared_slides / SLIDE)
+    tiles = root / "tiles.h5"
+    write_tiles(tiles, _coords(), _attrs(slide))
+    encoder = root / "encoder.pt"
+    save_encoder_file(
+        encoder, build_encoder("resnet_mini", {"norm": "batch"}, seed=3), source="random:3"
+    )
+    return root, slide, tiles, encoder
+
+
+def _independent_features(slide_path: str, coords: np.ndarray, encoder) -> np.ndarray:
+    """openslide pixels -> Pillow bilinear 128 -> 64 -> (x/255 - mean)/std -> backbone, one by one."""
+    import openslide
+
+    model, meta = load_encoder_file(encoder)
+    slide = openslide.OpenSlide(slide_path)
+    mean = np.array(meta.mean, np.float32)
+    std = np.array(meta.std, np.float32)
+    rows = []
+    for x, y in coords:
+        rgb = read_rgb(slide, (int(x), int(y)), 0, (128, 128))
+        small = np.asarray(Image.fromarray(rgb).resize((64, 64), Image.Resampling.BILINEAR))
+        arr = (small.astype(np.float32) / 255.0 - mean) / std
+        with torch.inference_mode():
+            rows.append(model.features(torch.from_numpy(arr).permute(2, 0, 1)[None]).numpy()[0])
+    return np.stack(rows)
+
+
+def test_patch_reader_reads_by_index_and_pickles(setup):
+    _, slide, _, _ = setup
+    coords = _coords()
+    reader = PatchReader(slide, coords, _attrs(slide))
+    batch = reader.read([3, 0, 5])
+    assert batch.shape == (3, 64, 64, 3) and batch.dtype == np.uint8
+    import openslide
+
+    osr = openslide.OpenSlide(slide)
+    expected = np.asarray(
+        Image.fromarray(read_rgb(osr, tuple(int(v) for v in coords[0]), 0, (128, 128))).resize(
+            (64, 64), Image.Resampling.BILINEAR
+        )
+    )
+    assert np.array_equal(batch[1], expected)
+    # The edge patch is white where it leaves the slide.
+    assert (batch[2][-10:, -10:] >= 250).all()
+    handle = reader.open()
+    assert reader.open() is handle  # opened once, kept open
+    clone = pickle.loads(pickle.dumps(reader))  # what a worker process receives: no handle
+    assert clone._slide is None
+    assert np.array_equal(clone.read([3, 0, 5]), batch)
+
+
+def test_patch_reader_rejects_a_missing_level(setup):
+    from hnm.errors import SlideError
+
+    _, slide, _, _ = setup
+    reader = PatchReader(slide, _coords(), _attrs(slide, level=3))
+    with pytest.raises(SlideError, match="level 3 but the slide has 1 level"):
+        reader.read([0])
+
+
+@pytest.mark.parametrize("decode,path", [("cpu", "cpu-jpeg-tiles"), ("openslide", "cpu-openslide")])
+def test_features_equal_the_encoder_on_openslide_pixels_in_tiles_order(setup, decode, path):
+    root, slide, tiles, encoder = setup
+    out = root / f"f_{decode}.h5"
+    result = extract_slide(
+        slide,
+        "cmu1",
+        str(tiles),
+        str(encoder),
+        0,
+        str(out),
+        ExtractSettings(batch_size=8, workers=2, device="cpu", decode=decode),
+    )
+    features, coords, attrs = read_features(out)
+    assert np.array_equal(coords, _coords())
+    assert features.shape == (37, 128) and features.dtype == np.float32
+    expected = _independent_features(slide, _coords(), encoder)
+    np.testing.assert_allclose(features, expected, atol=1e-5, rtol=1e-5)
+    assert result.decode_path == path and attrs["decode_path"] == path
+    _, meta = load_encoder_file(encoder)
+    assert attrs["weights_sha256"] == meta.weights_sha256
+    assert attrs["encoder_arch"] == "resnet_mini" and attrs["round"] == 0
+    assert attrs["slide_id"] == "cmu1" and attrs["failed"] is False and attrs["error"] == ""
+    assert attrs["mpp"] == 0.499 and attrs["target_mpp"] == 0.998 and attrs["patch_size"] == 64
+    assert attrs["precision"] == "fp32" and attrs["dtype"] == "float32"
+    assert attrs["throughput_img_s"] > 0
+
+
+def test_jpeg_tile_reader_equals_openslide_reader(setup):
+    from hnm.gpu_decode import JpegTiledLevel
+    from hnm.patches import JpegTileReader, PatchGeometry
+
+    _, slide, _, _ = setup
+    coords = _coords()
+    geometry = PatchGeometry.from_attrs(_attrs(slide))
+    tiles = JpegTileReader(
+        JpegTiledLevel.inspect(slide, (2220, 2967)), coords, geometry, "cmu1", slide
+    )
+    order = [5, 0, 36, 3, 3]
+    assert np.array_equal(tiles.read(order), PatchReader(slide, coords, geometry).read(order))
+    clone = pickle.loads(pickle.dumps(tiles))
+    assert clone._bytes is None and np.array_equal(
+        clone.read_range(30, 40), tiles.read(range(30, 37))
+    )
+
+
+def test_same_output_for_the_same_input(setup, caplog):
+    root, slide, tiles, encoder = setup
+    runs = []
+    for workers in (0, 2, 2):
+        out = root / f"det{len(runs)}.h5"
+        extract_slide(
+            slide,
+            "cmu1",
+            str(tiles),
+            str(encoder),
+            0,
+            str(out),
+            ExtractSettings(batch_size=16, workers=workers, device="cpu"),
+        )
+        runs.append(read_features(out)[0])
+    assert np.array_equal(runs[0], runs[1]) and np.array_equal(runs[1], runs[2])
+    # One encoder thread leaves a core for a reader process: reading then overlaps the encoder.
+    with caplog.at_level("INFO"):
+        extract_slide(
+            slide,
+            "cmu1",
+            str(tiles),
+            str(encoder),
+            0,
+            str(root / "overlap.h5"),
+            ExtractSettings(batch_size=16, workers=1, threads=1, device="cpu"),
+        )
+    assert "1 reader processes beside 1 encoder threads" in caplog.text
+    np.testing.assert_allclose(read_features(root / "overlap.h5")[0], runs[0], atol=1e-5, rtol=1e-5)
+
+
+def test_bf16_on_cpu_is_close_to_fp32(setup):
+    root, slide, tiles, encoder = setup
+    ref = root / "fp32.h5"
+    low = root / "bf16.h5"
+    for path, precision in ((ref, "fp32"), (low, "bf16")):
+        extract_slide(
+            slide,
+            "cmu1",
+            str(tiles),
+            str(encoder),
+            0,
+            str(path),
+            ExtractSettings(
+                batch_size=16, workers=0, device="cpu", precision=precision, channels_last=True
+            ),
+        )
+    a, b = read_features(ref)[0], read_features(low)[0]
+    assert read_feature_attrs(low)["precision"] == "bf16"
+    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cosine.min() > 0.99
+
+
+def test_failed_tiles_file_gives_a_failed_empty_features_file(setup):
+    root, slide, _, encoder = setup
+    tiles = root / "failed_tiles.h5"
+    write_tiles(
+        tiles,
+        np.zeros((0, 2), np.int64),
+        _attrs(slide, failed=True, error="openslide cannot open it: bogus", level=-1),
+    )
+    out = root / "failed.h5"
+    assert (
+        main(
+            [
+                "extract",
+                "--slide",
+                slide,
+                "--slide-id",
+                "bad",
+                "--tiles",
+                str(tiles),
+                "--encoder",
+                str(encoder),
+                "--round",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    features, coords, attrs = read_features(out)
+    assert features.shape == (0, 128) and coords.shape == (0, 2)
+    assert attrs["failed"] is True and attrs["error"] == "openslide cannot open it: bogus"
+    assert attrs["round"] == 2 and attrs["slide_id"] == "bad"
+
+
+def test_tiles_file_without_patches_gives_an_empty_features_file(setup):
+    root, slide, _, encoder = setup
+    tiles = root / "empty_tiles.h5"
+    write_tiles(tiles, np.zeros((0, 2), np.int64), _attrs(slide))
+    out = root / "empty.h5"
+    extract_slide(
+        slide, "cmu1", str(tiles), str(encoder), 0, str(out), ExtractSettings(device="cpu")
+    )
+    features, _, attrs = read_features(out)
+    assert features.shape == (0, 128) and attrs["failed"] is False
+
+
+def test_cli_extract(setup, caplog):
+    root, slide, tiles, encoder = setup
+    out = root / "cli" / "f.h5"
+    with caplog.at_level("INFO"):
+        code = main(
+            [
+                "extract",
+                "--slide",
+                slide,
+                "--slide-id",
+                "cmu1",
+                "--tiles",
+                str(tiles),
+                "--encoder",
+                str(encoder),
+                "--round",
+                "1",
+                "--out",
+                str(out),
+                "--batch-size",
+                "16",
+                "--workers",
+                "1",
+                "--device",
+                "cpu",
+                "--decode",
+                "auto",
+            ]
+        )
+    assert code == 0
+    features, coords, attrs = read_features(out)
+    assert features.shape == (37, 128) and attrs["round"] == 1
+    assert "decode path cpu-jpeg-tiles (no CUDA device)" in caplog.text
+    assert "img/s" in caplog.text
+
+
+def test_cli_gpu_decode_without_cuda_is_a_config_error(setup, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    root, slide, tiles, encoder = setup
+    code = main(
+        [
+            "extract",
+            "--slide",
+            slide,
+            "--slide-id",
+            "cmu1",
+            "--tiles",
+            str(tiles),
+            "--encoder",
+            str(encoder),
+            "--round",
+            "0",
+            "--out",
+            str(root / "g.h5"),
+            "--decode",
+            "gpu",
+            "--device",
+            "cpu",
+        ]
+    )
+    assert code == 2
+    assert "decode=gpu is not possible here: no CUDA device" in capsys.readouterr().err
+    assert not (root / "g.h5").exists()
+
+
+def test_unreadable_slide_fails_or_is_skipped(shared_slides, tmp_path, setup, capsys):
+    _, _, _, encoder = setup
+    slide = str(shared_slides / "unreadable.svs")
+    tiles = tmp_path / "tiles.h5"
+    write_tiles(
+        tiles,
+        np.array([[0, 0], [4, 4]]),
+        _attrs(slide, slide_id="unreadable", patch_size=8, read_size=8),
+    )
+    args = [
+        "extract",
+        "--slide",
+        slide,
+        "--slide-id",
+        "unreadable",
+        "--tiles",
+        str(tiles),
+        "--encoder",
+        str(encoder),
+        "--round",
+        "0",
+        "--device",
+        "cpu",
+        "--workers",
+        "1",
+    ]
+    assert main([*args, "--out", str(tmp_path / "a.h5")]) == 2
+    err = capsys.readouterr().err
+    assert "slide 'unreadable'" in err and "reading patches failed" in err
+    assert not (tmp_path / "a.h5").exists()
+    assert main([*args, "--out", str(tmp_path / "b.h5"), "--on-slide-error", "skip"]) == 0
+    features, _, attrs = read_features(tmp_path / "b.h5")
+    assert features.shape == (0, 128) and attrs["failed"] is True and "unreadable" in attrs["error"]
+
+
+def test_missing_encoder_file_is_named(setup, capsys):
+    root, slide, tiles, _ = setup
+    code = main(
+        [
+            "extract",
+            "--slide",
+            slide,
+            "--slide-id",
+            "cmu1",
+            "--tiles",
+            str(tiles),
+            "--encoder",
+            str(root / "none.pt"),
+            "--round",
+            "0",
+            "--out",
+            str(root / "n.h5"),
+            "--device",
+            "cpu",
+        ]
+    )
+    assert code == 2 and "none.pt not found" in capsys.readouterr().err
+
+
+def test_open_patch_reader_picks_the_cheapest_reader(setup, shared_slides):
+    from hnm.patches import JpegTileReader, open_patch_reader
+
+    _, slide, _, _ = setup
+    coords = _coords()
+    reader = open_patch_reader(slide, coords, _attrs(slide))
+    assert isinstance(reader, JpegTileReader) and reader.path_name == "cpu-jpeg-tiles"
+    plain = open_patch_reader(slide, coords, _attrs(slide), prefer_tiles=False)
+    assert isinstance(plain, PatchReader) and plain.path_name == "cpu-openslide"
+    assert np.array_equal(reader.read([7, 2]), plain.read([7, 2]))
+    boxes = str(shared_slides / "boxes.tiff")  # deflate tiles: openslide reads it
+    other = open_patch_reader(boxes, np.array([[0, 0]]), _attrs(boxes, patch_size=16, read_size=16))
+    assert isinstance(other, PatchReader) and other.read([0]).shape == (1, 16, 16, 3)

@@ -1,0 +1,410 @@
+"""GPU JPEG-tile path: tile bytes, table splicing and colours checked on the CPU against openslide;
+nvjpeg itself only where CUDA and torchvision exist."""
+
+from __future__ import annotations
+
+import io
+
+import imagecodecs
+import numpy as np
+import openslide
+import pytest
+import tifffile
+import torch
+from PIL import Image
+
+from hnm import gpu_decode as gd
+from hnm.slide import read_rgb
+
+
+def _split_jpeg(full: bytes) -> tuple[bytes, bytes]:
+    """A complete JPEG -> (tables-only stream, abbreviated tile stream), APPn markers removed."""
+    i, tables, head = 2, b"", b""
+    while True:
+        marker = full[i + 1]
+        length = int.from_bytes(full[i + 2 : i + 4], "big")
+        segment = full[i : i + 2 + length]
+        if marker in (0xDB, 0xC4):
+            tables += segment
+        elif not 0xE0 <= marker <= 0xEF:
+            head += segment
+        i += 2 + length
+        if marker == 0xDA:
+            break
+    return b"\xff\xd8" + tables + b"\xff\xd9", b"\xff\xd8" + head + full[i:]
+
+
+def _image(height: int, width: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([(x * 0.7) % 256, (y * 0.8) % 256, ((x + y) * 0.5) % 256], -1) * 0.7
+    return (base + rng.integers(0, 60, (height, width, 3))).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def aperio_like(tmp_path_factory) -> tuple[str, np.ndarray]:
+    """A TIFF coded like Aperio's: Photometric RGB, RGB-coded JPEG tiles without any colour
+    marker, shared JPEGTables; written tile by tile with tifffile."""
+    height, width, tile = 300, 333, 64
+    image = _image(height, width)
+    tiles, tables = [], set()
+    for ty in range(0, height, tile):
+        for tx in range(0, width, tile):
+            block = np.full((tile, tile, 3), 255, np.uint8)
+            part = image[ty : ty + tile, tx : tx + tile]
+            block[: part.shape[0], : part.shape[1]] = part
+            full = imagecodecs.jpeg8_encode(block, level=90, outcolorspace="rgb", subsampling="444")
+            shared, own = _split_jpeg(full)
+            tables.add(shared)
+            tiles.append(own)
+    assert len(tables) == 1
+    shared = tables.pop()
+    path = str(tmp_path_factory.mktemp("aperio") / "aperio_like.tif")
+    tifffile.imwrite(
+        path,
+        data=iter(tiles),
+        shape=(height, width, 3),
+        dtype="uint8",
+        tile=(tile, tile),
+        compression="jpeg",
+        photometric="rgb",
+        planarconfig="contig",
+        extratags=[(347, 7, len(shared), shared, True)],
+        resolution=(20000, 20000),
+        resolutionunit="CENTIMETER",
+    )
+    with tifffile.TiffFile(
+        path, mode="r+b"
+    ) as tif:  # tifffile labels JPEG as YCbCr; Aperio says RGB
+        tif.pages[0].tags["PhotometricInterpretation"].overwrite(2)
+    return path, image
+
+
+@pytest.fixture(scope="module")
+def vips_pyramid(tmp_path_factory) -> str:
+    """A pyramidal YCbCr JPEG TIFF as libvips (and our synthetic slides) write it."""
+    pyvips = pytest.importorskip("pyvips")
+    path = str(tmp_path_factory.mktemp("vips") / "pyramid.tif")
+    image = pyvips.Image.new_from_array(_image(700, 900, seed=1)).copy(interpretation="srgb")
+    image.tiffsave(
+        path,
+        tile=True,
+        tile_width=128,
+        tile_height=128,
+        pyramid=True,
+        compression="jpeg",
+        Q=90,
+        xres=2000.0,
+        yres=2000.0,
+        resunit="cm",
+    )
+    return path
+
+
+def _patches(level, coords, downsample, read_size, patch_size):
+    tiles = gd.TileBytes(level)
+    try:
+        plan = gd.plan_batch(level, np.asarray(coords), downsample, read_size)
+        streams = [tiles.read(int(i)) for i in plan.tiles]
+    finally:
+        tiles.close()
+    decoded = gd.decode_pillow([s for s in streams if s is not None], level)
+    return gd.assemble(decoded, plan, level, read_size, patch_size)
+
+
+def _openslide_patch(slide, xy, level, size):
+    return read_rgb(slide, (int(xy[0]), int(xy[1])), level, (size, size)).astype(np.int32)
+
+
+def _as_hwc(x: torch.Tensor) -> np.ndarray:
+    return x.permute(1, 2, 0).round().numpy().astype(np.int32)
+
+
+def test_svs_tiles_spliced_equal_openslide_pixels(shared_slides):
+    path = str(shared_slides / "cmu-1-small-region.svs")
+    slide = openslide.OpenSlide(path)
+    level = gd.JpegTiledLevel.inspect(path, slide.level_dimensions[0])
+    assert (level.photometric, level.tile_width, level.tiles_across, level.tiles_down) == (
+        2,
+        240,
+        10,
+        13,
+    )
+    assert gd.adobe_marker(0) in level.header  # RGB-coded tiles are declared as such
+    reader = gd.TileBytes(level)
+    worst = 0
+    for index in range(level.tiles_across * level.tiles_down):
+        stream = reader.read(index)
+        with Image.open(io.BytesIO(stream)) as image:
+            decoded = np.asarray(image.convert("RGB")).astype(np.int32)
+        tx, ty = index % level.tiles_across, index // level.tiles_across
+        w, h = min(240, level.width - tx * 240), min(240, level.height - ty * 240)
+        expected = _openslide_patch(slide, (tx * 240, ty * 240), 0, 240)[:h, :w]
+        worst = max(worst, int(np.abs(decoded[:h, :w] - expected).max()))
+    reader.close()
+    assert worst <= 1
+
+
+def test_without_the_adobe_marker_svs_colours_are_wrong(shared_slides):
+    # Why the marker is spliced in: decoders take unmarked 3-component JPEG for YCbCr.
+    path = str(shared_slides / "cmu-1-small-region.svs")
+    level = gd.JpegTiledLevel.inspect(path, openslide.OpenSlide(path).level_dimensions[0])
+    reader = gd.TileBytes(level)
+    stream = reader.read(55)
+    reader.close()
+    unmarked = stream.replace(gd.adobe_marker(0), b"", 1)
+    assert not gd.declares_colour(unmarked)
+    good = np.asarray(Image.open(io.BytesIO(stream)).convert("RGB")).astype(float)
+    bad = np.asarray(Image.open(io.BytesIO(unmarked)).convert("RGB")).astype(float)
+    assert np.abs(good - bad).mean() > 10
+
+
+def test_svs_patches_assembled_from_tiles_equal_openslide(shared_slides):
+    path = str(shared_slides / "cmu-1-small-region.svs")
+    slide = openslide.OpenSlide(path)
+    level = gd.JpegTiledLevel.inspect(path, slide.level_dimensions[0])
+    rng = np.random.default_rng(0)
+    coords = np.stack([rng.integers(0, 2220, 12), rng.integers(0, 2967, 12)], 1)
+    coords[0] = (2220 - 100, 2967 - 50)  # runs past the right and bottom edges: white there
+    got = _patches(level, coords, 1.0, 224, 224)
+    assert got.shape == (12, 3, 224, 224)
+    for b, xy in enumerate(coords):
+        assert np.abs(_as_hwc(got[b]) - _openslide_patch(slide, xy, 0, 224)).max() <= 1
+    assert (_as_hwc(got[0])[60:, :, :] == 255).all()
+
+
+def test_rgb_coded_tiff_without_markers(aperio_like):
+    path, image = aperio_like
+    slide = openslide.OpenSlide(path)
+    level = gd.JpegTiledLevel.inspect(path, (333, 300))
+    assert level.photometric == gd.PHOTOMETRIC_RGB and gd.adobe_marker(0) in level.header
+    coords = np.array([[0, 0], [100, 150], [300, 280], [17, 3], [250, 10]])
+    got = _patches(level, coords, 1.0, 64, 64)
+    for b, xy in enumerate(coords):
+        assert np.abs(_as_hwc(got[b]) - _openslide_patch(slide, xy, 0, 64)).max() <= 1
+    # and against the picture that was encoded (JPEG q90: close, not equal)
+    assert np.abs(_as_hwc(got[1]) - image[150:214, 100:164]).mean() < 6
+
+
+def test_ycbcr_jfif_tiff_gets_no_extra_marker(tmp_path):
+    image = _image(200, 260, seed=2)
+    path = str(tmp_path / "ycbcr.tif")
+    tifffile.imwrite(
+        path,
+        image,
+        tile=(64, 64),
+        compression="jpeg",
+        compressionargs={"level": 90},
+        photometric="ycbcr",
+        resolution=(20000, 20000),
+        resolutionunit="CENTIMETER",
+    )
+    level = gd.JpegTiledLevel.inspect(path, (260, 200))
+    assert level.photometric == gd.PHOTOMETRIC_YCBCR
+    assert b"Adobe" not in level.header  # its tiles carry JFIF markers already
+    slide = openslide.OpenSlide(path)
+    coords = np.array([[5, 7], [190, 130]])
+    got = _patches(level, coords, 1.0, 64, 64)
+    for b, xy in enumerate(coords):
+        assert np.abs(_as_hwc(got[b]) - _openslide_patch(slide, xy, 0, 64)).max() <= 1
+
+
+def test_pyramid_level_with_fractional_positions_and_resize(vips_pyramid):
+    slide = openslide.OpenSlide(vips_pyramid)
+    assert slide.level_count >= 2
+    downsample = slide.level_downsamples[1]
+    level = gd.JpegTiledLevel.inspect(vips_pyramid, slide.level_dimensions[1])
+    assert level.tile_width == 128 and level.height == slide.level_dimensions[1][1]
+    # Multiples of the downsample map onto whole level pixels: equal to openslide.
+    whole = np.array([[0, 0], [260, 132], [880, 680]])
+    got = _patches(level, whole, downsample, 48, 48)
+    for b, xy in enumerate(whole):
+        assert np.abs(_as_hwc(got[b]) - _openslide_patch(slide, xy, 1, 48)).max() <= 1
+    # Odd level-0 positions fall between level pixels; openslide blends them (fixed point).
+    odd = np.array([[3, 5], [301, 177]])
+    got = _patches(level, odd, downsample, 48, 48)
+    for b, xy in enumerate(odd):
+        assert np.abs(_as_hwc(got[b]) - _openslide_patch(slide, xy, 1, 48)).mean() < 1.0
+    # read 96 -> 48 px: within a grey level or two of the CPU path's Pillow BILINEAR.
+    from hnm.patches import resize_patch
+
+    got = _patches(level, whole, downsample, 96, 48)
+    for b, xy in enumerate(whole[:2]):
+        expected = resize_patch(read_rgb(slide, tuple(int(v) for v in xy), 1, (96, 96)), 48).astype(
+            np.int32
+        )
+        assert np.abs(_as_hwc(got[b]) - expected).mean() < 1.5
+
+
+def test_plan_shares_tiles_between_neighbours(aperio_like):
+    path, _ = aperio_like
+    level = gd.JpegTiledLevel.inspect(path, (333, 300))
+    coords = np.array([[0, 0], [32, 0], [64, 0], [320, 290]])
+    plan = gd.plan_batch(level, coords, 1.0, 40)
+    # tiles are 64 px: patches 0-2 need tiles 0, 1, 2 once each; the last one also needs nothing
+    # beyond the grid (6 x 5 tiles), which maps to the white slot.
+    assert list(plan.tiles[:3]) == [0, 1, 2]
+    assert plan.lookup.shape == (4, 2, 2)
+    white = len(plan.tiles)
+    assert (plan.lookup[3] == white).sum() == 3  # only its top-left tile exists
+    assert plan.span == 40 and not plan.frac.any()
+
+
+def test_non_jpeg_levels_are_refused_with_a_reason(shared_slides, tmp_path):
+    with pytest.raises(gd.NotJpegTiled, match="compression 8 is not JPEG"):
+        gd.JpegTiledLevel.inspect(str(shared_slides / "boxes.tiff"), (300, 250))
+    path = str(tmp_path / "strips.tif")
+    tifffile.imwrite(path, _image(50, 60))
+    with pytest.raises(gd.NotJpegTiled, match="no tiled TIFF page"):
+        gd.JpegTiledLevel.inspect(path, (60, 50))
+    text = tmp_path / "x.mrxs"
+    text.write_text("not a tiff")
+    with pytest.raises(gd.NotJpegTiled, match="not a TIFF"):
+        gd.JpegTiledLevel.inspect(str(text), (1, 1))
+
+
+def test_patch_source_pipeline_on_cpu_matches_patch_reader(shared_slides):
+    from hnm.patches import PatchReader
+
+    path = str(shared_slides / "cmu-1-small-region.svs")
+    level = gd.JpegTiledLevel.inspect(path, (2220, 2967))
+    rng = np.random.default_rng(1)
+    coords = np.stack([rng.integers(0, 2000, 23), rng.integers(0, 2700, 23)], 1)
+    source = gd.JpegPatchSource(
+        level,
+        coords,
+        1.0,
+        128,
+        64,
+        batch_size=5,
+        device=torch.device("cpu"),
+        decode=gd.decode_pillow,
+        prefetch=2,
+        readers=2,
+    )
+    batches = list(source)
+    assert [start for start, _ in batches] == [0, 5, 10, 15, 20]
+    got = torch.cat([x for _, x in batches])
+    attrs = {"level": 0, "level_downsample": 1.0, "read_size": 128, "patch_size": 64}
+    expected = PatchReader(path, coords, attrs, "cmu1").read(range(len(coords))).astype(np.float32)
+    difference = np.abs(got.permute(0, 2, 3, 1).numpy() - expected)
+    assert difference.mean() < 1.5 and difference.max() <= 40  # bilinear AA: torch vs Pillow
+
+
+def test_check_decoder_catches_wrong_colours(aperio_like):
+    path, _ = aperio_like
+    level = gd.JpegTiledLevel.inspect(path, (333, 300))
+    ok, difference = gd.check_decoder(gd.decode_pillow, level)
+    assert ok and difference == 0.0
+
+    def swapped(streams, lvl):
+        return gd.decode_pillow(streams, lvl).flip(1)
+
+    ok, difference = gd.check_decoder(swapped, level)
+    assert not ok and difference > 3
+
+
+# ---- on a GPU ------------------------------------------------------------------------------------
+
+_NVJPEG, _WHY = gd.nvjpeg_available()
+gpu = pytest.mark.skipif(not _NVJPEG, reason=f"GPU decode needs CUDA and torchvision: {_WHY}")
+
+
+@gpu
+@pytest.mark.gpu
+def test_nvjpeg_matches_pillow(shared_slides, aperio_like, vips_pyramid):
+    cases = [
+        (str(shared_slides / "cmu-1-small-region.svs"), (2220, 2967)),
+        (aperio_like[0], (333, 300)),
+    ]
+    cases.append((vips_pyramid, openslide.OpenSlide(vips_pyramid).level_dimensions[0]))
+    for path, size in cases:
+        level = gd.JpegTiledLevel.inspect(path, size)
+        modes = ["rgb", "unchanged"] if level.photometric == gd.PHOTOMETRIC_RGB else ["rgb"]
+        results = {
+            m: gd.check_decoder(gd.make_nvjpeg_decoder(torch.device("cuda"), m), level)
+            for m in modes
+        }
+        assert any(ok for ok, _ in results.values()), (path, results)
+
+
+@gpu
+@pytest.mark.gpu
+def test_gpu_source_matches_cpu_reference(shared_slides):
+    path = str(shared_slides / "cmu-1-small-region.svs")
+    level = gd.JpegTiledLevel.inspect(path, (2220, 2967))
+    coords = np.stack(np.meshgrid(np.arange(0, 1900, 224), np.arange(0, 2700, 224)), -1).reshape(
+        -1, 2
+    )
+    args = (level, coords, 1.0, 224, 224)
+    cpu = torch.cat(
+        [
+            x
+            for _, x in gd.JpegPatchSource(
+                *args, batch_size=16, device=torch.device("cpu"), decode=gd.decode_pillow
+            )
+        ]
+    )
+    ok = None
+    for mode in ("rgb", "unchanged"):
+        decode = gd.make_nvjpeg_decoder(torch.device("cuda"), mode)
+        if gd.check_decoder(decode, level)[0]:
+            ok = torch.cat(
+                [
+                    x
+                    for _, x in gd.JpegPatchSource(
+                        *args, batch_size=16, device=torch.device("cuda"), decode=decode
+                    )
+                ]
+            ).cpu()
+            break
+    assert ok is not None
+    assert (ok - cpu).abs().mean() < 3.0
+
+
+@gpu
+@pytest.mark.gpu
+def test_stage_gpu_path_matches_cpu_path(shared_slides, tmp_path):
+    from hnm.encoders import build_encoder, save_encoder_file
+    from hnm.extract import ExtractSettings, extract_slide
+    from hnm.h5io import read_features, write_tiles
+
+    slide = str(shared_slides / "cmu-1-small-region.svs")
+    coords = np.stack(np.meshgrid(np.arange(0, 1996, 112), np.arange(0, 2743, 112)), -1).reshape(
+        -1, 2
+    )
+    write_tiles(
+        tmp_path / "t.h5",
+        coords,
+        dict(
+            slide_id="cmu1",
+            slide_path=slide,
+            patch_size=112,
+            target_mpp=0.998,
+            mpp=0.499,
+            level=0,
+            level_downsample=1.0,
+            read_size=224,
+            failed=False,
+            error="",
+        ),
+    )
+    save_encoder_file(tmp_path / "e.pt", build_encoder("resnet18", seed=0), source="random:0")
+    out = {}
+    for decode in ("gpu", "cpu"):
+        result = extract_slide(
+            slide,
+            "cmu1",
+            str(tmp_path / "t.h5"),
+            str(tmp_path / "e.pt"),
+            0,
+            str(tmp_path / f"{decode}.h5"),
+            ExtractSettings(batch_size=64, device="cuda", precision="fp32", decode=decode),
+        )
+        out[decode] = read_features(tmp_path / f"{decode}.h5")
+        assert result.decode_path == {"gpu": "gpu-nvjpeg", "cpu": "cpu-jpeg-tiles"}[decode]
+    a, b = out["gpu"][0], out["cpu"][0]
+    assert np.array_equal(out["gpu"][1], coords) and a.shape == b.shape
+    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cosine.min() > 0.995, cosine.min()
+    assert out["gpu"][2]["decode_path"] == "gpu-nvjpeg"
