@@ -25,6 +25,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path to write to; on success it replaces `path`, on error it is removed."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    # A job killed with SIGKILL cannot remove its temporary file; the rerun clears it.
+    for stale in target.parent.glob(f".{target.stem}.tmp*{target.suffix}"):
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
     temporary = _temporary_name(target)
     try:
         yield temporary

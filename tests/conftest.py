@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_SLIDES = REPO.parent / "shared" / "slides"
+# ../shared/slides beside the repository; HNM_TEST_SLIDES points elsewhere (e.g. on a GPU machine).
+SHARED_SLIDES = Path(os.environ.get("HNM_TEST_SLIDES", REPO.parent / "shared" / "slides"))
 
 
 @pytest.fixture(scope="session")

@@ -69,10 +69,16 @@ def run(folder: Path, *args: str, timeout: float = 600) -> subprocess.CompletedP
     return result
 
 
+def resume(folder: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """The README's resume command: release the lock a killed run left, then rerun."""
+    run(folder, "--unlock", *args, timeout=timeout)
+    return run(folder, *args, timeout=timeout)
+
+
 def run_and_kill(
-    folder: Path, until: Callable[[], bool], *args: str, timeout: float = 600
+    folder: Path, until: Callable[[], bool], *args: str, timeout: float = 600, grace: float = 0.0
 ) -> None:
-    """Start the workflow and SIGKILL snakemake and all its jobs once `until()` holds."""
+    """Start the workflow and SIGKILL snakemake and all its jobs `grace` s after `until()` holds."""
     process = subprocess.Popen(
         command(folder, *args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True, env=_env(),
@@ -85,6 +91,7 @@ def run_and_kill(
             if time.monotonic() > deadline:
                 raise AssertionError("the kill point was not reached in time")
             time.sleep(0.2)
+        time.sleep(grace)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
