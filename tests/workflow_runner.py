@@ -29,7 +29,7 @@ TINY_CONFIG = {
     },
     "extraction": {"batch_size": 64, "workers": 0},
     "mil": {"epochs": 12, "checkpoint_every": 2},
-    "finetune": {"epochs_per_round": 2, "warmup": 1, "batch_size": 32, "workers": 0,
+    "finetune": {"epochs_per_round": 4, "warmup": 1, "batch_size": 32, "workers": 0,
                  "max_steps_per_epoch": 3},
     "device": "cpu",
 }
@@ -90,7 +90,7 @@ def run_and_kill(
                 raise AssertionError("the workflow finished before the kill point was reached")
             if time.monotonic() > deadline:
                 raise AssertionError("the kill point was not reached in time")
-            time.sleep(0.2)
+            time.sleep(0.05)
         time.sleep(grace)
     finally:
         if process.poll() is None:
