@@ -119,7 +119,21 @@ def open_patch_reader(
     return PatchReader(slide_path, coords, geometry, slide_id)
 
 
-class PatchReader:
+class _PatchGrid:
+    """What both readers share: one slide's patch coordinates and their read geometry."""
+
+    coords: np.ndarray
+    geometry: PatchGeometry
+
+    def __len__(self) -> int:
+        return len(self.coords)
+
+    @property
+    def patch_size(self) -> int:
+        return self.geometry.patch_size
+
+
+class PatchReader(_PatchGrid):
     """uint8 RGB patches (B, patch_size, patch_size, 3) by index; one open slide per process."""
 
     path_name = "cpu-openslide"
@@ -143,13 +157,6 @@ class PatchReader:
         self.coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
         self._slide: Any = None
         self._pid: int | None = None
-
-    def __len__(self) -> int:
-        return len(self.coords)
-
-    @property
-    def patch_size(self) -> int:
-        return self.geometry.patch_size
 
     def __getstate__(self) -> dict[str, Any]:
         # Worker processes open their own handle: an OpenSlide object cannot cross processes.
@@ -204,7 +211,7 @@ class PatchReader:
             self._slide = None
 
 
-class JpegTileReader:
+class JpegTileReader(_PatchGrid):
     """PatchReader's twin for JPEG-tiled TIFF levels: compressed tiles read and decoded directly.
 
     Each tile a batch needs is decoded once (libjpeg-turbo via imagecodecs) and shared by every
@@ -237,13 +244,6 @@ class JpegTileReader:
         self._pid: int | None = None
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self.coords)
-
-    @property
-    def patch_size(self) -> int:
-        return self.geometry.patch_size
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
