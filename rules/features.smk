@@ -33,8 +33,6 @@ rule extract:
         "results/benchmarks/r{round}/extract/{slide}.tsv"
     conda:
         "../envs/torch.yaml"
-    group:
-        "extract"
     threads: rule_threads("extract")
     resources:
         **gpu_resources("extract"),
