@@ -46,7 +46,7 @@ def evaluate(
     if split not in SPLITS:
         raise HnmError(f"split '{split}' is not one of {', '.join(SPLITS)}")
     mil_dir = Path(mil_dir)
-    sheet = _read_sheet(Path(sheet_path))
+    sheet = read_normalised_sheet(sheet_path)
     mil_metrics = _read_mil_metrics(mil_dir / "metrics.json")
     threshold = float(mil_metrics["threshold"])
     slides = _read_parquet(mil_dir / "slides.parquet")
@@ -215,12 +215,6 @@ def _patch_summary(truth: np.ndarray, score: np.ndarray, n_slides: int) -> dict[
         "best_f1": best[0] if best else None,
         "best_f1_threshold": best[1] if best else None,
     }
-
-
-def _read_sheet(path: Path) -> pd.DataFrame:
-    if not path.exists():
-        raise HnmError(f"slide sheet {path} does not exist; run the workflow's sheet step first")
-    return read_normalised_sheet(path)
 
 
 def _read_mil_metrics(path: Path) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from hnm.errors import SheetError
+from hnm.errors import HnmError, SheetError
 
 REQUIRED_COLUMNS = ("slide_id", "path", "label", "split")
 OPTIONAL_COLUMNS = ("mpp", "annotation")
@@ -191,6 +191,9 @@ def write_normalised_sheet(sheet: pd.DataFrame, path: str | os.PathLike[str]) ->
 
 
 def read_normalised_sheet(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """The workflow's normalised sheet (results/sheet.tsv), as every stage reads it."""
+    if not Path(path).exists():
+        raise HnmError(f"slide sheet {path} does not exist; run the workflow's sheet step first")
     sheet = pd.read_csv(path, sep="\t", dtype={"slide_id": str, "path": str, "split": str},
                         keep_default_na=False)
     sheet["label"] = sheet["label"].astype(int)

@@ -84,7 +84,7 @@ def mil_outputs(round_):
     }
 
 
-def gpu_resources(rule_name):
+def gpu_resources():
     """SLURM GPU request for GPU-capable rules; the local executor ignores unknown resources."""
     settings = {"gpu": 1}
     if config["resources"]["gpu_model"]:

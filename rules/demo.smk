@@ -16,7 +16,7 @@ rule synth_slide:
         runtime=10,
     params:
         label=lambda wildcards: SLIDE_ROWS[wildcards.slide]["label"],
-        settings=to_flags(config["demo"], skip=["slides"]),
+        settings=flags("demo", skip=["slides"]),
         seed=config["seed"],
     shell:
         "python -m hnm synth --slide-id {wildcards.slide} --label {params.label} --seed {params.seed} "

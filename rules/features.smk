@@ -35,7 +35,7 @@ rule extract:
         "../envs/torch.yaml"
     threads: rule_threads("extract")
     resources:
-        **gpu_resources("extract"),
+        **gpu_resources(),
         mem_mb=retry_scaled("extract", "mem_mb"),
         runtime=retry_scaled("extract", "runtime"),
     params:

@@ -19,7 +19,7 @@ rule finetune:
         "../envs/torch.yaml"
     threads: rule_threads("finetune")
     resources:
-        **gpu_resources("finetune"),
+        **gpu_resources(),
         mem_mb=retry_scaled("finetune", "mem_mb"),
         runtime=retry_scaled("finetune", "runtime"),
     params:

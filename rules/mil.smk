@@ -15,7 +15,7 @@ rule train_mil:
         "../envs/torch.yaml"
     threads: rule_threads("train_mil")
     resources:
-        **gpu_resources("train_mil"),
+        **gpu_resources(),
         mem_mb=retry_scaled("train_mil", "mem_mb"),
         runtime=retry_scaled("train_mil", "runtime"),
     params:

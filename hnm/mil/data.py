@@ -20,7 +20,6 @@ import pandas as pd
 import torch
 
 from hnm.errors import HnmError
-from hnm.sheet import read_normalised_sheet
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +63,6 @@ class Cohort:
             ],
             dtype=np.int64,
         )
-
-
-def read_sheet(path: str | os.PathLike[str]) -> pd.DataFrame:
-    """The normalised slide sheet (results/sheet.tsv)."""
-    if not Path(path).exists():
-        raise HnmError(f"slide sheet {path} does not exist; run the workflow's sheet step first")
-    return read_normalised_sheet(path)
 
 
 def feature_path(features_dir: str | os.PathLike[str], slide_id: str) -> Path:

@@ -29,7 +29,8 @@ from hnm.device import resolve_device
 from hnm.errors import CheckpointError, HnmError
 from hnm.metrics import binary_metrics, choose_threshold, roc_auc
 from hnm.mil import build_aggregator
-from hnm.mil.data import SPLITS, Cohort, load_cohort, read_sheet
+from hnm.mil.data import SPLITS, Cohort, load_cohort
+from hnm.sheet import read_normalised_sheet
 from hnm.mil.losses import bag_loss, pair_loss
 from hnm.mil.pairing import EpochOrder
 from hnm.mil.settings import MilSettings
@@ -125,7 +126,7 @@ def train_mil(
     if checkpoint_every < 1:
         raise HnmError(f"checkpoint_every must be at least 1 (got {checkpoint_every})")
     torch_device = resolve_device(device)
-    sheet = read_sheet(sheet_path)
+    sheet = read_normalised_sheet(sheet_path)
     cohort = load_cohort(sheet, features_dir, torch_device)
     train_pos = cohort.indices("train", 1)
     train_neg = cohort.indices("train", 0)
