@@ -39,6 +39,7 @@ from hnm.extract import (
     ExtractSettings,
     available_cores,
     extract_slide,
+    gpu_decoder,
     precision_context,
 )  # noqa: E402
 from hnm.h5io import write_tiles  # noqa: E402
@@ -316,7 +317,10 @@ def part_gpu(args: argparse.Namespace, work: Path, results: dict) -> None:
         t = time.perf_counter()
         streams = [s for s in (reader.read(i) for i in range(n_tiles)) if s is not None]
         gpu["raw_read_tiles_s"] = round(len(streams) / (time.perf_counter() - t))
-        decode = gd.make_nvjpeg_decoder(device, "rgb")
+        decode, why_not = gpu_decoder(level, slide.stem, device)
+        if decode is None:
+            say(f"  no GPU decoder agrees with Pillow on this slide: {why_not}")
+            decode = gd.make_nvjpeg_decoder(device)
         agrees, difference = gd.check_decoder(decode, level)
         gpu["nvjpeg_vs_pillow_mean_abs"] = round(difference, 3)
         decode(streams[:256], level)

@@ -297,26 +297,28 @@ def gpu_decoder(level: Any, slide_id: str, device: torch.device) -> tuple[Any | 
     """An nvjpeg decoder whose colours agree with Pillow on this slide's tiles, or (None, why not)."""
     from hnm import gpu_decode
 
-    modes = ["rgb", "unchanged"] if level.photometric == gpu_decode.PHOTOMETRIC_RGB else ["rgb"]
-    differences = []
-    for mode in modes:
-        decode = gpu_decode.make_nvjpeg_decoder(device, mode)
+    raw_ok, why_not_raw = gpu_decode.raw_planes_are_rgb(level)
+    candidates = [("coded planes", lambda: gpu_decode.make_raw_nvjpeg_decoder(device))] if raw_ok else []
+    candidates.append(("torchvision", lambda: gpu_decode.make_nvjpeg_decoder(device)))
+    differences = [] if raw_ok else [f"coded planes: {why_not_raw}"]
+    for name, make in candidates:
         try:
+            decode = make()
             agrees, difference = gpu_decode.check_decoder(decode, level)
-        except Exception as error:  # nvjpeg refused the streams: the CPU path still works
+        except Exception as error:  # nvjpeg missing or refusing the streams: the CPU path works
             differences.append(
-                f"{mode}: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
+                f"{name}: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
             )
             continue
         if agrees:
             log.info(
-                "%s: nvjpeg (%s mode) agrees with Pillow on sample tiles (mean |diff| %.2f)",
+                "%s: nvjpeg (%s) agrees with Pillow on sample tiles (mean |diff| %.2f)",
                 slide_id,
-                mode,
+                name,
                 difference,
             )
             return decode, ""
-        differences.append(f"{mode}: mean |diff| {difference:.1f}")
+        differences.append(f"{name}: mean |diff| {difference:.1f}")
     return None, f"nvjpeg colours disagree with Pillow ({'; '.join(differences)})"
 
 

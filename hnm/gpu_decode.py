@@ -9,8 +9,10 @@ torchvision.io.decode_jpeg(device='cuda'), and cut the patches out of the decode
 Colour: TIFF says how tiles are coded (Photometric RGB or YCbCr) but the JPEG streams themselves
 often do not (Aperio writes RGB-coded JPEG with component ids 0,1,2 and no marker, which decoders
 would take for YCbCr). We insert an Adobe APP14 marker (transform 0 = RGB, 1 = YCbCr) so that every
-decoder reads the colours the TIFF declares, and check the GPU decoder against Pillow on a few tiles
-of each slide before trusting it (falling back to the CPU path if it disagrees).
+CPU decoder reads the colours the TIFF declares. nvjpeg ignores that marker and converts every
+3-component stream as YCbCr, so YCbCr-coded tiles go through torchvision's decode_jpeg and RGB-coded
+4:4:4 tiles through hnm.nvjpeg_raw, which asks nvjpeg for the coded planes. Either decoder is checked
+against Pillow on a few tiles of each slide before it is trusted (the CPU path takes over if not).
 
 Geometry follows openslide's read_region: level coordinates are level-0 coordinates / downsample;
 a fractional position is blended bilinearly (as openslide does), area outside the level is white
@@ -376,13 +378,9 @@ def nvjpeg_available() -> tuple[bool, str]:
     return True, ""
 
 
-def make_nvjpeg_decoder(
-    device: torch.device, mode: str = "rgb"
-) -> Callable[[list[bytes], JpegTiledLevel], torch.Tensor]:
-    """nvjpeg through torchvision; mode 'rgb' converts colour, 'unchanged' returns coded planes."""
+def make_nvjpeg_decoder(device: torch.device) -> Callable[[list[bytes], JpegTiledLevel], torch.Tensor]:
+    """nvjpeg through torchvision: right for YCbCr-coded tiles (it converts every stream as YCbCr)."""
     from torchvision.io import ImageReadMode, decode_jpeg
-
-    read_mode = ImageReadMode.RGB if mode == "rgb" else ImageReadMode.UNCHANGED
 
     def decode(streams: list[bytes], level: JpegTiledLevel) -> torch.Tensor:
         if not streams:
@@ -390,7 +388,7 @@ def make_nvjpeg_decoder(
                 (0, 3, level.tile_height, level.tile_width), dtype=torch.uint8, device=device
             )
         data = [torch.frombuffer(bytearray(s), dtype=torch.uint8) for s in streams]
-        images = decode_jpeg(data, mode=read_mode, device=device)
+        images = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
         th, tw = level.tile_height, level.tile_width
         if all(tuple(im.shape) == (3, th, tw) for im in images):
             return torch.stack(images)
@@ -399,6 +397,45 @@ def make_nvjpeg_decoder(
             h, w = min(im.shape[1], th), min(im.shape[2], tw)
             out[i, : im.shape[0], :h, :w] = im[:3, :h, :w]
         return out
+
+    return decode
+
+
+def component_sampling(stream: bytes) -> list[tuple[int, int]]:
+    """(horizontal, vertical) sampling factors of each component, from the frame header."""
+    for marker, payload in _segments(stream):
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            count = payload[5]
+            return [(payload[7 + 3 * i] >> 4, payload[7 + 3 * i] & 15) for i in range(count)]
+    return []
+
+
+def raw_planes_are_rgb(level: JpegTiledLevel) -> tuple[bool, str]:
+    """Whether decoding the coded planes without colour conversion gives the slide's RGB."""
+    if level.photometric != PHOTOMETRIC_RGB:
+        return False, "tiles are YCbCr-coded"
+    reader = TileBytes(level)
+    try:
+        sample = next((i for i, c in enumerate(level.counts) if c > 0), None)
+        stream = reader.read(sample) if sample is not None else None
+    finally:
+        reader.close()
+    sampling = component_sampling(stream) if stream else []
+    if len(sampling) != 3 or len(set(sampling)) != 1:
+        return False, f"RGB-coded tiles with component sampling {sampling}"
+    return True, ""
+
+
+def make_raw_nvjpeg_decoder(
+    device: torch.device, backend: str = "hardware", output: str = "yuv"
+) -> Callable[[list[bytes], JpegTiledLevel], torch.Tensor]:
+    """nvjpeg's coded planes (no colour transform) through ctypes, for RGB-coded 4:4:4 tiles."""
+    from hnm.nvjpeg_raw import RawNvjpeg
+
+    decoder = RawNvjpeg(device, backend=backend, output=output)
+
+    def decode(streams: list[bytes], level: JpegTiledLevel) -> torch.Tensor:
+        return decoder.decode(streams, level.tile_height, level.tile_width)
 
     return decode
 

@@ -80,11 +80,8 @@ def aperio_like(tmp_path_factory) -> tuple[str, np.ndarray]:
     return path, image
 
 
-@pytest.fixture(scope="module")
-def vips_pyramid(tmp_path_factory) -> str:
-    """A pyramidal YCbCr JPEG TIFF as libvips (and our synthetic slides) write it."""
+def _vips_pyramid(path: str, quality: int) -> str:
     pyvips = pytest.importorskip("pyvips")
-    path = str(tmp_path_factory.mktemp("vips") / "pyramid.tif")
     image = pyvips.Image.new_from_array(_image(700, 900, seed=1)).copy(interpretation="srgb")
     image.tiffsave(
         path,
@@ -93,12 +90,24 @@ def vips_pyramid(tmp_path_factory) -> str:
         tile_height=128,
         pyramid=True,
         compression="jpeg",
-        Q=90,
+        Q=quality,
         xres=2000.0,
         yres=2000.0,
         resunit="cm",
     )
     return path
+
+
+@pytest.fixture(scope="module")
+def vips_pyramid(tmp_path_factory) -> str:
+    """A pyramidal JPEG TIFF as libvips writes it below Q 90: YCbCr-coded, chroma subsampled."""
+    return _vips_pyramid(str(tmp_path_factory.mktemp("vips") / "ycbcr.tif"), 85)
+
+
+@pytest.fixture(scope="module")
+def vips_rgb_pyramid(tmp_path_factory) -> str:
+    """libvips at Q >= 90 writes RGB-coded JPEG tiles (component ids R, G, B; Adobe transform 0)."""
+    return _vips_pyramid(str(tmp_path_factory.mktemp("vips") / "rgb.tif"), 90)
 
 
 def _patches(level, coords, downsample, read_size, patch_size):
@@ -304,6 +313,36 @@ def test_check_decoder_catches_wrong_colours(aperio_like):
     assert not ok and difference > 3
 
 
+def test_component_sampling_tells_which_tiles_decode_as_coded_planes(
+    vips_pyramid, vips_rgb_pyramid, shared_slides
+):
+    def level(path: str) -> gd.JpegTiledLevel:
+        return gd.JpegTiledLevel.inspect(path, openslide.OpenSlide(path).level_dimensions[0])
+
+    ycbcr, rgb = level(vips_pyramid), level(vips_rgb_pyramid)
+    reader = gd.TileBytes(ycbcr)
+    assert gd.component_sampling(reader.read(0)) == [(2, 2), (1, 1), (1, 1)]
+    reader.close()
+    assert gd.raw_planes_are_rgb(ycbcr) == (False, "tiles are YCbCr-coded")
+    assert gd.raw_planes_are_rgb(rgb) == (True, "")
+    assert gd.raw_planes_are_rgb(level(str(shared_slides / "cmu-1-small-region.svs"))) == (True, "")
+    # An RGB-coded stream with subsampled components cannot come out of nvjpeg as full planes.
+    rgb.photometric = gd.PHOTOMETRIC_RGB
+    ycbcr.photometric = gd.PHOTOMETRIC_RGB
+    ok, why = gd.raw_planes_are_rgb(ycbcr)
+    assert not ok and "sampling [(2, 2), (1, 1), (1, 1)]" in why
+
+
+def test_raw_decoder_without_nvjpeg_says_so(monkeypatch):
+    from hnm import nvjpeg_raw
+
+    monkeypatch.setattr(nvjpeg_raw, "_candidate_paths", lambda: iter(["/nonexistent/libnvjpeg.so"]))
+    lib, why = nvjpeg_raw.load_library()
+    assert lib is None and "no loadable libnvjpeg" in why and "/nonexistent/libnvjpeg.so" in why
+    with pytest.raises(nvjpeg_raw.NvjpegError, match="no loadable libnvjpeg"):
+        nvjpeg_raw.RawNvjpeg(torch.device("cpu"))
+
+
 # ---- on a GPU ------------------------------------------------------------------------------------
 
 _NVJPEG, _WHY = gd.nvjpeg_available()
@@ -311,27 +350,44 @@ gpu = pytest.mark.skipif(not _NVJPEG, reason=f"GPU decode needs CUDA and torchvi
 
 
 # nvjpeg (torchvision.io.decode_jpeg on CUDA, as measured on an H200) applies a YCbCr->RGB transform
-# to every 3-component JPEG, Adobe marker or not, so RGB-coded tiles (Aperio's cmu-1) decode with
-# wrong colours there. The stage checks each slide's decoder against Pillow and falls back to the
-# CPU path when they disagree; these tests hold the GPU path to the CPU's pixels where it is taken,
-# and the stage to the CPU's features whichever path it takes.
+# to every 3-component JPEG, Adobe marker or not, so RGB-coded tiles (Aperio, libvips at Q >= 90)
+# go through hnm.nvjpeg_raw, which asks nvjpeg for the coded planes. The stage checks each slide's
+# decoder against Pillow and falls back to the CPU path when they disagree; these tests hold the
+# GPU path to the CPU's pixels and features.
+
+
+def _level(path: str) -> gd.JpegTiledLevel:
+    return gd.JpegTiledLevel.inspect(path, openslide.OpenSlide(path).level_dimensions[0])
 
 
 @gpu
 @pytest.mark.gpu
 def test_nvjpeg_matches_pillow_on_ycbcr_tiles(vips_pyramid):
-    level = gd.JpegTiledLevel.inspect(
-        vips_pyramid, openslide.OpenSlide(vips_pyramid).level_dimensions[0]
-    )
-    ok, difference = gd.check_decoder(gd.make_nvjpeg_decoder(torch.device("cuda"), "rgb"), level)
+    ok, difference = gd.check_decoder(gd.make_nvjpeg_decoder(torch.device("cuda")), _level(vips_pyramid))
     assert ok, difference
 
 
 @gpu
 @pytest.mark.gpu
-def test_gpu_source_matches_cpu_reference(vips_pyramid):
-    size = openslide.OpenSlide(vips_pyramid).level_dimensions[0]
-    level = gd.JpegTiledLevel.inspect(vips_pyramid, size)
+@pytest.mark.parametrize("which", ["vips_rgb", "aperio_svs"])
+def test_coded_planes_match_pillow_on_rgb_coded_tiles(which, vips_rgb_pyramid, shared_slides):
+    path = vips_rgb_pyramid if which == "vips_rgb" else str(shared_slides / "cmu-1-small-region.svs")
+    level = _level(path)
+    ok, difference = gd.check_decoder(gd.make_raw_nvjpeg_decoder(torch.device("cuda")), level, 64)
+    assert ok, difference
+    wrong, difference = gd.check_decoder(gd.make_nvjpeg_decoder(torch.device("cuda")), level)
+    assert not wrong, f"torchvision's nvjpeg now decodes RGB-coded tiles right ({difference})"
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("which", ["ycbcr", "rgb"])
+def test_gpu_source_matches_cpu_reference(which, vips_pyramid, vips_rgb_pyramid):
+    from hnm.extract import gpu_decoder
+
+    path = vips_pyramid if which == "ycbcr" else vips_rgb_pyramid
+    size = openslide.OpenSlide(path).level_dimensions[0]
+    level = gd.JpegTiledLevel.inspect(path, size)
     coords = np.stack(
         np.meshgrid(np.arange(0, size[0] - 112, 112), np.arange(0, size[1] - 112, 112)), -1
     ).reshape(-1, 2)
@@ -341,9 +397,10 @@ def test_gpu_source_matches_cpu_reference(vips_pyramid):
         source = gd.JpegPatchSource(*args, batch_size=16, device=torch.device(device), decode=decode)
         return torch.cat([x for _, x in source]).cpu()
 
+    decode, why = gpu_decoder(level, which, torch.device("cuda"))
+    assert decode is not None, why
     cpu = patches("cpu", gd.decode_pillow)
-    gpu_patches = patches("cuda", gd.make_nvjpeg_decoder(torch.device("cuda"), "rgb"))
-    assert (gpu_patches - cpu).abs().mean() < 3.0
+    assert (patches("cuda", decode) - cpu).abs().mean() < 3.0
 
 
 def _tiles(tmp_path, slide: str, size: tuple[int, int], step: int):
@@ -365,14 +422,16 @@ def _tiles(tmp_path, slide: str, size: tuple[int, int], step: int):
 
 @gpu
 @pytest.mark.gpu
-@pytest.mark.parametrize("which", ["ycbcr_pyramid", "rgb_coded_svs"])
-def test_stage_features_equal_the_cpu_path(which, shared_slides, vips_pyramid, tmp_path):
+@pytest.mark.parametrize("which", ["ycbcr_pyramid", "rgb_pyramid", "rgb_coded_svs"])
+def test_stage_features_equal_the_cpu_path(
+    which, shared_slides, vips_pyramid, vips_rgb_pyramid, tmp_path
+):
     from hnm.encoders import build_encoder, save_encoder_file
     from hnm.extract import ExtractSettings, extract_slide
     from hnm.h5io import read_features
 
-    if which == "ycbcr_pyramid":
-        slide, step = vips_pyramid, 112
+    if which != "rgb_coded_svs":
+        slide, step = (vips_pyramid if which == "ycbcr_pyramid" else vips_rgb_pyramid), 112
     else:
         slide, step = str(shared_slides / "cmu-1-small-region.svs"), 224
     coords = _tiles(tmp_path, slide, openslide.OpenSlide(slide).level_dimensions[0], step)
@@ -386,9 +445,7 @@ def test_stage_features_equal_the_cpu_path(which, shared_slides, vips_pyramid, t
         )
         out[decode] = read_features(tmp_path / f"{decode}.h5")
         paths[decode] = result.decode_path
-    assert paths["cpu"] == "cpu-jpeg-tiles"
-    if which == "ycbcr_pyramid":
-        assert paths["gpu"] == "gpu-nvjpeg"
+    assert paths == {"cpu": "cpu-jpeg-tiles", "gpu": "gpu-nvjpeg"}
     assert out["gpu"][2]["decode_path"] == paths["gpu"]
     a, b = out["gpu"][0], out["cpu"][0]
     assert np.array_equal(out["gpu"][1], coords) and a.shape == b.shape
