@@ -12,6 +12,8 @@ nvidia-smi -L | tee "$out/gpu.txt"
 git rev-parse --short HEAD 2>/dev/null | tee -a "$out/gpu.txt"
 timeout 150 python3 -m pytest -q -p no:cacheprovider -o addopts="" -m gpu tests 2>&1 | tee "$out/gpu_tests.log"
 timeout 200 python3 bench/bench_extract.py --gpu-only --json "$out/bench_extract.json" 2>&1 | tee "$out/bench_extract.log"
+timeout 200 python3 bench/bench_extract.py --gpu-only --compile --json "$out/bench_extract_compiled.json" \
+    2>&1 | tee "$out/bench_extract_compiled.log"
 timeout 120 python3 bench/bench_mil.py --devices cuda --epochs 3 --img-per-s 20000 2>&1 | tee "$out/bench_mil.log"
 timeout 150 python3 bench/bench_finetune.py --arch resnet18 --patch 224 --slides 8 --slide-px 4096 \
     --batch-size 512 --device cuda --workers 14 --threads 0 --repeats 1 --timed-epochs 1 \

@@ -110,6 +110,10 @@ def vips_rgb_pyramid(tmp_path_factory) -> str:
     return _vips_pyramid(str(tmp_path_factory.mktemp("vips") / "rgb.tif"), 90)
 
 
+def _level(path: str) -> gd.JpegTiledLevel:
+    return gd.JpegTiledLevel.inspect(path, openslide.OpenSlide(path).level_dimensions[0])
+
+
 def _patches(level, coords, downsample, read_size, patch_size):
     tiles = gd.TileBytes(level)
     try:
@@ -316,18 +320,14 @@ def test_check_decoder_catches_wrong_colours(aperio_like):
 def test_component_sampling_tells_which_tiles_decode_as_coded_planes(
     vips_pyramid, vips_rgb_pyramid, shared_slides
 ):
-    def level(path: str) -> gd.JpegTiledLevel:
-        return gd.JpegTiledLevel.inspect(path, openslide.OpenSlide(path).level_dimensions[0])
-
-    ycbcr, rgb = level(vips_pyramid), level(vips_rgb_pyramid)
+    ycbcr, rgb = _level(vips_pyramid), _level(vips_rgb_pyramid)
     reader = gd.TileBytes(ycbcr)
     assert gd.component_sampling(reader.read(0)) == [(2, 2), (1, 1), (1, 1)]
     reader.close()
     assert gd.raw_planes_are_rgb(ycbcr) == (False, "tiles are YCbCr-coded")
     assert gd.raw_planes_are_rgb(rgb) == (True, "")
-    assert gd.raw_planes_are_rgb(level(str(shared_slides / "cmu-1-small-region.svs"))) == (True, "")
+    assert gd.raw_planes_are_rgb(_level(str(shared_slides / "cmu-1-small-region.svs"))) == (True, "")
     # An RGB-coded stream with subsampled components cannot come out of nvjpeg as full planes.
-    rgb.photometric = gd.PHOTOMETRIC_RGB
     ycbcr.photometric = gd.PHOTOMETRIC_RGB
     ok, why = gd.raw_planes_are_rgb(ycbcr)
     assert not ok and "sampling [(2, 2), (1, 1), (1, 1)]" in why
@@ -343,6 +343,31 @@ def test_raw_decoder_without_nvjpeg_says_so(monkeypatch):
         nvjpeg_raw.RawNvjpeg(torch.device("cpu"))
 
 
+def test_stage_picks_the_decoder_that_agrees_with_pillow(monkeypatch, vips_pyramid, shared_slides):
+    """The choice logic, on the CPU: nvjpeg's two decoders stood in for by Pillow (right colours)
+    and a colour-swapping Pillow (what torchvision's nvjpeg does to RGB-coded tiles)."""
+    from hnm.extract import gpu_decoder
+
+    def swapped(streams, lvl):
+        return gd.decode_pillow(streams, lvl).flip(1)
+
+    monkeypatch.setattr(gd, "make_raw_nvjpeg_decoder", lambda device: gd.decode_pillow)
+    monkeypatch.setattr(gd, "make_nvjpeg_decoder", lambda device: swapped)
+    svs = _level(str(shared_slides / "cmu-1-small-region.svs"))
+    assert gpu_decoder(svs, "svs", torch.device("cpu")) == (gd.decode_pillow, "")
+    # YCbCr tiles never take the coded planes; here the stand-in for torchvision swaps colours.
+    decode, why = gpu_decoder(_level(vips_pyramid), "ycbcr", torch.device("cpu"))
+    assert decode is None
+    assert "coded planes: tiles are YCbCr-coded" in why and "torchvision: mean |diff|" in why
+
+    def missing(device):
+        raise RuntimeError("no loadable libnvjpeg found")
+
+    monkeypatch.setattr(gd, "make_raw_nvjpeg_decoder", missing)
+    decode, why = gpu_decoder(svs, "svs", torch.device("cpu"))
+    assert decode is None and "coded planes: no loadable libnvjpeg found" in why
+
+
 # ---- on a GPU ------------------------------------------------------------------------------------
 
 _NVJPEG, _WHY = gd.nvjpeg_available()
@@ -354,10 +379,6 @@ gpu = pytest.mark.skipif(not _NVJPEG, reason=f"GPU decode needs CUDA and torchvi
 # go through hnm.nvjpeg_raw, which asks nvjpeg for the coded planes. The stage checks each slide's
 # decoder against Pillow and falls back to the CPU path when they disagree; these tests hold the
 # GPU path to the CPU's pixels and features.
-
-
-def _level(path: str) -> gd.JpegTiledLevel:
-    return gd.JpegTiledLevel.inspect(path, openslide.OpenSlide(path).level_dimensions[0])
 
 
 @gpu
