@@ -298,8 +298,9 @@ def gpu_decoder(level: Any, slide_id: str, device: torch.device) -> tuple[Any | 
     from hnm import gpu_decode
 
     raw_ok, why_not_raw = gpu_decode.raw_planes_are_rgb(level)
-    candidates = [("coded planes", lambda: gpu_decode.make_raw_nvjpeg_decoder(device))] if raw_ok else []
-    candidates.append(("torchvision", lambda: gpu_decode.make_nvjpeg_decoder(device)))
+    candidates = [("torchvision", lambda: gpu_decode.make_nvjpeg_decoder(device))]
+    if raw_ok:
+        candidates.insert(0, ("coded planes", lambda: gpu_decode.make_raw_nvjpeg_decoder(device)))
     differences = [] if raw_ok else [f"coded planes: {why_not_raw}"]
     for name, make in candidates:
         try:

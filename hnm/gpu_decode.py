@@ -10,9 +10,9 @@ Colour: TIFF says how tiles are coded (Photometric RGB or YCbCr) but the JPEG st
 often do not (Aperio writes RGB-coded JPEG with component ids 0,1,2 and no marker, which decoders
 would take for YCbCr). We insert an Adobe APP14 marker (transform 0 = RGB, 1 = YCbCr) so that every
 CPU decoder reads the colours the TIFF declares. nvjpeg ignores that marker and converts every
-3-component stream as YCbCr, so YCbCr-coded tiles go through torchvision's decode_jpeg and RGB-coded
-4:4:4 tiles through hnm.nvjpeg_raw, which asks nvjpeg for the coded planes. Either decoder is checked
-against Pillow on a few tiles of each slide before it is trusted (the CPU path takes over if not).
+3-component stream as YCbCr, so YCbCr-coded tiles go through torchvision's decode_jpeg and
+RGB-coded 4:4:4 tiles through hnm.nvjpeg_raw, which asks nvjpeg for the coded planes. Either decoder
+is checked against Pillow on a few tiles of each slide before it is trusted (else the CPU path).
 
 Geometry follows openslide's read_region: level coordinates are level-0 coordinates / downsample;
 a fractional position is blended bilinearly (as openslide does), area outside the level is white
@@ -100,6 +100,7 @@ class JpegTiledLevel:
     counts: np.ndarray
     photometric: int
     header: bytes  # SOI + (APP14) + shared tables: prepended to each tile's bytes after its SOI
+    sampling: list[tuple[int, int]]  # each component's sampling factors, from the first tile
 
     @classmethod
     def inspect(cls, path: str | os.PathLike[str], size: tuple[int, int]) -> "JpegTiledLevel":
@@ -151,22 +152,28 @@ class JpegTiledLevel:
             counts=counts,
             photometric=photometric,
             header=b"",
+            sampling=[],
         )
         if len(offsets) < level.tiles_across * level.tiles_down:
             raise NotJpegTiled(
                 f"{len(offsets)} tile offsets for a {level.tiles_across}x{level.tiles_down} grid"
             )
-        level.header = level._make_header(tables)
+        first = level._first_tile_head()
+        level.header = level._make_header(tables, first)
+        level.sampling = component_sampling(first)
         return level
 
-    def _make_header(self, tables: bytes) -> bytes:
-        body = tables[2:-2] if tables else b""
+    def _first_tile_head(self) -> bytes:
+        """The start of the first stored tile (its own markers, up to the scan), or b""."""
         sample = next((i for i, c in enumerate(self.counts) if c > 0), None)
-        first = b""
-        if sample is not None:
-            with open(self.path, "rb") as handle:
-                handle.seek(int(self.offsets[sample]))
-                first = handle.read(int(min(self.counts[sample], 4096)))
+        if sample is None:
+            return b""
+        with open(self.path, "rb") as handle:
+            handle.seek(int(self.offsets[sample]))
+            return handle.read(int(min(self.counts[sample], 4096)))
+
+    def _make_header(self, tables: bytes, first: bytes) -> bytes:
+        body = tables[2:-2] if tables else b""
         if declares_colour(b"\xff\xd8" + body + first[2:]):
             return b"\xff\xd8" + body
         transform = 0 if self.photometric == PHOTOMETRIC_RGB else 1
@@ -359,13 +366,13 @@ def decode_pillow(streams: list[bytes], level: JpegTiledLevel) -> torch.Tensor:
     """CPU reference decoder (libjpeg-turbo through Pillow): (U, 3, th, tw) uint8."""
     from PIL import Image
 
-    out = torch.full((len(streams), 3, level.tile_height, level.tile_width), 255, dtype=torch.uint8)
-    for i, stream in enumerate(streams):
+    if not streams:
+        return no_tiles(level, torch.device("cpu"))
+    tiles = []
+    for stream in streams:
         with Image.open(io.BytesIO(stream)) as image:
-            rgb = np.array(image.convert("RGB"))
-        h, w = min(rgb.shape[0], level.tile_height), min(rgb.shape[1], level.tile_width)
-        out[i, :, :h, :w] = torch.from_numpy(rgb[:h, :w]).permute(2, 0, 1)
-    return out
+            tiles.append(torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1))
+    return fit_tiles(tiles, level)
 
 
 def nvjpeg_available() -> tuple[bool, str]:
@@ -378,27 +385,40 @@ def nvjpeg_available() -> tuple[bool, str]:
     return True, ""
 
 
-def make_nvjpeg_decoder(device: torch.device) -> Callable[[list[bytes], JpegTiledLevel], torch.Tensor]:
-    """nvjpeg through torchvision: right for YCbCr-coded tiles (it converts every stream as YCbCr)."""
+def make_nvjpeg_decoder(
+    device: torch.device,
+) -> Callable[[list[bytes], JpegTiledLevel], torch.Tensor]:
+    """nvjpeg through torchvision, for YCbCr-coded tiles (it treats every stream as YCbCr)."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
     def decode(streams: list[bytes], level: JpegTiledLevel) -> torch.Tensor:
         if not streams:
-            return torch.empty(
-                (0, 3, level.tile_height, level.tile_width), dtype=torch.uint8, device=device
-            )
+            return no_tiles(level, device)
         data = [torch.frombuffer(bytearray(s), dtype=torch.uint8) for s in streams]
-        images = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
-        th, tw = level.tile_height, level.tile_width
-        if all(tuple(im.shape) == (3, th, tw) for im in images):
-            return torch.stack(images)
-        out = torch.full((len(images), 3, th, tw), 255, dtype=torch.uint8, device=device)
-        for i, im in enumerate(images):
-            h, w = min(im.shape[1], th), min(im.shape[2], tw)
-            out[i, : im.shape[0], :h, :w] = im[:3, :h, :w]
-        return out
+        return fit_tiles(decode_jpeg(data, mode=ImageReadMode.RGB, device=device), level)
 
     return decode
+
+
+def no_tiles(level: JpegTiledLevel, device: torch.device) -> torch.Tensor:
+    """What a decoder returns for a batch whose tiles were all never written (sparse)."""
+    shape = (0, 3, level.tile_height, level.tile_width)
+    return torch.empty(shape, dtype=torch.uint8, device=device)
+
+
+def fit_tiles(images: torch.Tensor | list[torch.Tensor], level: JpegTiledLevel) -> torch.Tensor:
+    """Decoded tiles -> (U, 3, th, tw): as they are when all have the level's tile size, else each
+    cropped or padded with white (a few writers store edge tiles cropped)."""
+    th, tw = level.tile_height, level.tile_width
+    if isinstance(images, torch.Tensor) and tuple(images.shape[1:]) == (3, th, tw):
+        return images
+    if all(tuple(im.shape) == (3, th, tw) for im in images):
+        return torch.stack(list(images))
+    out = torch.full((len(images), 3, th, tw), 255, dtype=torch.uint8, device=images[0].device)
+    for i, im in enumerate(images):
+        h, w = min(im.shape[1], th), min(im.shape[2], tw)
+        out[i, : im.shape[0], :h, :w] = im[:3, :h, :w]
+    return out
 
 
 def component_sampling(stream: bytes) -> list[tuple[int, int]]:
@@ -414,15 +434,8 @@ def raw_planes_are_rgb(level: JpegTiledLevel) -> tuple[bool, str]:
     """Whether decoding the coded planes without colour conversion gives the slide's RGB."""
     if level.photometric != PHOTOMETRIC_RGB:
         return False, "tiles are YCbCr-coded"
-    reader = TileBytes(level)
-    try:
-        sample = next((i for i, c in enumerate(level.counts) if c > 0), None)
-        stream = reader.read(sample) if sample is not None else None
-    finally:
-        reader.close()
-    sampling = component_sampling(stream) if stream else []
-    if len(sampling) != 3 or len(set(sampling)) != 1:
-        return False, f"RGB-coded tiles with component sampling {sampling}"
+    if len(level.sampling) != 3 or len(set(level.sampling)) != 1:
+        return False, f"RGB-coded tiles with component sampling {level.sampling}"
     return True, ""
 
 
@@ -435,7 +448,7 @@ def make_raw_nvjpeg_decoder(
     decoder = RawNvjpeg(device, backend=backend, output=output)
 
     def decode(streams: list[bytes], level: JpegTiledLevel) -> torch.Tensor:
-        return decoder.decode(streams, level.tile_height, level.tile_width)
+        return fit_tiles(decoder.decode(streams), level) if streams else no_tiles(level, device)
 
     return decode
 

@@ -106,7 +106,8 @@ class RawNvjpeg:
         if status != 0:
             raise NvjpegError(f"{call} failed with nvjpeg status {status}")
 
-    def _info(self, stream: bytes) -> tuple[int, int, int]:
+    def _size(self, stream: bytes) -> tuple[int, int]:
+        """(height, width) of a stream whose three components are all full size."""
         components = ctypes.c_int()
         subsampling = ctypes.c_int()
         widths = (ctypes.c_int * MAX_COMPONENTS)()
@@ -126,23 +127,22 @@ class RawNvjpeg:
         if components.value != 3 or len({widths[c] for c in range(3)}) != 1:
             raise NvjpegError(
                 f"stream has {components.value} components of widths "
-                f"{[widths[c] for c in range(components.value)]}: only 3 full-size planes decode raw"
+                f"{[widths[c] for c in range(components.value)]}: only 3 full-size planes decode "
+                "raw"
             )
-        return components.value, heights[0], widths[0]
+        return heights[0], widths[0]
 
-    def decode(self, streams: list[bytes], height: int, width: int) -> torch.Tensor:
-        """(U, 3, height, width) uint8 on the device: each stream's planes, cropped/padded white."""
-        out = torch.full((len(streams), 3, height, width), 255, dtype=torch.uint8, device=self.device)
-        if not streams:
-            return out
-        sizes = [self._info(s)[1:] for s in streams]
-        if any(size != (height, width) for size in sizes):
-            # Edge tiles of a few writers are stored cropped: decode them into their own buffers.
+    def decode(self, streams: list[bytes]) -> torch.Tensor | list[torch.Tensor]:
+        """Each non-empty stream's planes, uint8 on the device: one (U, 3, h, w) tensor when all
+        streams have the same size, else a list of (3, h_i, w_i) tensors."""
+        sizes = [self._size(s) for s in streams]
+        if len(set(sizes)) == 1:
+            block = torch.empty((len(streams), 3, *sizes[0]), dtype=torch.uint8, device=self.device)
+            planes: torch.Tensor | list[torch.Tensor] = block
+        else:
             planes = [
                 torch.empty((3, h, w), dtype=torch.uint8, device=self.device) for h, w in sizes
             ]
-        else:
-            planes = list(out)
         images = (_Image * len(streams))()
         for i, plane in enumerate(planes):
             for c in range(3):
@@ -167,8 +167,4 @@ class RawNvjpeg:
         )
         # The host buffers above must outlive nvjpeg's use of them.
         torch.cuda.current_stream(self.device).synchronize()
-        if planes[0].data_ptr() != out[0].data_ptr():
-            for i, plane in enumerate(planes):
-                h, w = min(plane.shape[1], height), min(plane.shape[2], width)
-                out[i, :, :h, :w] = plane[:, :h, :w]
-        return out
+        return planes

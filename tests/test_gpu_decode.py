@@ -114,6 +114,11 @@ def _level(path: str) -> gd.JpegTiledLevel:
     return gd.JpegTiledLevel.inspect(path, openslide.OpenSlide(path).level_dimensions[0])
 
 
+def _swapped_colours(streams: list[bytes], level: gd.JpegTiledLevel) -> torch.Tensor:
+    """A decoder with wrong colours (R and B swapped), as a stand-in for a misbehaving one."""
+    return gd.decode_pillow(streams, level).flip(1)
+
+
 def _patches(level, coords, downsample, read_size, patch_size):
     tiles = gd.TileBytes(level)
     try:
@@ -310,11 +315,22 @@ def test_check_decoder_catches_wrong_colours(aperio_like):
     ok, difference = gd.check_decoder(gd.decode_pillow, level)
     assert ok and difference == 0.0
 
-    def swapped(streams, lvl):
-        return gd.decode_pillow(streams, lvl).flip(1)
-
-    ok, difference = gd.check_decoder(swapped, level)
+    ok, difference = gd.check_decoder(_swapped_colours, level)
     assert not ok and difference > 3
+
+
+def test_decoded_tiles_are_fitted_to_the_level_tile_size(aperio_like):
+    level = gd.JpegTiledLevel.inspect(aperio_like[0], (333, 300))
+    th, tw = level.tile_height, level.tile_width
+    block = torch.zeros((2, 3, th, tw), dtype=torch.uint8)
+    assert gd.fit_tiles(block, level) is block
+    small = torch.full((3, th - 5, tw - 7), 9, dtype=torch.uint8)
+    large = torch.full((3, th + 4, tw + 2), 7, dtype=torch.uint8)
+    fitted = gd.fit_tiles([small, large], level)
+    assert fitted.shape == (2, 3, th, tw)
+    assert (fitted[0, :, : th - 5, : tw - 7] == 9).all() and (fitted[0, :, th - 5 :] == 255).all()
+    assert (fitted[0, :, :, tw - 7 :] == 255).all() and (fitted[1] == 7).all()
+    assert gd.no_tiles(level, torch.device("cpu")).shape == (0, 3, th, tw)
 
 
 def test_component_sampling_tells_which_tiles_decode_as_coded_planes(
@@ -324,9 +340,11 @@ def test_component_sampling_tells_which_tiles_decode_as_coded_planes(
     reader = gd.TileBytes(ycbcr)
     assert gd.component_sampling(reader.read(0)) == [(2, 2), (1, 1), (1, 1)]
     reader.close()
+    assert ycbcr.sampling == [(2, 2), (1, 1), (1, 1)] and rgb.sampling == [(1, 1)] * 3
     assert gd.raw_planes_are_rgb(ycbcr) == (False, "tiles are YCbCr-coded")
     assert gd.raw_planes_are_rgb(rgb) == (True, "")
-    assert gd.raw_planes_are_rgb(_level(str(shared_slides / "cmu-1-small-region.svs"))) == (True, "")
+    svs = _level(str(shared_slides / "cmu-1-small-region.svs"))
+    assert gd.raw_planes_are_rgb(svs) == (True, "")
     # An RGB-coded stream with subsampled components cannot come out of nvjpeg as full planes.
     ycbcr.photometric = gd.PHOTOMETRIC_RGB
     ok, why = gd.raw_planes_are_rgb(ycbcr)
@@ -348,11 +366,8 @@ def test_stage_picks_the_decoder_that_agrees_with_pillow(monkeypatch, vips_pyram
     and a colour-swapping Pillow (what torchvision's nvjpeg does to RGB-coded tiles)."""
     from hnm.extract import gpu_decoder
 
-    def swapped(streams, lvl):
-        return gd.decode_pillow(streams, lvl).flip(1)
-
     monkeypatch.setattr(gd, "make_raw_nvjpeg_decoder", lambda device: gd.decode_pillow)
-    monkeypatch.setattr(gd, "make_nvjpeg_decoder", lambda device: swapped)
+    monkeypatch.setattr(gd, "make_nvjpeg_decoder", lambda device: _swapped_colours)
     svs = _level(str(shared_slides / "cmu-1-small-region.svs"))
     assert gpu_decoder(svs, "svs", torch.device("cpu")) == (gd.decode_pillow, "")
     # YCbCr tiles never take the coded planes; here the stand-in for torchvision swaps colours.
@@ -384,7 +399,8 @@ gpu = pytest.mark.skipif(not _NVJPEG, reason=f"GPU decode needs CUDA and torchvi
 @gpu
 @pytest.mark.gpu
 def test_nvjpeg_matches_pillow_on_ycbcr_tiles(vips_pyramid):
-    ok, difference = gd.check_decoder(gd.make_nvjpeg_decoder(torch.device("cuda")), _level(vips_pyramid))
+    decode = gd.make_nvjpeg_decoder(torch.device("cuda"))
+    ok, difference = gd.check_decoder(decode, _level(vips_pyramid))
     assert ok, difference
 
 
@@ -392,8 +408,8 @@ def test_nvjpeg_matches_pillow_on_ycbcr_tiles(vips_pyramid):
 @pytest.mark.gpu
 @pytest.mark.parametrize("which", ["vips_rgb", "aperio_svs"])
 def test_coded_planes_match_pillow_on_rgb_coded_tiles(which, vips_rgb_pyramid, shared_slides):
-    path = vips_rgb_pyramid if which == "vips_rgb" else str(shared_slides / "cmu-1-small-region.svs")
-    level = _level(path)
+    svs = str(shared_slides / "cmu-1-small-region.svs")
+    level = _level(vips_rgb_pyramid if which == "vips_rgb" else svs)
     ok, difference = gd.check_decoder(gd.make_raw_nvjpeg_decoder(torch.device("cuda")), level, 64)
     assert ok, difference
     wrong, difference = gd.check_decoder(gd.make_nvjpeg_decoder(torch.device("cuda")), level)
