@@ -49,11 +49,15 @@ wildcard_constraints:
     round=r"\d+",
 
 
-def slide_path(wildcards):
+def slide_file(slide):
     # Demo slides are outputs of rule synth_slide, which Snakemake matches by relative path.
     if DEMO:
-        return f"results/demo/slides/{wildcards.slide}.tiff"
-    return SLIDE_ROWS[wildcards.slide]["path"]
+        return f"results/demo/slides/{slide}.tiff"
+    return SLIDE_ROWS[slide]["path"]
+
+
+def slide_path(wildcards):
+    return slide_file(wildcards.slide)
 
 
 def slide_mpp_flag(wildcards):
@@ -65,6 +69,11 @@ def tiles(slides=None):
     return expand(
         "results/tiles/{slide}.h5", slide=SLIDES if slides is None else slides
     )
+
+
+def slide_batches(size):
+    """SLIDES in consecutive batches of `size` (the last may be smaller)."""
+    return [SLIDES[start : start + size] for start in range(0, len(SLIDES), size)]
 
 
 def features(round_):
@@ -92,9 +101,10 @@ def gpu_resources():
     return settings
 
 
-def retry_scaled(rule_name, key):
-    """mem_mb / runtime that grow with the retry attempt, so a retry after OOM or timeout can pass."""
-    base = config["resources"][rule_name][key]
+def retry_scaled(rule_name, key, slides=1):
+    """mem_mb / runtime that grow with the retry attempt, so a retry after OOM or timeout can pass;
+    `slides` scales a per-slide amount to a job of several slides."""
+    base = config["resources"][rule_name][key] * slides
     return lambda wildcards, attempt: base * attempt
 
 

@@ -1,4 +1,6 @@
-# Encoders and per-slide feature extraction for every round.
+# Encoders and feature extraction for every round: one job per slide, or one per batch of
+# `extraction.slides_per_job` slides (each batch its own rule, since a rule's outputs cannot vary
+# with a wildcard), so small slides do not each pay the interpreter and device start-up.
 
 
 rule init_encoder:
@@ -20,28 +22,70 @@ rule init_encoder:
         "python -m hnm init-encoder {params.settings} --seed {params.seed} --out {output} > {log} 2>&1"
 
 
-rule extract:
-    input:
-        slide=slide_path,
-        tiles="results/tiles/{slide}.h5",
-        encoder="results/r{round}/encoder.pt",
-    output:
-        "results/r{round}/features/{slide}.h5",
-    log:
-        "results/logs/r{round}/extract/{slide}.log",
-    benchmark:
-        "results/benchmarks/r{round}/extract/{slide}.tsv"
-    conda:
-        "../envs/torch.yaml"
-    threads: rule_threads("extract")
-    resources:
-        **gpu_resources(),
-        mem_mb=retry_scaled("extract", "mem_mb"),
-        runtime=retry_scaled("extract", "runtime"),
-    params:
-        settings=flags("extraction"),
-        device=config["device"],
-    shell:
-        "python -m hnm extract --slide {input.slide} --slide-id {wildcards.slide} --tiles {input.tiles} "
-        "--encoder {input.encoder} --round {wildcards.round} --device {params.device} "
-        "{params.settings} --out {output} > {log} 2>&1"
+EXTRACT_SETTINGS = flags("extraction", skip=["slides_per_job"])
+EXTRACT_SHELL = (
+    "python -m hnm extract --slide {input.slides} --slide-id {params.slide_ids} "
+    "--tiles {input.tiles} --encoder {input.encoder} --round {wildcards.round} "
+    "--device {params.device} {params.settings} --out {output} > {log} 2>&1"
+)
+
+
+if config["extraction"]["slides_per_job"] == 1:
+
+    rule extract:
+        input:
+            slides=slide_path,
+            tiles="results/tiles/{slide}.h5",
+            encoder="results/r{round}/encoder.pt",
+        output:
+            "results/r{round}/features/{slide}.h5",
+        log:
+            "results/logs/r{round}/extract/{slide}.log",
+        benchmark:
+            "results/benchmarks/r{round}/extract/{slide}.tsv"
+        conda:
+            "../envs/torch.yaml"
+        threads: rule_threads("extract")
+        resources:
+            **gpu_resources(),
+            mem_mb=retry_scaled("extract", "mem_mb"),
+            runtime=retry_scaled("extract", "runtime"),
+        params:
+            slide_ids=lambda wildcards: wildcards.slide,
+            settings=EXTRACT_SETTINGS,
+            device=config["device"],
+        shell:
+            EXTRACT_SHELL
+
+else:
+    for batch, members in enumerate(
+        slide_batches(config["extraction"]["slides_per_job"])
+    ):
+
+        rule:
+            name:
+                f"extract_batch{batch}"
+            input:
+                slides=[slide_file(slide) for slide in members],
+                tiles=tiles(members),
+                encoder="results/r{round}/encoder.pt",
+            output:
+                expand("results/r{{round}}/features/{slide}.h5", slide=members),
+            log:
+                f"results/logs/r{{round}}/extract/batch{batch}.log",
+            benchmark:
+                f"results/benchmarks/r{{round}}/extract/batch{batch}.tsv"
+            conda:
+                "../envs/torch.yaml"
+            threads: rule_threads("extract")
+            resources:
+                **gpu_resources(),
+                mem_mb=retry_scaled("extract", "mem_mb"),
+                # resources.extract.runtime is per slide
+                runtime=retry_scaled("extract", "runtime", slides=len(members)),
+            params:
+                slide_ids=" ".join(members),
+                settings=EXTRACT_SETTINGS,
+                device=config["device"],
+            shell:
+                EXTRACT_SHELL

@@ -68,7 +68,7 @@ TEST_CONFIG = {
         "tumor_regions": 1,
         "mimic_regions": 1,
     },
-    "extraction": {"batch_size": 64, "workers": 0},
+    "extraction": {"batch_size": 64, "workers": 0, "slides_per_job": 1},
     "mil": {"epochs": 3, "checkpoint_every": 1},
     "finetune": {
         "epochs_per_round": 1,

@@ -292,6 +292,38 @@ def test_cli_extract(setup, caplog):
     assert "img/s" in caplog.text
 
 
+def test_cli_extracts_several_slides_in_one_call(setup, caplog):
+    """One call per batch of slides: each slide gets its own file, equal to a call of its own."""
+    root, slide, tiles, encoder = setup
+    folder = root / "batch"
+    common = ["--encoder", str(encoder), "--round", "0", "--batch-size", "16", "--workers", "0"]
+    common += ["--device", "cpu"]
+    alone = folder / "alone.h5"
+    assert main(["extract", "--slide", slide, "--slide-id", "a", "--tiles", str(tiles),
+                 "--out", str(alone), *common]) == 0
+    outs = [str(folder / "a.h5"), str(folder / "b.h5")]
+    with caplog.at_level("INFO"):
+        code = main(["extract", "--slide", slide, slide, "--slide-id", "a", "b",
+                     "--tiles", str(tiles), str(tiles), "--out", *outs, *common])
+    assert code == 0
+    expected, _, _ = read_features(alone)
+    for out, slide_id in zip(outs, ("a", "b")):
+        features, _, attrs = read_features(out)
+        assert attrs["slide_id"] == slide_id
+        np.testing.assert_array_equal(features, expected)
+    assert "b: wrote" in caplog.text
+
+
+def test_cli_several_slides_need_one_value_of_each_option_per_slide(setup, capsys):
+    root, slide, tiles, encoder = setup
+    code = main(["extract", "--slide", slide, slide, "--slide-id", "a", "b", "--tiles", str(tiles),
+                 "--encoder", str(encoder), "--round", "0", "--out", str(root / "x.h5"),
+                 str(root / "y.h5"), "--device", "cpu"])
+    assert code == 2
+    assert "--slide 2, --slide-id 2, --tiles 1, --out 2" in capsys.readouterr().err
+    assert not (root / "x.h5").exists()
+
+
 def test_cli_gpu_decode_without_cuda_is_a_config_error(setup, capsys):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")

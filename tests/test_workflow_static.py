@@ -43,10 +43,15 @@ def rules_with_stages() -> dict[str, tuple[str, str]]:
     """rule name -> (env file, hnm stage) read from the rule files."""
     found = {}
     for path in sorted((REPO / "rules").glob("*.smk")):
-        for block in re.split(r"\n(?=rule )", path.read_text()):
-            name = re.match(r"rule (\w+):", block)
+        text = path.read_text()
+        # Shell commands kept in a constant (shared by several rules): NAME = ("python -m hnm ...
+        constants = dict(re.findall(r"^(\w+) = \(\s*\n\s*\"(python -m hnm [\w-]+)", text, re.M))
+        for block in re.split(r"\n(?=\s*rule )", text):
+            name = re.match(r"\s*rule (\w+):", block)
             conda = re.search(r'conda:\s*\n\s*"([^"]+)"', block)
-            stage = re.search(r"python -m hnm ([\w-]+)", block)
+            shell = re.search(r"shell:\s*\n\s*(\w+)\s*$", block, re.M)
+            command = constants.get(shell.group(1), "") if shell else block
+            stage = re.search(r"python -m hnm ([\w-]+)", command)
             if name and stage:
                 env = (path.parent / conda.group(1)).resolve() if conda else None
                 found[name.group(1)] = (str(env) if env else "", stage.group(1))
@@ -119,8 +124,26 @@ def test_snakefmt_is_clean() -> None:
 def test_dry_run_with_each_profile(profile: str) -> None:
     result = snakemake("-n", "--workflow-profile", f"workflow/profiles/{profile}")
     assert result.returncode == 0, result.stdout + result.stderr
-    for rule in ("synth_slide", "tile", "extract", "train_mil", "mine", "finetune", "final"):
+    for rule in ("synth_slide", "tile", r"extract_batch\d+", "train_mil", "mine", "finetune", "final"):
         assert re.search(rf"^{rule}\s+\d+", result.stdout, re.M), f"{rule} missing from the DAG"
+
+
+@pytest.mark.parametrize("per_job", [1, 5, 1000])
+def test_extraction_jobs_take_slides_per_job_slides(per_job: int, tmp_path: Path) -> None:
+    """One extract job per slide, or per batch of slides_per_job slides, in every round."""
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    slides = sum(n for split in config["demo"]["slides"].values() for n in split.values())
+    rounds = config["rounds"] + 1
+    overlay = tmp_path / "batches.yaml"
+    overlay.write_text(yaml.safe_dump({"extraction": {"slides_per_job": per_job}}))
+    result = snakemake("-n", "--configfile", "config/config.yaml", str(overlay))
+    assert result.returncode == 0, result.stdout + result.stderr
+    jobs = dict(re.findall(r"^(extract\S*)\s+(\d+)$", result.stdout, re.M))
+    if per_job == 1:
+        assert jobs == {"extract": str(slides * rounds)}
+    else:
+        batches = -(-slides // per_job)
+        assert jobs == {f"extract_batch{i}": str(rounds) for i in range(batches)}
 
 
 def test_a_bad_sheet_stops_the_run_before_any_job(tmp_path: Path) -> None:

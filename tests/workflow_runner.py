@@ -27,7 +27,8 @@ TINY_CONFIG = {
         "height": 2048,
         "tumor_size_um": 160,
     },
-    "extraction": {"batch_size": 64, "workers": 0},
+    # One extraction job per slide: the fault tests kill and resume between slides.
+    "extraction": {"batch_size": 64, "workers": 0, "slides_per_job": 1},
     "mil": {"epochs": 12, "checkpoint_every": 2},
     "finetune": {"epochs_per_round": 4, "warmup": 1, "batch_size": 32, "workers": 0,
                  "max_steps_per_epoch": 3},
@@ -46,16 +47,17 @@ def deep_update(base: dict, extra: dict) -> dict:
     return merged
 
 
-def write_config(folder: Path, extra: dict | None = None) -> Path:
-    path = folder / "tiny.yaml"
-    path.write_text(yaml.safe_dump(deep_update(TINY_CONFIG, extra or {})))
+def write_config(folder: Path, extra: dict | None = None, base: dict | None = None) -> Path:
+    """The run's config overlay: `base` (TINY_CONFIG unless given) updated with `extra`."""
+    path = folder / "run.yaml"
+    path.write_text(yaml.safe_dump(deep_update(TINY_CONFIG if base is None else base, extra or {})))
     return path
 
 
 def command(folder: Path, *args: str, cores: int = 2) -> list[str]:
     return [
         sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(folder),
-        "--configfile", str(folder / "tiny.yaml"), "--cores", str(cores), "--rerun-incomplete",
+        "--configfile", str(folder / "run.yaml"), "--cores", str(cores), "--rerun-incomplete",
         *args,
     ]
 

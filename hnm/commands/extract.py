@@ -1,4 +1,8 @@
-"""`hnm extract`: patch features of one slide with one round's encoder."""
+"""`hnm extract`: patch features of one or more slides with one round's encoder.
+
+Several slides per call (`--slide A B --slide-id a b ...`) pay the interpreter, torch and device
+start-up once: on small slides that start-up costs more than the extraction itself.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,16 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--slide", required=True, help="slide file")
-    parser.add_argument("--slide-id", required=True)
-    parser.add_argument("--tiles", required=True, help="tiles file (results/tiles/{slide}.h5)")
+    parser.add_argument("--slide", nargs="+", required=True, help="slide file(s)")
+    parser.add_argument("--slide-id", nargs="+", required=True, help="one id per slide")
+    parser.add_argument(
+        "--tiles", nargs="+", required=True, help="tiles file per slide (results/tiles/{slide}.h5)"
+    )
     parser.add_argument(
         "--encoder", required=True, help="encoder file (results/r{round}/encoder.pt)"
     )
     parser.add_argument("--round", type=int, required=True)
-    parser.add_argument("--out", required=True, help="features file to write")
+    parser.add_argument("--out", nargs="+", required=True, help="features file to write per slide")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument(
         "--workers",
@@ -71,8 +77,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from hnm.errors import ConfigError
     from hnm.extract import ExtractSettings, extract_slide
 
+    counts = {name: len(getattr(args, name)) for name in ("slide", "slide_id", "tiles", "out")}
+    if len(set(counts.values())) != 1:
+        listed = ", ".join(f"--{name.replace('_', '-')} {n}" for name, n in counts.items())
+        raise ConfigError(f"give one value per slide to each of these options (got {listed})")
     settings = ExtractSettings(
         batch_size=args.batch_size,
         workers=args.workers,
@@ -86,7 +97,6 @@ def run(args: argparse.Namespace) -> int:
         on_slide_error=args.on_slide_error,
         max_patches=args.max_patches,
     )
-    extract_slide(
-        args.slide, args.slide_id, args.tiles, args.encoder, args.round, args.out, settings
-    )
+    for slide, slide_id, tiles, out in zip(args.slide, args.slide_id, args.tiles, args.out):
+        extract_slide(slide, slide_id, tiles, args.encoder, args.round, out, settings)
     return 0
