@@ -290,6 +290,9 @@ def test_fixed_epoch_selection(tmp_path: Path) -> None:
     _, metrics = cohort.train("out", MilSettings(epochs=4, select="fixed_epoch", fixed_epoch=2))
     assert metrics["selected_epoch"] == 2
     assert metrics["selection"]["metric_used"] is None
+    _, metrics = cohort.train("last", MilSettings(epochs=4, select="fixed_epoch", fixed_epoch=-1))
+    assert metrics["selected_epoch"] == 3
+    assert MilSettings(epochs=4, select="fixed_epoch", fixed_epoch=-4).snapshot_epoch == 0
 
 
 def test_clear_errors(tmp_path: Path) -> None:
@@ -301,6 +304,8 @@ def test_clear_errors(tmp_path: Path) -> None:
         cohort.train("out", MilSettings(epochs=1))
     with pytest.raises(ConfigError, match="fixed_epoch 5"):
         MilSettings(epochs=5, select="fixed_epoch", fixed_epoch=5)
+    with pytest.raises(ConfigError, match="fixed_epoch -6"):
+        MilSettings(epochs=5, select="fixed_epoch", fixed_epoch=-6)
     with pytest.raises(ConfigError, match="class_balance"):
         MilSettings(class_balance="oversample")
     no_val = _small_cohort(tmp_path / "noval", {"train": (2, 2), "val": (0, 0), "test": (1, 1)})

@@ -1,8 +1,9 @@
 """`hnm synth`: write one synthetic demo slide (pyramidal JPEG BigTIFF) and its GeoJSON ground truth.
 
 The slide's random stream comes from (--seed, --slide-id), so every slide of a demo cohort differs,
-and the same cohort seed rebuilds the same files byte for byte. Defaults are sized for the demo: a
-4096 px square at 0.5 um/px, tiled by the demo at 2.0 um/px (level 2) into 32 px patches.
+and the same cohort seed rebuilds the same files byte for byte. The workflow passes the `demo`
+settings of config/config.yaml (2048 px slides); alone, the defaults make a 4096 px square at
+0.5 um/px, which the demo's tiling reads at 2.0 um/px (level 2) in 32 px patches.
 """
 
 from __future__ import annotations

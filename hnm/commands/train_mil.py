@@ -45,7 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--select", default="best_val", choices=["best_val", "fixed_epoch"])
     parser.add_argument("--select-metric", default="auc", choices=["auc", "f1", "loss"])
-    parser.add_argument("--fixed-epoch", type=int, default=199, help="counted from 0")
+    parser.add_argument(
+        "--fixed-epoch", type=int, default=199, help="counted from 0; negative from the end"
+    )
     parser.add_argument(
         "--threshold-method",
         default="f1",

@@ -18,7 +18,8 @@ SELECT_METRICS = ("auc", "f1", "loss")
 class MilSettings:
     """Defaults are the paper's (Adam 2e-4, wd 1e-4, 350 epochs, StepLR 75 x 0.5, K 10, margin 1).
 
-    Epochs are counted from 0, so `fixed_epoch` 199 is the 200th epoch. `class_balance` acts only
+    Epochs are counted from 0, so `fixed_epoch` 199 is the 200th epoch; negative values count from
+    the end (-1 = the last epoch), so a schedule can be shortened without moving the snapshot. `class_balance` acts only
     without the ranking loss: pair mode draws one bag of each class per step (balanced by
     construction), while bag mode weights each bag by n_train / (2 n_class) when `balanced`.
     """
@@ -64,13 +65,19 @@ class MilSettings:
         for name in ("weight_decay", "w_bag", "w_instance", "w_rank", "margin"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must not be negative (got {getattr(self, name)})")
-        if self.select == "fixed_epoch" and not 0 <= self.fixed_epoch < self.epochs:
+        if self.select == "fixed_epoch" and not -self.epochs <= self.fixed_epoch < self.epochs:
             problems.append(
-                f"fixed_epoch {self.fixed_epoch} is outside 0..{self.epochs - 1} "
-                f"(epochs are counted from 0 and there are {self.epochs})"
+                f"fixed_epoch {self.fixed_epoch} is outside 0..{self.epochs - 1} (or "
+                f"-{self.epochs}..-1 from the end; epochs are counted from 0 and there are "
+                f"{self.epochs})"
             )
         if problems:
             raise ConfigError("MIL settings: " + "; ".join(problems))
+
+    @property
+    def snapshot_epoch(self) -> int:
+        """`fixed_epoch` counted from 0."""
+        return self.fixed_epoch % self.epochs if self.fixed_epoch < 0 else self.fixed_epoch
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

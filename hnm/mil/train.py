@@ -196,7 +196,7 @@ def train_mil(
             run.selection.offer(
                 _selection_key(metric_used, val_loss, val_auc, val_f1), epoch, run.model
             )
-        elif epoch == settings.fixed_epoch:
+        elif epoch == settings.snapshot_epoch:
             run.selection.offer((0.0,), epoch, run.model)
         log.info(
             "epoch %d (of 0..%d): train loss %.4f, val loss %s, val auc %s, val f1 %s, lr %.3g, "
