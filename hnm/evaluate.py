@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +41,14 @@ def evaluate(
     split: str = "test",
     annotation_class: str = "Tumor",
     min_fraction: float = 0.5,
+    versus_classes: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Write metrics JSON (slide metrics on `split`, patch metrics per annotated split) and
-    predictions CSV (every scored slide, all splits, with the val threshold)."""
+    predictions CSV (every scored slide, all splits, with the val threshold).
+
+    `versus_classes` are other annotated classes (the demo's "Mimic", a user's "Necrosis"): for
+    each, the patch AUC of tumor against that class alone says what the overall patch AUC hides,
+    whether the scores separate tumor from the tissue that looks like it."""
     if split not in SPLITS:
         raise HnmError(f"split '{split}' is not one of {', '.join(SPLITS)}")
     mil_dir = Path(mil_dir)
@@ -86,7 +92,12 @@ def evaluate(
     patch_metrics: dict[str, Any] = {}
     for patch_split in SPLITS:
         result = _patch_metrics(
-            sheet, mil_dir, Path(tiles_dir), patch_split, annotation_class, min_fraction
+            sheet,
+            mil_dir,
+            Path(tiles_dir),
+            patch_split,
+            [annotation_class, *versus_classes],
+            min_fraction,
         )
         if result is not None:
             patch_metrics[patch_split] = result
@@ -121,10 +132,11 @@ def _patch_metrics(
     mil_dir: Path,
     tiles_dir: Path,
     split: str,
-    annotation_class: str,
+    classes: list[str],
     min_fraction: float,
 ) -> dict[str, Any] | None:
-    """Patch AUC/AUPRC/best F1 over slides with known patch truth; None without annotations."""
+    """Patch AUC/AUPRC/best F1 over slides with known patch truth, and tumor against each other
+    class of `classes` (the first is tumor); None without annotations."""
     rows = sheet[sheet["split"] == split]
     annotated = rows["annotation"].fillna("").astype(str).str.len() > 0
     if not annotated.any():
@@ -132,7 +144,7 @@ def _patch_metrics(
     scores_path = mil_dir / "scores" / f"{split}.parquet"
     scores = _read_parquet(scores_path)
     by_slide = {str(k): group for k, group in scores.groupby("slide_id", sort=False)}
-    truths: list[np.ndarray] = []
+    labels: list[list[np.ndarray]] = []  # per slide: one mask per class
     values: list[np.ndarray] = []
     positive_slide: list[np.ndarray] = []
     skipped: list[str] = []
@@ -148,38 +160,52 @@ def _patch_metrics(
         group = by_slide[slide_id]
         idx = group["idx"].to_numpy(np.int64)
         if annotation:
-            truth = _annotated_truth(
-                slide_id, annotation, tiles_dir, idx, annotation_class, min_fraction
-            )
+            masks = _annotated_labels(slide_id, annotation, tiles_dir, idx, classes, min_fraction)
         else:
-            truth = np.zeros(len(idx), dtype=bool)
-        truths.append(truth)
+            masks = [np.zeros(len(idx), dtype=bool) for _ in classes]
+        labels.append(masks)
         values.append(group["score"].to_numpy(np.float64))
         positive_slide.append(np.full(len(idx), int(row["label"]) == 1))
     if skipped:
         log.info("%s patch metrics leave out: %s", split, "; ".join(skipped))
-    if not truths:
-        return {"overall": None, "positive_slides": None, "skipped": skipped}
-    truth = np.concatenate(truths)
+    if not labels:
+        return {"overall": None, "positive_slides": None, "versus": {}, "skipped": skipped}
+    truth, *others = [np.concatenate(masks) for masks in zip(*labels)]
     score = np.concatenate(values)
     on_positive = np.concatenate(positive_slide)
     return {
-        "overall": _patch_summary(truth, score, int(len(truths))),
+        "overall": _patch_summary(truth, score, int(len(labels))),
         "positive_slides": _patch_summary(
             truth[on_positive], score[on_positive], int(sum(p.any() for p in positive_slide))
         ),
+        "versus": {
+            name: _versus_summary(truth, other & ~truth, score)
+            for name, other in zip(classes[1:], others)
+        },
         "skipped": skipped,
     }
 
 
-def _annotated_truth(
+def _versus_summary(truth: np.ndarray, other: np.ndarray, score: np.ndarray) -> dict[str, Any]:
+    """Tumor patches against the patches of one other class (a patch in both counts as tumor)."""
+    pair = truth | other
+    both = bool(truth.any() and other.any())
+    return {
+        "n_tumour_patches": int(truth.sum()),
+        "n_class_patches": int(other.sum()),
+        "auc": roc_auc(truth[pair], score[pair]) if both else None,
+    }
+
+
+def _annotated_labels(
     slide_id: str,
     annotation: str,
     tiles_dir: Path,
     idx: np.ndarray,
-    annotation_class: str,
+    classes: list[str],
     min_fraction: float,
-) -> np.ndarray:
+) -> list[np.ndarray]:
+    """One mask per class name over the scored patches `idx` of a slide."""
     try:
         from hnm.annotations import load_polygons, patch_labels
     except ImportError as error:  # pragma: no cover - the module ships with the package
@@ -196,12 +222,13 @@ def _annotated_truth(
             f"slide '{slide_id}': scores refer to patch {int(idx.max())} but {tiles_path} has "
             f"{len(coords)} patches; features and tiles are out of step (re-run extraction)"
         )
-    polygons = load_polygons(annotation, class_name=annotation_class)
-    labels = np.asarray(
-        patch_labels(polygons, coords, float(attrs["step_level0"]), min_fraction=min_fraction),
-        dtype=bool,
-    )
-    return labels[idx]
+    step = float(attrs["step_level0"])
+    masks = []
+    for name in classes:
+        polygons = load_polygons(annotation, class_name=name)
+        inside = patch_labels(polygons, coords, step, min_fraction=min_fraction)
+        masks.append(np.asarray(inside, dtype=bool)[idx])
+    return masks
 
 
 def _patch_summary(truth: np.ndarray, score: np.ndarray, n_slides: int) -> dict[str, Any]:

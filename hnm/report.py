@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,17 @@ def _read_json(path: Path) -> dict[str, Any]:
 def _patch_auc(evaluation: dict[str, Any], split: str) -> float | None:
     overall = (evaluation.get("patch", {}).get(split) or {}).get("overall") or {}
     return overall.get("auc")
+
+
+def _versus_aucs(evaluation: dict[str, Any]) -> dict[str, float | None]:
+    """{split}_patch_auc_vs_{class}: tumor against each other annotated class, per val/test."""
+    columns: dict[str, float | None] = {}
+    for split in ("val", "test"):
+        versus = (evaluation.get("patch", {}).get(split) or {}).get("versus") or {}
+        for name, summary in versus.items():
+            column = re.sub(r"[^0-9a-z]+", "_", name.lower()).strip("_")
+            columns[f"{split}_patch_auc_vs_{column}"] = summary.get("auc")
+    return columns
 
 
 def _benchmark_seconds(folder: Path) -> float | None:
@@ -92,6 +104,7 @@ def round_row(results: Path, round_: int) -> dict[str, Any]:
             patches / extraction_seconds if extraction_seconds and patches else None
         ),
         "mil_epoch_seconds": (mil.get("timing") or {}).get("epoch_seconds_mean"),
+        **_versus_aucs(evaluation),
     }
 
 
@@ -107,7 +120,9 @@ def _count_patches(features: Path) -> int:
 
 def write_report(results: str | os.PathLike[str], rounds: int, out_dir: str | os.PathLike[str]) -> pd.DataFrame:
     results, out_dir = Path(results), Path(out_dir)
-    table = pd.DataFrame([round_row(results, r) for r in range(rounds + 1)], columns=ROUND_COLUMNS)
+    rows = [round_row(results, r) for r in range(rounds + 1)]
+    extra = [column for row in rows for column in row if column not in ROUND_COLUMNS]
+    table = pd.DataFrame(rows, columns=ROUND_COLUMNS + list(dict.fromkeys(extra)))
     with atomic_path(out_dir / "rounds.csv") as temporary:
         table.to_csv(temporary, index=False)
     last = results / f"r{rounds}" / "eval"

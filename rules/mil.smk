@@ -45,7 +45,9 @@ rule evaluate:
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        settings=flags("evaluation"),
     shell:
         "python -m hnm evaluate --sheet {input.sheet} --mil-dir results/r{wildcards.round}/mil "
         "--tiles-dir results/tiles --out {output.metrics} --predictions {output.predictions} "
-        "> {log} 2>&1"
+        "{params.settings} > {log} 2>&1"

@@ -71,22 +71,22 @@ def test_threshold_by_f1_and_by_youden_hand_computed() -> None:
     assert choose_threshold([1, 0, 1], [0.9, 0.5, 0.1], "f1") == pytest.approx((0.1, 0.8))
 
 
-def _write_geojson(path: Path, x0: float, y0: float, x1: float, y1: float) -> str:
-    ring = [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
-    path.write_text(
-        json.dumps(
+def _write_geojson(
+    path: Path, *box: float, boxes: dict[str, tuple[float, float, float, float]] | None = None
+) -> str:
+    """A GeoJSON of rectangles: `box` (x0, y0, x1, y1) is Tumor; `boxes` maps other classes."""
+    named = {"Tumor": tuple(box), **(boxes or {})} if box else dict(boxes or {})
+    features = []
+    for name, (x0, y0, x1, y1) in named.items():
+        ring = [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
+        features.append(
             {
-                "type": "FeatureCollection",
-                "features": [
-                    {
-                        "type": "Feature",
-                        "geometry": {"type": "Polygon", "coordinates": [ring]},
-                        "properties": {"classification": {"name": "Tumor"}},
-                    }
-                ],
+                "type": "Feature",
+                "geometry": {"type": "Polygon", "coordinates": [ring]},
+                "properties": {"classification": {"name": name}},
             }
         )
-    )
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
     return str(path)
 
 
@@ -206,6 +206,27 @@ def test_evaluate_applies_the_val_threshold_and_scores_patches(mil_run: dict[str
     assert any("t_pos2" in s for s in test["skipped"])
     assert metrics["patch"]["val"]["positive_slides"]["auc"] == 0.0  # .3 (tumour) < .4
     assert json.loads(out.read_text()) == json.loads(json.dumps(metrics))
+
+
+def test_tumor_against_another_annotated_class(mil_run: dict[str, Path]) -> None:
+    """Mimic boxes over t_pos patch 2 (score .7) and t_neg patch 0 (.8); tumor is t_pos 0, 1
+    (.9, .6): of the 4 tumor-mimic pairs, .9 wins twice and .6 loses twice -> AUC 0.5."""
+    root = mil_run["root"]
+    sheet = pd.read_csv(mil_run["sheet"], sep="\t", keep_default_na=False)
+    files = {
+        "t_pos": _write_geojson(root / "t_pos2.geojson", -10, -10, 210, 110,
+                                boxes={"Mimic": (190, -10, 310, 110)}),
+        "t_neg": _write_geojson(root / "t_neg.geojson", boxes={"Mimic": (-10, -10, 110, 110)}),
+    }
+    sheet["annotation"] = [files.get(s, a) for s, a in zip(sheet["slide_id"], sheet["annotation"])]
+    sheet.to_csv(mil_run["sheet"], sep="\t", index=False)
+    metrics = evaluate(mil_run["sheet"], mil_run["mil"], mil_run["tiles"], root / "e.json",
+                       root / "p.csv", versus_classes=["Mimic", "Necrosis"])
+    test = metrics["patch"]["test"]
+    assert test["overall"]["auc"] == pytest.approx(6 / 8)  # the Mimic boxes change nothing here
+    assert test["versus"]["Mimic"] == {"n_tumour_patches": 2, "n_class_patches": 2, "auc": 0.5}
+    assert test["versus"]["Necrosis"]["auc"] is None  # no such region: undefined, not an error
+    assert metrics["patch"]["val"]["versus"]["Mimic"]["n_class_patches"] == 0
 
 
 def test_evaluate_cli_and_its_errors(mil_run: dict[str, Path], capsys) -> None:

@@ -3,6 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import json
+
+
+def _class_list(text: str) -> list[str]:
+    """A JSON list of class names (what the workflow passes), or names separated by commas."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = [name.strip() for name in text.split(",") if name.strip()]
+    if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
+        raise argparse.ArgumentTypeError(f"expected a list of class names, got {text!r}")
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +38,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.5,
         help="a patch is tumour when at least this fraction of it is annotated",
     )
+    parser.add_argument(
+        "--versus-classes",
+        type=_class_list,
+        default=[],
+        help="other annotated classes (JSON list or comma-separated, e.g. Mimic): the patch AUC of "
+        "tumor against each alone",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,5 +59,6 @@ def run(args: argparse.Namespace) -> int:
         split=args.split,
         annotation_class=args.annotation_class,
         min_fraction=args.min_fraction,
+        versus_classes=args.versus_classes,
     )
     return 0
