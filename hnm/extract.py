@@ -422,6 +422,43 @@ def _write_empty(out_path: str, attrs: dict[str, Any], dim: int, **extra: Any) -
         pass
 
 
+class JobEncoder:
+    """One job's encoder: loaded, put in channels_last and compiled once for all its slides.
+
+    A fresh model per slide would make torch.compile trace again for every slide of a batch."""
+
+    def __init__(self, encoder_path: str, settings: ExtractSettings) -> None:
+        self.path = encoder_path
+        self.settings = settings
+        self._loaded: tuple[Any, EncoderFileMeta, Any] | None = None
+
+    def load(self, device: torch.device) -> tuple[Any, EncoderFileMeta, Any]:
+        """(model, meta, backbone ready to run)."""
+        if self._loaded is None:
+            model, meta = load_encoder_file(self.path, device)
+            backbone = model.backbone
+            if self.settings.channels_last:
+                backbone = backbone.to(memory_format=torch.channels_last)
+            if self.settings.compile:
+                backbone = torch.compile(backbone)
+            self._loaded = (model, meta, backbone)
+        return self._loaded
+
+
+def extract_slides(
+    jobs: list[tuple[str, str, str, str]],
+    encoder_path: str,
+    round_: int,
+    settings: ExtractSettings = ExtractSettings(),
+) -> list[ExtractResult]:
+    """`extract_slide` for each (slide path, slide id, tiles path, out path), one encoder load."""
+    encoder = JobEncoder(encoder_path, settings)
+    return [
+        extract_slide(slide, slide_id, tiles, encoder_path, round_, out, settings, encoder)
+        for slide, slide_id, tiles, out in jobs
+    ]
+
+
 def extract_slide(
     slide_path: str,
     slide_id: str,
@@ -430,7 +467,9 @@ def extract_slide(
     round_: int,
     out_path: str,
     settings: ExtractSettings = ExtractSettings(),
+    encoder: JobEncoder | None = None,
 ) -> ExtractResult:
+    """Features of one slide; `encoder` shares a loaded encoder between the slides of a job."""
     settings.validate()
     try:
         coords, tiles_attrs = read_tiles(tiles_path)
@@ -467,7 +506,9 @@ def extract_slide(
     precision = resolve_precision(settings.precision, device)
     if device.type == "cpu":
         torch.set_num_threads(settings.threads or available_cores())
-    model, meta = load_encoder_file(encoder_path, device)
+    if encoder is None or encoder.path != encoder_path:
+        encoder = JobEncoder(encoder_path, settings)
+    model, meta, backbone = encoder.load(device)
     geometry = PatchGeometry.from_attrs(tiles_attrs)
     if geometry.patch_size != meta.patch_size:
         if model.spec.fixed_input:
@@ -495,7 +536,7 @@ def extract_slide(
         coords = coords[: settings.max_patches]
     try:
         return _run(
-            model,
+            backbone,
             meta,
             coords,
             geometry,
@@ -529,7 +570,7 @@ def extract_slide(
 
 
 def _run(
-    model: Any,
+    backbone: Any,
     meta: EncoderFileMeta,
     coords: np.ndarray,
     geometry: PatchGeometry,
@@ -542,15 +583,10 @@ def _run(
     precision: str,
 ) -> ExtractResult:
     channels_last = settings.channels_last
-    backbone = model.backbone
-    if channels_last:
-        backbone = backbone.to(memory_format=torch.channels_last)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = (
             True  # fixed input shape: let cuDNN pick its fastest kernels
         )
-    if settings.compile:
-        backbone = torch.compile(backbone)
     path, batches, why_not = choose_source(slide_path, slide_id, coords, geometry, settings, device)
     log.info(
         "%s: %d patches, decode path %s%s; %s on %s, %s, batch %d, %s workers, %d threads",

@@ -292,8 +292,16 @@ def test_cli_extract(setup, caplog):
     assert "img/s" in caplog.text
 
 
-def test_cli_extracts_several_slides_in_one_call(setup, caplog):
-    """One call per batch of slides: each slide gets its own file, equal to a call of its own."""
+def test_cli_extracts_several_slides_in_one_call(setup, caplog, monkeypatch):
+    """One call per batch of slides: each slide gets its own file, equal to a call of its own,
+    and the encoder is loaded once for the batch."""
+    import hnm.extract
+
+    loads = []
+    original = hnm.extract.load_encoder_file
+    monkeypatch.setattr(
+        hnm.extract, "load_encoder_file", lambda *a, **k: loads.append(a) or original(*a, **k)
+    )
     root, slide, tiles, encoder = setup
     folder = root / "batch"
     common = ["--encoder", str(encoder), "--round", "0", "--batch-size", "16", "--workers", "0"]
@@ -306,6 +314,7 @@ def test_cli_extracts_several_slides_in_one_call(setup, caplog):
         code = main(["extract", "--slide", slide, slide, "--slide-id", "a", "b",
                      "--tiles", str(tiles), str(tiles), "--out", *outs, *common])
     assert code == 0
+    assert len(loads) == 2  # the single-slide call, then one for the two-slide call
     expected, _, _ = read_features(alone)
     for out, slide_id in zip(outs, ("a", "b")):
         features, _, attrs = read_features(out)

@@ -78,7 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hnm.errors import ConfigError
-    from hnm.extract import ExtractSettings, extract_slide
+    from hnm.extract import ExtractSettings, extract_slides
 
     counts = {name: len(getattr(args, name)) for name in ("slide", "slide_id", "tiles", "out")}
     if len(set(counts.values())) != 1:
@@ -97,6 +97,6 @@ def run(args: argparse.Namespace) -> int:
         on_slide_error=args.on_slide_error,
         max_patches=args.max_patches,
     )
-    for slide, slide_id, tiles, out in zip(args.slide, args.slide_id, args.tiles, args.out):
-        extract_slide(slide, slide_id, tiles, args.encoder, args.round, out, settings)
+    jobs = list(zip(args.slide, args.slide_id, args.tiles, args.out))
+    extract_slides(jobs, args.encoder, args.round, settings)
     return 0
