@@ -146,6 +146,17 @@ def test_extraction_jobs_take_slides_per_job_slides(per_job: int, tmp_path: Path
         assert jobs == {f"extract_batch{i}": str(rounds) for i in range(batches)}
 
 
+@pytest.mark.parametrize("overlays", [["paper"], ["paper", "its2clr"], ["paper", "dsmil"]])
+def test_ready_made_configs_validate_and_plan(overlays: list[str]) -> None:
+    """The configs the README offers, layered as it says, pass the schema and make a DAG."""
+    files = ["config/config.yaml", *(f"config/{name}.yaml" for name in overlays)]
+    result = snakemake("-n", "--configfile", *files)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rounds = 0 if "dsmil" in overlays else 20
+    finetunes = re.search(r"^finetune\s+(\d+)$", result.stdout, re.M)
+    assert (int(finetunes.group(1)) if finetunes else 0) == rounds
+
+
 def test_a_bad_sheet_stops_the_run_before_any_job(tmp_path: Path) -> None:
     sheet = tmp_path / "sheet.tsv"
     sheet.write_text("slide_id\tpath\tlabel\tsplit\na/b\tnowhere.svs\ttumor\ttrain\n")
