@@ -65,6 +65,13 @@ def load_polygons(
 
     A feature with no classification counts as the default class (Tumor): a file made only to mark
     tumor often leaves it out. Points and lines are ignored."""
+    return load_polygons_by_class(path, [class_name])[class_name]
+
+
+def load_polygons_by_class(
+    path: str | os.PathLike[str], class_names: list[str]
+) -> dict[str, list[np.ndarray]]:
+    """`load_polygons` for several classes from one read of the file (QuPath exports can be large)."""
     path = os.fspath(path)
     try:
         with open(path, encoding="utf-8") as handle:
@@ -77,16 +84,19 @@ def load_polygons(
         raise HnmError(
             f"annotation file {path} is not readable JSON ({error}); export it as GeoJSON"
         ) from error
-    wanted = class_name.strip().lower()
-    polygons: list[np.ndarray] = []
+    polygons: dict[str, list[np.ndarray]] = {name: [] for name in class_names}
+    wanted: dict[str, list[str]] = {}  # case-folded name -> the names asked for with it
+    for name in polygons:
+        wanted.setdefault(name.strip().lower(), []).append(name)
     try:
         for number, feature in enumerate(_features(document)):
             name = _class_name(feature.get("properties")) or DEFAULT_CLASS
-            if name.strip().lower() != wanted:
+            if name.strip().lower() not in wanted:
                 continue
             for rings in _polygon_rings(feature.get("geometry"), where=f"feature {number}"):
                 exterior, *holes = rings
-                polygons.append(Polygon(exterior, holes))
+                for asked in wanted[name.strip().lower()]:
+                    polygons[asked].append(Polygon(exterior, holes))
     except ValueError as error:
         raise HnmError(f"annotation file {path} is not valid GeoJSON: {error}") from error
     return polygons

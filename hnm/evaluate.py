@@ -207,7 +207,7 @@ def _annotated_labels(
 ) -> list[np.ndarray]:
     """One mask per class name over the scored patches `idx` of a slide."""
     try:
-        from hnm.annotations import load_polygons, patch_labels
+        from hnm.annotations import load_polygons_by_class, patch_labels
     except ImportError as error:  # pragma: no cover - the module ships with the package
         raise HnmError("patch ground truth needs hnm.annotations, which is missing") from error
     tiles_path = tiles_dir / f"{slide_id}.h5"
@@ -223,12 +223,11 @@ def _annotated_labels(
             f"{len(coords)} patches; features and tiles are out of step (re-run extraction)"
         )
     step = float(attrs["step_level0"])
-    masks = []
-    for name in classes:
-        polygons = load_polygons(annotation, class_name=name)
-        inside = patch_labels(polygons, coords, step, min_fraction=min_fraction)
-        masks.append(np.asarray(inside, dtype=bool)[idx])
-    return masks
+    by_class = load_polygons_by_class(annotation, classes)
+    return [
+        np.asarray(patch_labels(by_class[name], coords, step, min_fraction=min_fraction), bool)[idx]
+        for name in classes
+    ]
 
 
 def _patch_summary(truth: np.ndarray, score: np.ndarray, n_slides: int) -> dict[str, Any]:

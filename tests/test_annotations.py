@@ -8,7 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hnm.annotations import Polygon, load_polygons, patch_labels, patch_tumor_fraction
+from hnm.annotations import (
+    Polygon,
+    load_polygons,
+    load_polygons_by_class,
+    patch_labels,
+    patch_tumor_fraction,
+)
 from hnm.errors import HnmError
 
 
@@ -101,6 +107,10 @@ def test_class_matching_and_unclassified_features(tmp_path: Path) -> None:
     assert len(load_polygons(path)) == 3
     assert len(load_polygons(path, "tissue")) == 1
     assert load_polygons(path, "Mimic") == []
+    by_class = load_polygons_by_class(path, ["Tumor", "tissue", "Mimic", "tumor"])
+    assert {name: len(found) for name, found in by_class.items()} == {
+        "Tumor": 3, "tissue": 1, "Mimic": 0, "tumor": 3
+    }
     single = _write(tmp_path / "c.geojson", square)  # a bare geometry counts as Tumor
     assert len(load_polygons(single)) == 1
 

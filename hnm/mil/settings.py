@@ -19,9 +19,10 @@ class MilSettings:
     """Defaults are the paper's (Adam 2e-4, wd 1e-4, 350 epochs, StepLR 75 x 0.5, K 10, margin 1).
 
     Epochs are counted from 0, so `fixed_epoch` 199 is the 200th epoch; negative values count from
-    the end (-1 = the last epoch), so a schedule can be shortened without moving the snapshot. `class_balance` acts only
-    without the ranking loss: pair mode draws one bag of each class per step (balanced by
-    construction), while bag mode weights each bag by n_train / (2 n_class) when `balanced`.
+    the end (-1 = the last epoch), so a schedule can be shortened without moving the snapshot.
+    `class_balance` acts only without the ranking loss: pair mode draws one bag of each class per
+    step (balanced by construction), while bag mode weights each bag by n_train / (2 n_class) when
+    `balanced`.
     """
 
     aggregator: str = "dsmil"

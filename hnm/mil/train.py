@@ -30,10 +30,10 @@ from hnm.errors import CheckpointError, HnmError
 from hnm.metrics import binary_metrics, choose_threshold, roc_auc
 from hnm.mil import build_aggregator
 from hnm.mil.data import SPLITS, Cohort, load_cohort
-from hnm.sheet import read_normalised_sheet
 from hnm.mil.losses import bag_loss, pair_loss
 from hnm.mil.pairing import EpochOrder
 from hnm.mil.settings import MilSettings
+from hnm.sheet import read_normalised_sheet
 
 log = logging.getLogger(__name__)
 
