@@ -35,14 +35,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hnm.encoders import build_encoder, load_encoder_file, save_encoder_file  # noqa: E402
-from hnm.extract import (
+from hnm.extract.stage import (
     ExtractSettings,
     available_cores,
     extract_slide,
     gpu_decoder,
     precision_context,
 )  # noqa: E402
-from hnm.h5io import write_tiles  # noqa: E402
+from hnm.io.h5io import write_tiles  # noqa: E402
 
 
 def say(*parts: object) -> None:
@@ -53,10 +53,10 @@ def say(*parts: object) -> None:
 
 
 def synthetic_slide(path: Path, side: int, kind: str = "synth") -> Path:
-    """A pyramidal JPEG TIFF: hnm.synth's demo tissue, or libvips noise ("noise").
+    """A pyramidal JPEG TIFF: hnm.demo.synth's demo tissue, or libvips noise ("noise").
 
     The demo slide is mostly glass (median tile 5.5 KiB), cheap to decode; the noise slide has
-    tissue-like tiles everywhere (~30 KiB at Q90, as in PERFORMANCE.md's ceilings), which is what
+    tissue-like tiles everywhere (~30 KiB at Q90, as in docs/performance.md's ceilings), which is what
     extraction reads, since tiling keeps tissue only. Rates are measured on the noise slide.
     """
     if path.exists():
@@ -65,12 +65,12 @@ def synthetic_slide(path: Path, side: int, kind: str = "synth") -> Path:
     how = kind
     if kind == "synth":
         try:
-            from hnm.synth import write_synthetic_slide
+            from hnm.demo.synth import write_synthetic_slide
 
             write_synthetic_slide(
                 path, width=side, height=side, mpp=0.5, label=0, seed=0, workers=available_cores()
             )
-            how = "hnm.synth"
+            how = "hnm.demo.synth"
         except ImportError:
             kind = "noise"
     if kind == "noise":
@@ -301,7 +301,7 @@ def part_rates(args: argparse.Namespace, work: Path, device: torch.device, resul
 
 
 def part_gpu(args: argparse.Namespace, work: Path, results: dict) -> None:
-    from hnm import gpu_decode as gd
+    from hnm.extract import gpu_decode as gd
 
     device = torch.device("cuda")
     ok, why = gd.nvjpeg_available()

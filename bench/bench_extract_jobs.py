@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from hnm.encoders import build_encoder, save_encoder_file  # noqa: E402
-from hnm.h5io import read_features  # noqa: E402
+from hnm.io.h5io import read_features  # noqa: E402
 
 
 def hnm(*args: str) -> None:

@@ -1,8 +1,8 @@
 """Fine-tuning epoch time against neg_ratio (the paper's cost claim), on one synthetic cohort.
 
 Writes a small cohort of tiled JPEG TIFF slides and their tiles files, draws synthetic MIL scores,
-mines the sets at each neg_ratio with the real `hnm.mining`, and times fine-tuning epochs per ratio
-with the real `hnm.finetune` (both updates active: the epochs lie past warm-up; the first epoch is
+mines the sets at each neg_ratio with the real `hnm.mining.sets`, and times fine-tuning epochs per ratio
+with the real `hnm.finetune.train` (both updates active: the epochs lie past warm-up; the first epoch is
 not timed, the fastest of the next ones is reported). An epoch iterates over the hard negatives,
 so its time should follow neg_ratio; the ratios to neg_ratio 1.0 (ItS2CLR) are printed. Last, the
 batched augmentation's rate is set against the SupCon update's on the same device.
@@ -28,10 +28,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hnm.device import resolve_device  # noqa: E402
+from hnm.core.device import resolve_device  # noqa: E402
 from hnm.encoders import build_encoder, save_encoder_file  # noqa: E402
-from hnm.augment import SimCLRAugment  # noqa: E402
-from hnm.finetune import (  # noqa: E402
+from hnm.finetune.augment import SimCLRAugment  # noqa: E402
+from hnm.finetune.train import (  # noqa: E402
     FinetuneSettings,
     contrastive_update,
     finetune,
@@ -39,8 +39,8 @@ from hnm.finetune import (  # noqa: E402
     make_views,
     resolve_precision,
 )
-from hnm.h5io import write_tiles  # noqa: E402
-from hnm.mining import MiningSettings, run_mining  # noqa: E402
+from hnm.io.h5io import write_tiles  # noqa: E402
+from hnm.mining.sets import MiningSettings, run_mining  # noqa: E402
 
 
 def _write_slide(path: Path, slide_px: int, tumour: bool, rng: np.random.Generator) -> None:
@@ -96,7 +96,7 @@ def augment_vs_step(arch: str, patch: int, batch: int, device: torch.device, pre
     """Views/s of the batched augmentation against views/s of one SupCon update (fwd+bwd+SGD).
 
     Both run on `device` from uint8 patches already there, so this isolates the augmentation's
-    share of a step: PERFORMANCE.md asks that it keeps up with the training step.
+    share of a step: docs/performance.md asks that it keeps up with the training step.
     """
     settings = FinetuneSettings(batch_size=batch, precision=precision)
     precision = resolve_precision(precision, device)

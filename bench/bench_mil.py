@@ -1,10 +1,10 @@
 """Time per MIL epoch on a Camelyon16-shaped synthetic cohort, beside feature extraction's time.
 
-PERFORMANCE.md asks that MIL training never be the bottleneck of a round. This builds the cohort
+docs/performance.md asks that MIL training never be the bottleneck of a round. This builds the cohort
 in memory (default: 270 train/val bags, mean 8,000 patches, 512-d, like Camelyon16 at 5x with a
 ResNet-18), times real training epochs of hnm's trainer (DSMIL, pair mode with the ranking loss,
 plus validation each epoch) on each device asked for, and prints them beside the extraction time of
-the same cohort at a given encoder rate (img/s, e.g. from PERFORMANCE.md or bench runs).
+the same cohort at a given encoder rate (img/s, e.g. from docs/performance.md or bench runs).
 
     python bench/bench_mil.py --epochs 3 --img-per-s 90   # this CPU (ResNet-18 bf16 ~90 img/s)
     python bench/bench_mil.py --devices cuda --img-per-s 39651    # one H200, ResNet-18 encoder-only

@@ -24,9 +24,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hnm import qc  # noqa: E402
-from hnm.tiling import GridParams, tile_slide, write_tiles_file  # noqa: E402
-from hnm.tissue import TissueParams, _read_openslide, read_downsampled, segment_tissue  # noqa: E402
+from hnm.tiling import qc  # noqa: E402
+from hnm.tiling.grid import GridParams, tile_slide, write_tiles_file  # noqa: E402
+from hnm.tiling.tissue import TissueParams, _read_openslide, read_downsampled, segment_tissue  # noqa: E402
 
 
 def main() -> int:
@@ -58,7 +58,7 @@ def main() -> int:
         Path(args.slide) if args.slide else workdir / f"synthetic_{args.width}x{args.height}.tiff"
     )
     if not slide.exists():
-        from hnm.synth import write_synthetic_slide
+        from hnm.demo.synth import write_synthetic_slide
 
         print(f"making {slide} ({args.width} x {args.height} px) ...", flush=True)
         started = time.perf_counter()

@@ -13,7 +13,7 @@ import logging
 import sys
 
 from hnm import __version__
-from hnm.errors import HnmError
+from hnm.core.errors import HnmError
 
 # stage name -> (module under hnm.commands, one-line help)
 STAGES: dict[str, tuple[str, str]] = {

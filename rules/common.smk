@@ -10,9 +10,9 @@ from snakemake.utils import validate
 
 sys.path.insert(0, workflow.basedir)
 
-from hnm.cliflags import to_flags
-from hnm.errors import SheetError
-from hnm.sheet import demo_sheet, validate_sheet
+from hnm.core.cliflags import to_flags
+from hnm.core.errors import SheetError
+from hnm.io.sheet import demo_sheet, validate_sheet
 
 validate(config, schema="../workflow/schemas/config.schema.yaml")
 

@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hnm.annotations import (
+from hnm.io.annotations import (
     Polygon,
     load_polygons,
     load_polygons_by_class,
     patch_labels,
     patch_tumor_fraction,
 )
-from hnm.errors import HnmError
+from hnm.core.errors import HnmError
 
 
 def _square(x0: float, y0: float, x1: float, y1: float) -> list[list[float]]:

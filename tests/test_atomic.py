@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hnm.atomic import atomic_path, write_json
+from hnm.core.atomic import atomic_path, write_json
 
 
 def test_output_appears_only_when_complete(tmp_path: Path) -> None:

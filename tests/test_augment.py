@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hnm.augment import (
+from hnm.finetune.augment import (
     AugmentParams,
     AugmentSettings,
     SimCLRAugment,

@@ -1,4 +1,4 @@
-from hnm.cliflags import to_flags
+from hnm.core.cliflags import to_flags
 
 
 def test_flags_from_a_config_section() -> None:

@@ -203,7 +203,7 @@ def rules_in(comment: str, known: set[str]) -> tuple[str | None, set[str]]:
 def output_snapshot(copy: Path) -> dict[str, int]:
     """mtime (ns) of every result file a finished job left. Not logs, benchmarks (snakemake writes
     one for a job SLURM cancelled, too) or in-job checkpoints: a redone job rewrites those by
-    design. Not the hidden temporaries of hnm.atomic either (see leftover_temporaries)."""
+    design. Not the hidden temporaries of hnm.core.atomic either (see leftover_temporaries)."""
     results = copy / "results"
     skip = (results / "logs", results / "benchmarks", results / "checkpoints")
     return {
@@ -216,7 +216,7 @@ def output_snapshot(copy: Path) -> dict[str, int]:
 
 
 def leftover_temporaries(copy: Path) -> list[str]:
-    """hnm.atomic's `.{stem}.tmp{pid}{suffix}` files: a job killed by SIGTERM/SIGKILL (scancel)
+    """hnm.core.atomic's `.{stem}.tmp{pid}{suffix}` files: a job killed by SIGTERM/SIGKILL (scancel)
     never reaches the cleanup that removes them. Harmless to results (never taken for outputs)."""
     return sorted(
         str(path.relative_to(copy))
@@ -459,7 +459,7 @@ def test_cancelled_job_is_redone_on_rerun_and_finished_work_is_kept(
     assert "Nothing to be done" in dry.stdout + dry.stderr, "the rerun left work undone"
     litter = leftover_temporaries(copy)
     if litter:
-        warnings.warn(f"scancel left temporary files of hnm.atomic behind: {litter}", stacklevel=1)
+        warnings.warn(f"scancel left temporary files of hnm.core.atomic behind: {litter}", stacklevel=1)
     print(
         f"cancelled SLURM job {cancelled} (extract); kept {len(finished)} finished outputs "
         f"({len(features)} feature files); rerun submitted {len(rerun_ids)} jobs; "

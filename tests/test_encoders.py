@@ -17,7 +17,7 @@ from hnm.encoders import (
     save_encoder_file,
     weights_digest,
 )
-from hnm.errors import CheckpointError, ConfigError
+from hnm.core.errors import CheckpointError, ConfigError
 
 
 def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:

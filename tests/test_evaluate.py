@@ -13,9 +13,9 @@ import pytest
 from sklearn import metrics as sk
 
 from hnm.cli import main as cli_main
-from hnm.evaluate import evaluate
-from hnm.h5io import write_tiles
-from hnm.metrics import average_precision, best_f1, binary_metrics, choose_threshold, roc_auc
+from hnm.evaluation.evaluate import evaluate
+from hnm.io.h5io import write_tiles
+from hnm.evaluation.metrics import average_precision, best_f1, binary_metrics, choose_threshold, roc_auc
 
 LABELS = np.array([1, 0, 1, 1, 0, 0, 1, 0, 0, 1, 0, 0])
 SCORES = np.array([0.9, 0.8, 0.8, 0.7, 0.6, 0.55, 0.5, 0.5, 0.3, 0.2, 0.2, 0.1])  # with ties
@@ -257,5 +257,5 @@ def test_evaluate_cli_and_its_errors(mil_run: dict[str, Path], capsys) -> None:
 
 def test_evaluate_does_not_import_torch(repo_root: Path) -> None:
     """The evaluate rule runs in the report env, which has no torch."""
-    code = "import sys, hnm.commands.evaluate, hnm.evaluate; assert 'torch' not in sys.modules"
+    code = "import sys, hnm.commands.evaluate, hnm.evaluation.evaluate; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=repo_root, check=True)

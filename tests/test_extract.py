@@ -11,10 +11,10 @@ from PIL import Image
 
 from hnm.cli import main
 from hnm.encoders import build_encoder, load_encoder_file, save_encoder_file
-from hnm.extract import ExtractSettings, extract_slide
-from hnm.h5io import read_feature_attrs, read_features, write_tiles
-from hnm.patches import PatchReader
-from hnm.slide import read_rgb
+from hnm.extract.stage import ExtractSettings, extract_slide
+from hnm.io.h5io import read_feature_attrs, read_features, write_tiles
+from hnm.io.patches import PatchReader
+from hnm.io.slide import read_rgb
 
 SLIDE = "cmu-1-small-region.svs"
 
@@ -47,9 +47,9 @@ def _coords() -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def setup(shared_slides, tmp_path_factory):
+def setup(test_slides, tmp_path_factory):
     root = tmp_path_factory.mktemp("extract")
-    slide = str(shared_slides / SLIDE)
+    slide = str(test_slides / SLIDE)
     tiles = root / "tiles.h5"
     write_tiles(tiles, _coords(), _attrs(slide))
     encoder = root / "encoder.pt"
@@ -102,7 +102,7 @@ def test_patch_reader_reads_by_index_and_pickles(setup):
 
 
 def test_patch_reader_rejects_a_missing_level(setup):
-    from hnm.errors import SlideError
+    from hnm.core.errors import SlideError
 
     _, slide, _, _ = setup
     reader = PatchReader(slide, _coords(), _attrs(slide, level=3))
@@ -139,8 +139,8 @@ def test_features_equal_the_encoder_on_openslide_pixels_in_tiles_order(setup, de
 
 
 def test_jpeg_tile_reader_equals_openslide_reader(setup):
-    from hnm.gpu_decode import JpegTiledLevel
-    from hnm.patches import JpegTileReader, PatchGeometry
+    from hnm.extract.gpu_decode import JpegTiledLevel
+    from hnm.io.patches import JpegTileReader, PatchGeometry
 
     _, slide, _, _ = setup
     coords = _coords()
@@ -295,12 +295,12 @@ def test_cli_extract(setup, caplog):
 def test_cli_extracts_several_slides_in_one_call(setup, caplog, monkeypatch):
     """One call per batch of slides: each slide gets its own file, equal to a call of its own,
     and the encoder is loaded once for the batch."""
-    import hnm.extract
+    import hnm.extract.stage
 
     loads = []
-    original = hnm.extract.load_encoder_file
+    original = hnm.extract.stage.load_encoder_file
     monkeypatch.setattr(
-        hnm.extract, "load_encoder_file", lambda *a, **k: loads.append(a) or original(*a, **k)
+        hnm.extract.stage, "load_encoder_file", lambda *a, **k: loads.append(a) or original(*a, **k)
     )
     root, slide, tiles, encoder = setup
     folder = root / "batch"
@@ -363,9 +363,9 @@ def test_cli_gpu_decode_without_cuda_is_a_config_error(setup, capsys):
     assert not (root / "g.h5").exists()
 
 
-def test_unreadable_slide_fails_or_is_skipped(shared_slides, tmp_path, setup, capsys):
+def test_unreadable_slide_fails_or_is_skipped(test_slides, tmp_path, setup, capsys):
     _, _, _, encoder = setup
-    slide = str(shared_slides / "unreadable.svs")
+    slide = str(test_slides / "unreadable.svs")
     tiles = tmp_path / "tiles.h5"
     write_tiles(
         tiles,
@@ -422,8 +422,8 @@ def test_missing_encoder_file_is_named(setup, capsys):
     assert code == 2 and "none.pt not found" in capsys.readouterr().err
 
 
-def test_open_patch_reader_picks_the_cheapest_reader(setup, shared_slides):
-    from hnm.patches import JpegTileReader, open_patch_reader
+def test_open_patch_reader_picks_the_cheapest_reader(setup, test_slides):
+    from hnm.io.patches import JpegTileReader, open_patch_reader
 
     _, slide, _, _ = setup
     coords = _coords()
@@ -432,6 +432,6 @@ def test_open_patch_reader_picks_the_cheapest_reader(setup, shared_slides):
     plain = open_patch_reader(slide, coords, _attrs(slide), prefer_tiles=False)
     assert isinstance(plain, PatchReader) and plain.path_name == "cpu-openslide"
     assert np.array_equal(reader.read([7, 2]), plain.read([7, 2]))
-    boxes = str(shared_slides / "boxes.tiff")  # deflate tiles: openslide reads it
+    boxes = str(test_slides / "boxes.tiff")  # deflate tiles: openslide reads it
     other = open_patch_reader(boxes, np.array([[0, 0]]), _attrs(boxes, patch_size=16, read_size=16))
     assert isinstance(other, PatchReader) and other.read([0]).shape == (1, 16, 16, 3)

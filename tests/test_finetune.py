@@ -13,10 +13,10 @@ import torch
 
 from hnm.cli import main
 from hnm.encoders import build_encoder, load_encoder_file, save_encoder_file
-from hnm.finetune import FinetuneSettings, Pools, finetune, plan_epoch, steps_per_epoch
-from hnm.h5io import write_tiles
-from hnm.mining import MiningSettings, run_mining
-from hnm.schedule import learning_rate
+from hnm.finetune.train import FinetuneSettings, Pools, finetune, plan_epoch, steps_per_epoch
+from hnm.io.h5io import write_tiles
+from hnm.mining.sets import MiningSettings, run_mining
+from hnm.mining.schedule import learning_rate
 
 PATCH = 32
 SLIDES = {"n1": 0, "n2": 0, "p1": 1, "p2": 1}
@@ -155,7 +155,7 @@ def test_resume_equals_uninterrupted(cohort, tmp_path, caplog) -> None:  # noqa:
         run(cohort, tmp_path / "resumed.pt", tmp_path / "ckpt", workers=1,
             on_epoch_end=kill_after_first)
     assert not (tmp_path / "resumed.pt").exists() and (tmp_path / "ckpt" / "state.pt").exists()
-    with caplog.at_level(logging.INFO, logger="hnm.finetune"):
+    with caplog.at_level(logging.INFO, logger="hnm.finetune.train"):
         run(cohort, tmp_path / "resumed.pt", tmp_path / "ckpt", workers=1)
     assert "resuming from epoch 1" in caplog.text
     straight, straight_meta = load_encoder_file(tmp_path / "straight.pt")

@@ -13,8 +13,8 @@ import tifffile
 import torch
 from PIL import Image
 
-from hnm import gpu_decode as gd
-from hnm.slide import read_rgb
+from hnm.extract import gpu_decode as gd
+from hnm.io.slide import read_rgb
 
 
 def _split_jpeg(full: bytes) -> tuple[bytes, bytes]:
@@ -138,8 +138,8 @@ def _as_hwc(x: torch.Tensor) -> np.ndarray:
     return x.permute(1, 2, 0).round().numpy().astype(np.int32)
 
 
-def test_svs_tiles_spliced_equal_openslide_pixels(shared_slides):
-    path = str(shared_slides / "cmu-1-small-region.svs")
+def test_svs_tiles_spliced_equal_openslide_pixels(test_slides):
+    path = str(test_slides / "cmu-1-small-region.svs")
     slide = openslide.OpenSlide(path)
     level = gd.JpegTiledLevel.inspect(path, slide.level_dimensions[0])
     assert (level.photometric, level.tile_width, level.tiles_across, level.tiles_down) == (
@@ -163,9 +163,9 @@ def test_svs_tiles_spliced_equal_openslide_pixels(shared_slides):
     assert worst <= 1
 
 
-def test_without_the_adobe_marker_svs_colours_are_wrong(shared_slides):
+def test_without_the_adobe_marker_svs_colours_are_wrong(test_slides):
     # Why the marker is spliced in: decoders take unmarked 3-component JPEG for YCbCr.
-    path = str(shared_slides / "cmu-1-small-region.svs")
+    path = str(test_slides / "cmu-1-small-region.svs")
     level = gd.JpegTiledLevel.inspect(path, openslide.OpenSlide(path).level_dimensions[0])
     reader = gd.TileBytes(level)
     stream = reader.read(55)
@@ -177,8 +177,8 @@ def test_without_the_adobe_marker_svs_colours_are_wrong(shared_slides):
     assert np.abs(good - bad).mean() > 10
 
 
-def test_svs_patches_assembled_from_tiles_equal_openslide(shared_slides):
-    path = str(shared_slides / "cmu-1-small-region.svs")
+def test_svs_patches_assembled_from_tiles_equal_openslide(test_slides):
+    path = str(test_slides / "cmu-1-small-region.svs")
     slide = openslide.OpenSlide(path)
     level = gd.JpegTiledLevel.inspect(path, slide.level_dimensions[0])
     rng = np.random.default_rng(0)
@@ -244,7 +244,7 @@ def test_pyramid_level_with_fractional_positions_and_resize(vips_pyramid):
     for b, xy in enumerate(odd):
         assert np.abs(_as_hwc(got[b]) - _openslide_patch(slide, xy, 1, 48)).mean() < 1.0
     # read 96 -> 48 px: within a grey level or two of the CPU path's Pillow BILINEAR.
-    from hnm.patches import resize_patch
+    from hnm.io.patches import resize_patch
 
     got = _patches(level, whole, downsample, 96, 48)
     for b, xy in enumerate(whole[:2]):
@@ -268,9 +268,9 @@ def test_plan_shares_tiles_between_neighbours(aperio_like):
     assert plan.span == 40 and not plan.frac.any()
 
 
-def test_non_jpeg_levels_are_refused_with_a_reason(shared_slides, tmp_path):
+def test_non_jpeg_levels_are_refused_with_a_reason(test_slides, tmp_path):
     with pytest.raises(gd.NotJpegTiled, match="compression 8 is not JPEG"):
-        gd.JpegTiledLevel.inspect(str(shared_slides / "boxes.tiff"), (300, 250))
+        gd.JpegTiledLevel.inspect(str(test_slides / "boxes.tiff"), (300, 250))
     path = str(tmp_path / "strips.tif")
     tifffile.imwrite(path, _image(50, 60))
     with pytest.raises(gd.NotJpegTiled, match="no tiled TIFF page"):
@@ -281,10 +281,10 @@ def test_non_jpeg_levels_are_refused_with_a_reason(shared_slides, tmp_path):
         gd.JpegTiledLevel.inspect(str(text), (1, 1))
 
 
-def test_patch_source_pipeline_on_cpu_matches_patch_reader(shared_slides):
-    from hnm.patches import PatchReader
+def test_patch_source_pipeline_on_cpu_matches_patch_reader(test_slides):
+    from hnm.io.patches import PatchReader
 
-    path = str(shared_slides / "cmu-1-small-region.svs")
+    path = str(test_slides / "cmu-1-small-region.svs")
     level = gd.JpegTiledLevel.inspect(path, (2220, 2967))
     rng = np.random.default_rng(1)
     coords = np.stack([rng.integers(0, 2000, 23), rng.integers(0, 2700, 23)], 1)
@@ -334,7 +334,7 @@ def test_decoded_tiles_are_fitted_to_the_level_tile_size(aperio_like):
 
 
 def test_component_sampling_tells_which_tiles_decode_as_coded_planes(
-    vips_pyramid, vips_rgb_pyramid, shared_slides
+    vips_pyramid, vips_rgb_pyramid, test_slides
 ):
     ycbcr, rgb = _level(vips_pyramid), _level(vips_rgb_pyramid)
     reader = gd.TileBytes(ycbcr)
@@ -343,7 +343,7 @@ def test_component_sampling_tells_which_tiles_decode_as_coded_planes(
     assert ycbcr.sampling == [(2, 2), (1, 1), (1, 1)] and rgb.sampling == [(1, 1)] * 3
     assert gd.raw_planes_are_rgb(ycbcr) == (False, "tiles are YCbCr-coded")
     assert gd.raw_planes_are_rgb(rgb) == (True, "")
-    svs = _level(str(shared_slides / "cmu-1-small-region.svs"))
+    svs = _level(str(test_slides / "cmu-1-small-region.svs"))
     assert gd.raw_planes_are_rgb(svs) == (True, "")
     # An RGB-coded stream with subsampled components cannot come out of nvjpeg as full planes.
     ycbcr.photometric = gd.PHOTOMETRIC_RGB
@@ -352,7 +352,7 @@ def test_component_sampling_tells_which_tiles_decode_as_coded_planes(
 
 
 def test_raw_decoder_without_nvjpeg_says_so(monkeypatch):
-    from hnm import nvjpeg_raw
+    from hnm.extract import nvjpeg_raw
 
     monkeypatch.setattr(nvjpeg_raw, "_candidate_paths", lambda: iter(["/nonexistent/libnvjpeg.so"]))
     lib, why = nvjpeg_raw.load_library()
@@ -361,14 +361,14 @@ def test_raw_decoder_without_nvjpeg_says_so(monkeypatch):
         nvjpeg_raw.RawNvjpeg(torch.device("cpu"))
 
 
-def test_stage_picks_the_decoder_that_agrees_with_pillow(monkeypatch, vips_pyramid, shared_slides):
+def test_stage_picks_the_decoder_that_agrees_with_pillow(monkeypatch, vips_pyramid, test_slides):
     """The choice logic, on the CPU: nvjpeg's two decoders stood in for by Pillow (right colours)
     and a colour-swapping Pillow (what torchvision's nvjpeg does to RGB-coded tiles)."""
-    from hnm.extract import gpu_decoder
+    from hnm.extract.stage import gpu_decoder
 
     monkeypatch.setattr(gd, "make_raw_nvjpeg_decoder", lambda device: gd.decode_pillow)
     monkeypatch.setattr(gd, "make_nvjpeg_decoder", lambda device: _swapped_colours)
-    svs = _level(str(shared_slides / "cmu-1-small-region.svs"))
+    svs = _level(str(test_slides / "cmu-1-small-region.svs"))
     assert gpu_decoder(svs, "svs", torch.device("cpu")) == (gd.decode_pillow, "")
     # YCbCr tiles never take the coded planes; here the stand-in for torchvision swaps colours.
     decode, why = gpu_decoder(_level(vips_pyramid), "ycbcr", torch.device("cpu"))
@@ -391,7 +391,7 @@ gpu = pytest.mark.skipif(not _NVJPEG, reason=f"GPU decode needs CUDA and torchvi
 
 # nvjpeg (torchvision.io.decode_jpeg on CUDA, as measured on an H200) applies a YCbCr->RGB transform
 # to every 3-component JPEG, Adobe marker or not, so RGB-coded tiles (Aperio, libvips at Q >= 90)
-# go through hnm.nvjpeg_raw, which asks nvjpeg for the coded planes. The stage checks each slide's
+# go through hnm.extract.nvjpeg_raw, which asks nvjpeg for the coded planes. The stage checks each slide's
 # decoder against Pillow and falls back to the CPU path when they disagree; these tests hold the
 # GPU path to the CPU's pixels and features.
 
@@ -407,8 +407,8 @@ def test_nvjpeg_matches_pillow_on_ycbcr_tiles(vips_pyramid):
 @gpu
 @pytest.mark.gpu
 @pytest.mark.parametrize("which", ["vips_rgb", "aperio_svs"])
-def test_coded_planes_match_pillow_on_rgb_coded_tiles(which, vips_rgb_pyramid, shared_slides):
-    svs = str(shared_slides / "cmu-1-small-region.svs")
+def test_coded_planes_match_pillow_on_rgb_coded_tiles(which, vips_rgb_pyramid, test_slides):
+    svs = str(test_slides / "cmu-1-small-region.svs")
     level = _level(vips_rgb_pyramid if which == "vips_rgb" else svs)
     ok, difference = gd.check_decoder(gd.make_raw_nvjpeg_decoder(torch.device("cuda")), level, 64)
     assert ok, difference
@@ -420,7 +420,7 @@ def test_coded_planes_match_pillow_on_rgb_coded_tiles(which, vips_rgb_pyramid, s
 @pytest.mark.gpu
 @pytest.mark.parametrize("which", ["ycbcr", "rgb"])
 def test_gpu_source_matches_cpu_reference(which, vips_pyramid, vips_rgb_pyramid):
-    from hnm.extract import gpu_decoder
+    from hnm.extract.stage import gpu_decoder
 
     path = vips_pyramid if which == "ycbcr" else vips_rgb_pyramid
     size = openslide.OpenSlide(path).level_dimensions[0]
@@ -441,7 +441,7 @@ def test_gpu_source_matches_cpu_reference(which, vips_pyramid, vips_rgb_pyramid)
 
 
 def _tiles(tmp_path, slide: str, size: tuple[int, int], step: int):
-    from hnm.h5io import write_tiles
+    from hnm.io.h5io import write_tiles
 
     coords = np.stack(
         np.meshgrid(np.arange(0, size[0] - 2 * step, step), np.arange(0, size[1] - 2 * step, step)),
@@ -461,16 +461,16 @@ def _tiles(tmp_path, slide: str, size: tuple[int, int], step: int):
 @pytest.mark.gpu
 @pytest.mark.parametrize("which", ["ycbcr_pyramid", "rgb_pyramid", "rgb_coded_svs"])
 def test_stage_features_equal_the_cpu_path(
-    which, shared_slides, vips_pyramid, vips_rgb_pyramid, tmp_path
+    which, test_slides, vips_pyramid, vips_rgb_pyramid, tmp_path
 ):
     from hnm.encoders import build_encoder, save_encoder_file
-    from hnm.extract import ExtractSettings, extract_slide
-    from hnm.h5io import read_features
+    from hnm.extract.stage import ExtractSettings, extract_slide
+    from hnm.io.h5io import read_features
 
     if which != "rgb_coded_svs":
         slide, step = (vips_pyramid if which == "ycbcr_pyramid" else vips_rgb_pyramid), 112
     else:
-        slide, step = str(shared_slides / "cmu-1-small-region.svs"), 224
+        slide, step = str(test_slides / "cmu-1-small-region.svs"), 224
     coords = _tiles(tmp_path, slide, openslide.OpenSlide(slide).level_dimensions[0], step)
     save_encoder_file(tmp_path / "e.pt", build_encoder("resnet18", seed=0), source="random:0")
     out, paths = {}, {}

@@ -1,4 +1,4 @@
-"""DSMIL against a direct numpy computation of METHOD.md's formulas; ABMIL shapes, invariances."""
+"""DSMIL against a direct numpy computation of docs/method.md's formulas; ABMIL shapes, invariances."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from hnm.errors import ConfigError
+from hnm.core.errors import ConfigError
 from hnm.mil import build_aggregator
 from hnm.mil.abmil import GatedABMIL
 from hnm.mil.dsmil import DSMIL

@@ -13,15 +13,15 @@ import pytest
 import torch
 
 from hnm.cli import main as cli_main
-from hnm.errors import ConfigError, HnmError
-from hnm.h5io import FeatureWriter
-from hnm.metrics import choose_threshold, roc_auc
+from hnm.core.errors import ConfigError, HnmError
+from hnm.io.h5io import FeatureWriter
+from hnm.evaluation.metrics import choose_threshold, roc_auc
 from hnm.mil.settings import MilSettings
-from hnm.mil.synthetic import SyntheticBag, make_bags, write_cohort
+from tests.mil_cohort import SyntheticBag, make_bags, write_cohort
 from hnm.mil.train import class_weights, load_model, train_mil
 
 COUNTS = {"train": (12, 12), "val": (6, 6), "test": (8, 8)}
-FAST = MilSettings(epochs=30, lr=2e-3)
+FAST = MilSettings(epochs=30, lr=2e-3, select="best_val", checkpoint_every=2)
 
 
 class FeatureCohort:
@@ -175,7 +175,6 @@ def test_resumed_run_ends_exactly_like_an_uninterrupted_one(cohort: FeatureCohor
             "resumed",
             settings,
             checkpoint_dir=checkpoints,
-            checkpoint_every=2,
             on_epoch_end=kill_after_4,
         )
     assert (checkpoints / "state.pt").exists()
@@ -188,7 +187,6 @@ def test_resumed_run_ends_exactly_like_an_uninterrupted_one(cohort: FeatureCohor
             "resumed",
             settings,
             checkpoint_dir=checkpoints,
-            checkpoint_every=2,
             on_epoch_end=seen.append,
         )
     assert seen == [4, 5, 6]  # continued after the last checkpoint (epoch 3), redoing epoch 4
@@ -213,7 +211,6 @@ def test_changed_settings_start_over(cohort: FeatureCohort, caplog) -> None:
             "changed",
             replace(FAST, epochs=4),
             checkpoint_dir=checkpoints,
-            checkpoint_every=2,
             on_epoch_end=kill_after_1,
         )
     seen: list[int] = []
@@ -222,7 +219,6 @@ def test_changed_settings_start_over(cohort: FeatureCohort, caplog) -> None:
             "changed",
             replace(FAST, epochs=4, lr=1e-3),
             checkpoint_dir=checkpoints,
-            checkpoint_every=2,
             on_epoch_end=seen.append,
         )
     assert seen == [0, 1, 2, 3]
@@ -269,7 +265,7 @@ def test_failed_and_empty_feature_files_are_excluded(tmp_path: Path) -> None:
         ]
     )
     pd.concat([sheet, extra]).to_csv(cohort.sheet, sep="\t", index=False)
-    out, metrics = cohort.train("out", MilSettings(epochs=2))
+    out, metrics = cohort.train("out", MilSettings(epochs=2, select="best_val"))
     excluded = {row["slide_id"]: row for row in metrics["excluded_slides"]}
     assert set(excluded) == {"broken", "blank"}
     assert "unreadable tile" in excluded["broken"]["reason"]
@@ -279,7 +275,7 @@ def test_failed_and_empty_feature_files_are_excluded(tmp_path: Path) -> None:
 
 def test_val_without_both_classes_selects_on_loss_and_keeps_threshold_half(tmp_path: Path) -> None:
     cohort = _small_cohort(tmp_path, {"train": (3, 3), "val": (0, 3), "test": (1, 1)})
-    _, metrics = cohort.train("out", MilSettings(epochs=3))
+    _, metrics = cohort.train("out", MilSettings(epochs=3, select="best_val"))
     assert metrics["selection"]["metric_used"] == "loss"
     assert metrics["threshold"] == 0.5
     assert any("val loss" in note for note in metrics["notes"])
@@ -298,10 +294,10 @@ def test_fixed_epoch_selection(tmp_path: Path) -> None:
 def test_clear_errors(tmp_path: Path) -> None:
     cohort = _small_cohort(tmp_path, {"train": (2, 0), "val": (1, 1), "test": (0, 0)})
     with pytest.raises(HnmError, match="needs both classes"):
-        cohort.train("out", MilSettings(epochs=1))
+        cohort.train("out", MilSettings(epochs=1, select="best_val"))
     (cohort.features / "train_tumor_000.h5").unlink()
     with pytest.raises(HnmError, match="train_tumor_000"):
-        cohort.train("out", MilSettings(epochs=1))
+        cohort.train("out", MilSettings(epochs=1, select="best_val"))
     with pytest.raises(ConfigError, match="fixed_epoch 5"):
         MilSettings(epochs=5, select="fixed_epoch", fixed_epoch=5)
     with pytest.raises(ConfigError, match="fixed_epoch -6"):
@@ -310,7 +306,7 @@ def test_clear_errors(tmp_path: Path) -> None:
         MilSettings(class_balance="oversample")
     no_val = _small_cohort(tmp_path / "noval", {"train": (2, 2), "val": (0, 0), "test": (1, 1)})
     with pytest.raises(HnmError, match="needs validation slides"):
-        no_val.train("out", MilSettings(epochs=1))
+        no_val.train("out", MilSettings(epochs=1, select="best_val"))
     no_val.train("out", MilSettings(epochs=2, select="fixed_epoch", fixed_epoch=1))  # fine
 
 

@@ -10,15 +10,15 @@ import pandas as pd
 import pytest
 
 from hnm.cli import main
-from hnm.errors import ConfigError, HnmError
-from hnm.mining import (
+from hnm.core.errors import ConfigError, HnmError
+from hnm.mining.sets import (
     MiningSettings,
     read_val_f1,
     run_mining,
     should_refresh,
     top_fraction_threshold,
 )
-from hnm.schedule import curriculum_ratio
+from hnm.mining.schedule import curriculum_ratio
 
 # Hand-made cohort: two negative slides, two positive slides (and one train slide without patches).
 NEGATIVE = {"n1": [0.1, 0.5, 0.9, 0.9], "n2": [0.2, 0.3]}

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from hnm.cli import main
-from hnm.errors import SheetError
-from hnm.sheet import demo_sheet, read_normalised_sheet, validate_sheet
+from hnm.core.errors import SheetError
+from hnm.io.sheet import demo_sheet, read_normalised_sheet, validate_sheet
 
 HEADER = "slide_id\tpath\tlabel\tsplit\tmpp\tannotation\n"
 

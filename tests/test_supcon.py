@@ -1,4 +1,4 @@
-"""SupCon against a direct, loop-by-loop numpy computation of the formula in METHOD.md."""
+"""SupCon against a direct, loop-by-loop numpy computation of the formula in docs/method.md."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from hnm.errors import ConfigError
-from hnm.supcon import supcon_loss
+from hnm.core.errors import ConfigError
+from hnm.finetune.supcon import supcon_loss
 
 T = 0.07
 

@@ -16,11 +16,11 @@ import pytest
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from hnm import synth
-from hnm.annotations import load_polygons, patch_tumor_fraction
+from hnm.demo import synth
+from hnm.io.annotations import load_polygons, patch_tumor_fraction
 from hnm.cli import main as cli_main
 from hnm.commands.synth import slide_seed
-from hnm.errors import ConfigError
+from hnm.core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -247,7 +247,7 @@ def test_writer_streams_tiles_in_bounded_memory(tmp_path: Path) -> None:
         import resource, sys
         import tifffile
         sys.path.insert(0, {str(REPO)!r})
-        from hnm import synth
+        from hnm.demo import synth
         kinds = []
         original = tifffile.TiffWriter.write
         def spy(self, data=None, *args, **kwargs):

@@ -12,9 +12,9 @@ import tifffile
 from PIL import Image
 
 from hnm.cli import main
-from hnm.errors import SlideError
-from hnm.h5io import read_tiles
-from hnm.tiling import GridParams, grid_coords, plan_reads, tissue_fractions
+from hnm.core.errors import SlideError
+from hnm.io.h5io import read_tiles
+from hnm.tiling.grid import GridParams, grid_coords, plan_reads, tissue_fractions
 
 APERIO_DOWNSAMPLES = (1.0, 4.0016, 16.0064)
 BOXES_DOWNSAMPLES = (1.0, 2.0, 4.016129032258064, 8.086312118570184)  # boxes.tiff, from openslide
@@ -106,8 +106,8 @@ def _glass_fraction_free(osr: openslide.OpenSlide, x: int, y: int, side: int) ->
     return float(1.0 - glass.mean())
 
 
-def test_cmu1_patches_lie_on_tissue(shared_slides, tmp_path) -> None:
-    slide = shared_slides / "cmu-1-small-region.svs"
+def test_cmu1_patches_lie_on_tissue(test_slides, tmp_path) -> None:
+    slide = test_slides / "cmu-1-small-region.svs"
     assert _tile(slide, "cmu1", tmp_path, "--patch-size", "112", "--target-mpp", "1.0") == 0
     coords, attrs = read_tiles(tmp_path / "cmu1.h5")
     assert attrs["failed"] is False and attrs["error"] == ""
@@ -161,16 +161,16 @@ def test_blank_slide_gives_zero_patches_not_a_failure(tmp_path, caplog) -> None:
     assert "no patch" in caplog.text and (out / "blank.png").exists()
 
 
-def test_boxes_refused_without_mpp(shared_slides, tmp_path, capsys) -> None:
-    slide = shared_slides / "boxes.tiff"
+def test_boxes_refused_without_mpp(test_slides, tmp_path, capsys) -> None:
+    slide = test_slides / "boxes.tiff"
     assert _tile(slide, "boxes", tmp_path) == 2
     err = capsys.readouterr().err
     assert "boxes" in err and str(slide) in err and "352.8 um/px" in err and "mpp" in err
     assert not list(tmp_path.iterdir())  # nothing written
 
 
-def test_boxes_tiled_with_mpp_override(shared_slides, tmp_path) -> None:
-    slide = shared_slides / "boxes.tiff"
+def test_boxes_tiled_with_mpp_override(test_slides, tmp_path) -> None:
+    slide = test_slides / "boxes.tiff"
     # at 0.5 um/px the 300 x 250 px image is 150 x 125 um: small tissue settings to match
     rc = _tile(
         slide,
@@ -211,8 +211,8 @@ BAD_SLIDES = [
 
 
 @pytest.mark.parametrize(("name", "reader_message"), BAD_SLIDES)
-def test_bad_slide_fails_clearly(shared_slides, tmp_path, capsys, name, reader_message) -> None:
-    slide = shared_slides / name
+def test_bad_slide_fails_clearly(test_slides, tmp_path, capsys, name, reader_message) -> None:
+    slide = test_slides / name
     assert _tile(slide, "bad_one", tmp_path) == 2
     err = capsys.readouterr().err
     assert "slide 'bad_one'" in err and str(slide) in err and reader_message in err
@@ -220,8 +220,8 @@ def test_bad_slide_fails_clearly(shared_slides, tmp_path, capsys, name, reader_m
 
 
 @pytest.mark.parametrize(("name", "reader_message"), BAD_SLIDES)
-def test_bad_slide_skipped_on_request(shared_slides, tmp_path, caplog, name, reader_message):
-    slide = shared_slides / name
+def test_bad_slide_skipped_on_request(test_slides, tmp_path, caplog, name, reader_message):
+    slide = test_slides / name
     assert _tile(slide, "bad_one", tmp_path, "--on-error", "skip") == 0
     coords, attrs = read_tiles(tmp_path / "bad_one.h5")
     assert coords.shape == (0, 2) and attrs["failed"] is True and attrs["n_patches"] == 0
@@ -232,19 +232,19 @@ def test_bad_slide_skipped_on_request(shared_slides, tmp_path, caplog, name, rea
     assert "skipping slide" in caplog.text and reader_message in caplog.text
 
 
-def test_bad_settings_fail_even_when_skipping(shared_slides, tmp_path, capsys) -> None:
-    slide = shared_slides / "cmu-1-small-region.svs"
+def test_bad_settings_fail_even_when_skipping(test_slides, tmp_path, capsys) -> None:
+    slide = test_slides / "cmu-1-small-region.svs"
     assert _tile(slide, "cmu1", tmp_path, "--overlap", "1.0", "--on-error", "skip") == 2
     assert "overlap" in capsys.readouterr().err and not list(tmp_path.iterdir())
 
 
-def test_failures_lists_every_skipped_slide(shared_slides, tmp_path) -> None:
+def test_failures_lists_every_skipped_slide(test_slides, tmp_path) -> None:
     tiles = []
     for name, _ in BAD_SLIDES:
         slide_id = name.replace(".", "_")
-        assert _tile(shared_slides / name, slide_id, tmp_path, "--on-error", "skip") == 0
+        assert _tile(test_slides / name, slide_id, tmp_path, "--on-error", "skip") == 0
         tiles.append(tmp_path / f"{slide_id}.h5")
-    assert _tile(shared_slides / "cmu-1-small-region.svs", "good", tmp_path) == 0
+    assert _tile(test_slides / "cmu-1-small-region.svs", "good", tmp_path) == 0
     tiles.append(tmp_path / "good.h5")
 
     report = tmp_path / "failed_slides.tsv"
@@ -254,7 +254,7 @@ def test_failures_lists_every_skipped_slide(shared_slides, tmp_path) -> None:
     rows = [line.split("\t") for line in lines[1:]]
     assert [row[0] for row in rows] == ["unreadable_svs", "unopenable_tiff", "broken_svs"]
     for row, (name, message) in zip(rows, BAD_SLIDES):
-        assert row[1] == str(shared_slides / name) and message in row[2]
+        assert row[1] == str(test_slides / name) and message in row[2]
 
     assert main(["failures", "--tiles", str(tmp_path / "good.h5"), "--out", str(report)]) == 0
     assert report.read_text() == "slide_id\tpath\terror\n"

@@ -10,9 +10,9 @@ import pytest
 
 from scipy import ndimage
 
-import hnm.tissue
-from hnm.errors import SlideError
-from hnm.tissue import (
+import hnm.tiling.tissue
+from hnm.core.errors import SlideError
+from hnm.tiling.tissue import (
     TissueParams,
     block_mean,
     close_mask,
@@ -180,8 +180,8 @@ def test_closing_bridges_gaps_and_does_not_eat_borders() -> None:
 # ---------------------------------------------------------------------------- real slides
 
 
-def test_pyvips_and_openslide_reads_agree(shared_slides) -> None:
-    path = str(shared_slides / "cmu-1-small-region.svs")
+def test_pyvips_and_openslide_reads_agree(test_slides) -> None:
+    path = str(test_slides / "cmu-1-small-region.svs")
     osr = openslide.OpenSlide(path)
     fast = read_downsampled(osr, path, "cmu1", 16.0)
     assert fast.reader == "pyvips" and fast.rgb.shape == (
@@ -196,20 +196,20 @@ def test_pyvips_and_openslide_reads_agree(shared_slides) -> None:
     assert np.abs(fast.rgb.astype(int) - reference).mean() < 0.5
 
 
-def test_openslide_strips_match_one_whole_read(shared_slides, monkeypatch) -> None:
+def test_openslide_strips_match_one_whole_read(test_slides, monkeypatch) -> None:
     """The fall-back reader for slides without a coarse level: strip by strip, bounded memory."""
-    path = str(shared_slides / "cmu-1-small-region.svs")
+    path = str(test_slides / "cmu-1-small-region.svs")
     osr = openslide.OpenSlide(path)
-    monkeypatch.setattr(hnm.tissue, "STRIP_PIXELS", 2220 * 100)  # 96-row strips (multiple of 16)
-    monkeypatch.setattr(hnm.tissue, "PYVIPS_VENDORS", frozenset())
+    monkeypatch.setattr(hnm.tiling.tissue, "STRIP_PIXELS", 2220 * 100)  # 96-row strips (multiple of 16)
+    monkeypatch.setattr(hnm.tiling.tissue, "PYVIPS_VENDORS", frozenset())
     lowres = read_downsampled(osr, path, "cmu1", 16.0)
     assert lowres.reader == "openslide" and lowres.downsample == 16.0
     level0 = np.asarray(osr.read_region((0, 0), 0, osr.dimensions))[..., :3]
     assert np.array_equal(lowres.rgb, block_mean(level0, 16))
 
 
-def test_detect_tissue_on_real_slide(shared_slides) -> None:
-    path = str(shared_slides / "cmu-1-small-region.svs")
+def test_detect_tissue_on_real_slide(test_slides) -> None:
+    path = str(test_slides / "cmu-1-small-region.svs")
     tissue = detect_tissue(openslide.OpenSlide(path), path, "cmu1", 0.499, TissueParams())
     assert tissue.downsample == 16 and tissue.mask_mpp == pytest.approx(7.984)
     assert tissue.mask.shape == (186, 139)
@@ -218,8 +218,8 @@ def test_detect_tissue_on_real_slide(shared_slides) -> None:
     assert tissue.mask[150, 70] and not tissue.mask[20, 10]
 
 
-def test_corrupt_tiles_become_a_slide_error(shared_slides) -> None:
-    path = str(shared_slides / "unreadable.svs")
+def test_corrupt_tiles_become_a_slide_error(test_slides) -> None:
+    path = str(test_slides / "unreadable.svs")
     with pytest.raises(SlideError) as caught:
         detect_tissue(openslide.OpenSlide(path), path, "bad1", 0.499, TissueParams())
     assert "bad1" in str(caught.value) and "Bogus marker length" in str(caught.value)

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hnm.h5io import read_features, read_tiles
+from hnm.io.h5io import read_features, read_tiles
 from tests.workflow_runner import (
     TINY_CONFIG,
     jobs_run,

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hnm.annotations import load_polygons, patch_labels
-from hnm.h5io import read_tiles
+from hnm.io.annotations import load_polygons, patch_labels
+from hnm.io.h5io import read_tiles
 from tests.workflow_runner import run, write_config
 
 # Measured at this config on a 2-core CPU (seeds 0, 1, 2 of the whole run; test split): round 0

@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hnm.sheet import demo_sheet, validate_sheet, write_normalised_sheet
+    from hnm.io.sheet import demo_sheet, validate_sheet, write_normalised_sheet
 
     if args.sheet:
         labels = json.loads(args.labels) if args.labels else None

@@ -48,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hnm.evaluate import evaluate
+    from hnm.evaluation.evaluate import evaluate
 
     evaluate(
         args.sheet,

@@ -77,8 +77,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hnm.errors import ConfigError
-    from hnm.extract import ExtractSettings, extract_slides
+    from hnm.core.errors import ConfigError
+    from hnm.extract.stage import ExtractSettings, extract_slides
 
     counts = {name: len(getattr(args, name)) for name in ("slide", "slide_id", "tiles", "out")}
     if len(set(counts.values())) != 1:

@@ -18,9 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hnm.atomic import write_text
-    from hnm.errors import HnmError
-    from hnm.h5io import read_tiles
+    from hnm.core.atomic import write_text
+    from hnm.core.errors import HnmError
+    from hnm.io.h5io import read_tiles
 
     rows = []
     for tiles in args.tiles:

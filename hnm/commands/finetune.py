@@ -40,10 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hnm.device import resolve_device
-    from hnm.errors import ConfigError
-    from hnm.finetune import FinetuneSettings, finetune
-    from hnm.sheet import read_normalised_sheet
+    from hnm.core.device import resolve_device
+    from hnm.core.errors import ConfigError
+    from hnm.finetune.train import FinetuneSettings, finetune
+    from hnm.io.sheet import read_normalised_sheet
 
     if args.workers < 0:
         raise ConfigError(f"--workers must be >= 0, got {args.workers}")

@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hnm.encoders import build_encoder, load_weights, save_encoder_file, weights_digest
-    from hnm.errors import ConfigError
+    from hnm.core.errors import ConfigError
 
     try:
         kwargs = json.loads(args.arch_kwargs)

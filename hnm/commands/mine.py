@@ -47,12 +47,12 @@ def run(args: argparse.Namespace) -> int:
 
     import pandas as pd
 
-    from hnm.atomic import atomic_path, write_json
-    from hnm.errors import HnmError
-    from hnm.mining import (
+    from hnm.core.atomic import atomic_path, write_json
+    from hnm.core.errors import HnmError
+    from hnm.mining.sets import (
         MiningSettings, json_safe, log_summary, read_sets, read_val_f1, run_mining,
     )
-    from hnm.sheet import read_normalised_sheet
+    from hnm.io.sheet import read_normalised_sheet
 
     settings = MiningSettings(
         eta=args.eta, neg_ratio=args.neg_ratio, r0=args.r0, r_final=args.r_final,

@@ -12,7 +12,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hnm.report import write_report
+    from hnm.evaluation.report import write_report
 
     write_report(args.results, args.rounds, args.out_dir)
     return 0

@@ -13,7 +13,7 @@ import hashlib
 import logging
 import time
 
-log = logging.getLogger("hnm.synth")
+log = logging.getLogger("hnm.demo.synth")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,7 +83,7 @@ def slide_seed(seed: int, slide_id: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hnm.synth import write_annotation, write_synthetic_slide
+    from hnm.demo.synth import write_annotation, write_synthetic_slide
 
     started = time.perf_counter()
     result = write_synthetic_slide(

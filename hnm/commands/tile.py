@@ -4,7 +4,7 @@ With --on-error skip a slide that cannot be opened or read (or has no usable res
 fail the job: its tiles file is written with 0 patches and failed=True plus the reason, so a cohort
 run goes on and every later stage excludes the slide (and `hnm failures` lists it). With the default
 --on-error fail the job exits 2 with the message and writes nothing, so a rerun retries it.
-Tissue-detection sizes are physical (um, um^2); see hnm.tissue.TissueParams for why the defaults.
+Tissue-detection sizes are physical (um, um^2); see hnm.tiling.tissue.TissueParams for why the defaults.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import argparse
 import logging
 import time
 
-from hnm.tiling import GridParams
-from hnm.tissue import TissueParams
+from hnm.tiling.grid import GridParams
+from hnm.tiling.tissue import TissueParams
 
 log = logging.getLogger("hnm.tile")
 
@@ -107,9 +107,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hnm import qc
-    from hnm.errors import SlideError
-    from hnm.tiling import failed_attrs, tile_slide, write_tiles_file
+    from hnm.tiling import qc
+    from hnm.core.errors import SlideError
+    from hnm.tiling.grid import failed_attrs, tile_slide, write_tiles_file
 
     grid = GridParams(
         patch_size=args.patch_size,

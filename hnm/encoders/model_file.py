@@ -2,7 +2,7 @@
 
 One file carries everything a later stage needs to use or continue an encoder: architecture and
 input convention, backbone and head weights, provenance, and the fine-tuning state (optimizer,
-scheduler, global epoch) that METHOD.md says carries over between rounds. Loaded with
+scheduler, global epoch) that docs/method.md says carries over between rounds. Loaded with
 weights_only=True, so it holds only tensors and plain containers, never pickled code.
 """
 
@@ -16,11 +16,11 @@ from typing import Any
 
 import torch
 
-from hnm.atomic import atomic_path
+from hnm.core.atomic import atomic_path
 from hnm.encoders.registry import EncoderSpec, build_backbone
 from hnm.encoders.simclr import SimCLRModel
 from hnm.encoders.weights import read_checkpoint
-from hnm.errors import CheckpointError
+from hnm.core.errors import CheckpointError
 
 FORMAT_VERSION = 1
 _REQUIRED = (

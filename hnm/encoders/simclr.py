@@ -1,6 +1,6 @@
 """Backbone + SimCLR projection head, the unit that fine-tuning trains and extraction reads.
 
-METHOD.md: the head is Linear(d, d)-ReLU-Linear(d, 256); SupCon works on the head's output while
+docs/method.md: the head is Linear(d, d)-ReLU-Linear(d, 256); SupCon works on the head's output while
 MIL features come from the backbone alone, so extraction never runs the head.
 """
 

@@ -29,9 +29,9 @@ from typing import Any
 
 import torch
 
-from hnm.checkpoint import file_digest
+from hnm.core.checkpoint import file_digest
 from hnm.encoders.simclr import SimCLRModel
-from hnm.errors import CheckpointError
+from hnm.core.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ AGGREGATORS = ("dsmil", "abmil")
 
 def build_aggregator(name: str, feature_dim: int) -> "torch.nn.Module":
     """A fresh aggregator; parameters come from torch's current RNG (seed it first)."""
-    from hnm.errors import ConfigError
+    from hnm.core.errors import ConfigError
 
     if name == "dsmil":
         from hnm.mil.dsmil import DSMIL

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from hnm.errors import HnmError
+from hnm.core.errors import HnmError
 
 log = logging.getLogger(__name__)
 

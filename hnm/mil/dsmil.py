@@ -1,4 +1,4 @@
-"""DSMIL (Li et al., CVPR 2021), binary, in the layout the HNM paper trains (METHOD.md).
+"""DSMIL (Li et al., CVPR 2021), binary, in the layout the HNM paper trains (docs/method.md).
 
 Instance branch: s_i = Linear(d, 1)(h_i). Bag branch: the critical instance m = argmax_i s_i;
 q = Tanh(Linear(128, 128)(ReLU(Linear(d, 128)(h)))); A = softmax_i(q_i . q_m / sqrt(128));

@@ -1,4 +1,4 @@
-"""MIL training losses (METHOD.md, "MIL aggregator: DSMIL").
+"""MIL training losses (docs/method.md, "MIL aggregator: DSMIL").
 
 All losses take raw logits. The ranking loss is the paper's contribution to MIL training: the
 mean of a positive bag's top-K instance logits must exceed the negative bag's by a margin, which

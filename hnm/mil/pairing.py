@@ -1,6 +1,6 @@
 """The order in which training bags are visited each epoch.
 
-Pair mode (ranking loss on, METHOD.md): positive and negative bags are shuffled separately and
+Pair mode (ranking loss on, docs/method.md): positive and negative bags are shuffled separately and
 zipped, so each epoch has min(#pos, #neg) pairs and the surplus of the larger class is skipped for
 that epoch only (a fresh shuffle next epoch gives those bags their turn). Every step sees one bag
 of each class, so the classes are balanced by construction; no class weights are needed there.

@@ -23,17 +23,17 @@ import pandas as pd
 import torch
 
 from hnm import __version__
-from hnm.atomic import atomic_path, write_json
-from hnm.checkpoint import Checkpointer, fingerprint
-from hnm.device import resolve_device
-from hnm.errors import CheckpointError, HnmError
-from hnm.metrics import binary_metrics, choose_threshold, roc_auc
+from hnm.core.atomic import atomic_path, write_json
+from hnm.core.checkpoint import Checkpointer, fingerprint
+from hnm.core.device import resolve_device
+from hnm.core.errors import CheckpointError, HnmError
+from hnm.evaluation.metrics import binary_metrics, choose_threshold, roc_auc
 from hnm.mil import build_aggregator
 from hnm.mil.data import SPLITS, Cohort, load_cohort
 from hnm.mil.losses import bag_loss, pair_loss
 from hnm.mil.pairing import EpochOrder
 from hnm.mil.settings import MilSettings
-from hnm.sheet import read_normalised_sheet
+from hnm.io.sheet import read_normalised_sheet
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,6 @@ def train_mil(
     checkpoint_dir: str | os.PathLike[str] | None,
     settings: MilSettings,
     device: str = "auto",
-    checkpoint_every: int = 10,
     on_epoch_end: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Train, select on val, write OUT/{model.pt, epochs.csv, metrics.json, slides.parquet,
@@ -123,8 +122,6 @@ def train_mil(
     kill.
     Returns the metrics written to metrics.json.
     """
-    if checkpoint_every < 1:
-        raise HnmError(f"checkpoint_every must be at least 1 (got {checkpoint_every})")
     torch_device = resolve_device(device)
     sheet = read_normalised_sheet(sheet_path)
     cohort = load_cohort(sheet, features_dir, torch_device)
@@ -210,7 +207,7 @@ def train_mil(
             lr,
             seconds,
         )
-        if (epoch + 1) % checkpoint_every == 0 and epoch + 1 < settings.epochs:
+        if (epoch + 1) % settings.checkpoint_every == 0 and epoch + 1 < settings.epochs:
             checkpointer.save(run.state(epoch))
         if on_epoch_end is not None:
             on_epoch_end(epoch)

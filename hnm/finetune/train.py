@@ -1,0 +1,524 @@
+"""SupCon fine-tuning of the encoder on the mined sets: encoder_r -> encoder_{r+1} (docs/method.md).
+
+Each step makes two updates: (1) "negative anchors" on 80% hard negatives + 20% pseudo-positives;
+(2) from warm-up on, "positive anchors" on 5% curriculum positives + 95% negatives (hard negatives,
+plus confident negatives when the sets carry them). An epoch is one pass over the hard negatives H,
+so its cost follows neg_ratio, which is the paper's saving.
+
+Where the time goes and how it is spent well:
+- Every step's patch list is planned in the main process from (seed, global epoch), so the sequence
+  of batches never depends on how many loader processes there are or on where a run was resumed.
+- Patches are read by DataLoader worker processes (each keeps one open reader per slide) several
+  steps ahead of the training step; pixels travel as uint8, pinned on CUDA.
+- SimCLR augmentations run batched on the training device (hnm.finetune.augment); bf16 autocast and
+  channels_last on CUDA.
+- Uncertain patches are never sampled: SupCon masks them out of every term, so a view of one would
+  cost a forward/backward pass and contribute exactly nothing.
+
+Resume: a checkpoint after every epoch (model, optimizer, epoch times), fingerprinted by the
+settings and the digests of the sets and input encoder files. A killed job restarts at the next
+epoch and, on the CPU, ends with the same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from hnm.finetune.augment import SimCLRAugment
+from hnm.core.checkpoint import Checkpointer, file_digest, fingerprint
+from hnm.encoders.model_file import load_encoder_file, save_encoder_file
+from hnm.core.errors import ConfigError, HnmError
+from hnm.io.h5io import read_tiles
+from hnm.mining.sets import read_sets
+from hnm.io.patches import PatchReader
+from hnm.core.progress import Progress
+from hnm.mining.schedule import learning_rate
+from hnm.finetune.supcon import supcon_loss
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    epochs: int = 5
+    total_epochs: int = 100
+    warmup: int = 5
+    batch_size: int = 512
+    neg_fraction: float = 0.8
+    pos_fraction_positive_mode: float = 0.05
+    lr: float = 0.01
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    cosine_after: int = 10
+    temperature: float = 0.07
+    seed: int = 0
+    precision: str = "auto"
+    max_steps_per_epoch: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0:
+            raise ConfigError(f"finetune epochs must be >= 0, got {self.epochs}")
+        if self.batch_size < 2:
+            raise ConfigError(f"finetune batch_size must be >= 2, got {self.batch_size}")
+        for name in ("neg_fraction", "pos_fraction_positive_mode"):
+            value = getattr(self, name)
+            if not 0.0 < value < 1.0:
+                raise ConfigError(f"finetune {name} must lie strictly between 0 and 1, got {value}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {PRECISIONS}, got '{self.precision}'")
+        if self.temperature <= 0:
+            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
+        if self.max_steps_per_epoch < 0:
+            raise ConfigError("max_steps_per_epoch must be >= 0 (0 = no cap)")
+
+
+# ------------------------------------------------------------------------------------------ plans
+
+
+@dataclass
+class Pools:
+    """The sampling pools as (slide code, patch index) arrays; slide codes index `slides`."""
+
+    slides: list[str]
+    hardneg: np.ndarray  # (n, 2) int64
+    positives: np.ndarray  # pseudo-positives, for the negative-anchor update
+    curriculum: np.ndarray  # for the positive-anchor update
+    negatives: np.ndarray  # hard + confident negatives, for the positive-anchor update
+
+    @classmethod
+    def from_sets(cls, sets: pd.DataFrame, sets_path: str) -> "Pools":
+        slides = sorted(set(sets["slide_id"]))
+        codes = pd.Categorical(sets["slide_id"], categories=slides).codes.astype(np.int64)
+        table = np.stack([codes, sets["idx"].to_numpy(np.int64)], axis=1)
+
+        def pool(*names: str) -> np.ndarray:
+            rows = np.unique(table[sets["set"].isin(names).to_numpy()], axis=0)  # sorted, unique
+            return rows.reshape(-1, 2)
+
+        pools = cls(slides, pool("hardneg"), pool("pos"), pool("curriculum"),
+                    pool("hardneg", "confneg"))
+        for name, array in (("hardneg", pools.hardneg), ("pos", pools.positives),
+                            ("curriculum", pools.curriculum)):
+            if len(array) == 0:
+                raise HnmError(
+                    f"sets file {sets_path} has no '{name}' patches; fine-tuning needs hard "
+                    "negatives, pseudo-positives and curriculum positives (re-run `hnm mine`)"
+                )
+        return pools
+
+
+@dataclass
+class StepPlan:
+    """The patches of one step: rows (slide code, idx), and how many belong to each part."""
+
+    rows: np.ndarray  # (n, 2): update 1 negatives, positives, then update 2 negatives, positives
+    sizes: tuple[int, int, int, int]
+
+
+def _cycle(pool_size: int, count: int, rng: np.random.Generator) -> np.ndarray:
+    """`count` pool indices from successive random permutations: all items before any repeat."""
+    if count == 0:
+        return np.zeros(0, dtype=np.int64)
+    rounds = math.ceil(count / pool_size)
+    return np.concatenate([rng.permutation(pool_size) for _ in range(rounds)])[:count]
+
+
+def steps_per_epoch(hard_negatives: int, settings: FinetuneSettings) -> int:
+    """ceil(|H| / negatives per batch), capped by max_steps_per_epoch when set."""
+    steps = math.ceil(hard_negatives / _negatives_per_batch(settings))
+    if settings.max_steps_per_epoch:
+        steps = min(steps, settings.max_steps_per_epoch)
+    return steps
+
+
+def _negatives_per_batch(settings: FinetuneSettings) -> int:
+    count = int(math.floor(settings.neg_fraction * settings.batch_size + 0.5))
+    return min(max(1, count), settings.batch_size - 1)
+
+
+def plan_epoch(
+    pools: Pools, settings: FinetuneSettings, global_epoch: int, positive_update: bool
+) -> list[StepPlan]:
+    """Every step of one epoch, from (seed, global epoch) alone.
+
+    H is shuffled and split into `steps` near-equal chunks (so a short last batch never happens;
+    with fewer hard negatives than one batch there is one step of all of them). Each step's
+    positives keep the configured ratio to its negatives, so a smaller chunk gives a proportionally
+    smaller batch rather than one dominated by positives.
+    """
+    rng = np.random.default_rng([settings.seed, global_epoch])
+    per_batch = _negatives_per_batch(settings)
+    ratio = (settings.batch_size - per_batch) / per_batch
+    steps = math.ceil(len(pools.hardneg) / per_batch)
+    chunks = np.array_split(rng.permutation(len(pools.hardneg)), steps)
+    if settings.max_steps_per_epoch:
+        chunks = chunks[: settings.max_steps_per_epoch]
+    negatives1 = [len(chunk) for chunk in chunks]
+    positives1 = [max(1, int(math.floor(n * ratio + 0.5))) for n in negatives1]
+    if positive_update:
+        totals = [n + p for n, p in zip(negatives1, positives1)]
+        curriculum2 = [
+            max(1, int(math.floor(t * settings.pos_fraction_positive_mode + 0.5))) for t in totals
+        ]
+        negatives2 = [t - c for t, c in zip(totals, curriculum2)]
+    else:
+        curriculum2 = negatives2 = [0] * len(chunks)
+    positive_draw = _cycle(len(pools.positives), sum(positives1), rng)
+    negative_draw = _cycle(len(pools.negatives), sum(negatives2), rng)
+    curriculum_draw = _cycle(len(pools.curriculum), sum(curriculum2), rng)
+    plans = []
+    offsets = [0, 0, 0]
+    for step, chunk in enumerate(chunks):
+        parts = [pools.hardneg[chunk]]
+        for which, (pool, draw, counts) in enumerate(
+            (
+                (pools.positives, positive_draw, positives1),
+                (pools.negatives, negative_draw, negatives2),
+                (pools.curriculum, curriculum_draw, curriculum2),
+            )
+        ):
+            parts.append(pool[draw[offsets[which] : offsets[which] + counts[step]]])
+            offsets[which] += counts[step]
+        plans.append(
+            StepPlan(
+                rows=np.concatenate(parts).reshape(-1, 2),
+                sizes=(negatives1[step], positives1[step], negatives2[step], curriculum2[step]),
+            )
+        )
+    return plans
+
+
+# ---------------------------------------------------------------------------------------- reading
+
+
+class StepPatches(torch.utils.data.Dataset):
+    """Dataset of steps: item i = uint8 patches (n, P, P, 3) of plan i, read slide by slide.
+
+    Readers are opened lazily inside each loader process and stay open for the whole round.
+    """
+
+    def __init__(self, plans: list[StepPlan], readers: list[PatchReader]) -> None:
+        self.plans = plans
+        self.readers = readers
+
+    def __len__(self) -> int:
+        return len(self.plans)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        rows = self.plans[index].rows
+        size = self.readers[0].patch_size
+        out = np.empty((len(rows), size, size, 3), dtype=np.uint8)
+        for code in np.unique(rows[:, 0]):
+            where = np.flatnonzero(rows[:, 0] == code)
+            order = np.argsort(rows[where, 1], kind="stable")  # nearby patches read together
+            out[where[order]] = self.readers[code].read(rows[where[order], 1])
+        return torch.from_numpy(out)
+
+
+def open_readers(
+    slides: list[str], sheet: pd.DataFrame, tiles_dir: str | os.PathLike[str], sets: pd.DataFrame
+) -> list[PatchReader]:
+    """One PatchReader per slide of the sets, checked against the sheet and its tiles file."""
+    paths = sheet.set_index("slide_id")["path"].to_dict()
+    largest = sets.groupby("slide_id")["idx"].max().to_dict()
+    readers = []
+    sizes = set()
+    for slide in slides:
+        if slide not in paths:
+            raise HnmError(f"slide '{slide}' is in the sets file but not in the sheet")
+        tiles = Path(tiles_dir) / f"{slide}.h5"
+        if not tiles.exists():
+            raise HnmError(f"tiles file {tiles} for slide '{slide}' does not exist; tile it first")
+        coords, attrs = read_tiles(tiles)
+        if attrs.get("failed"):
+            raise HnmError(
+                f"slide '{slide}' is marked failed in {tiles} ({attrs.get('error')}) but has mined "
+                "patches; the sets do not match the tiles (re-run mining)"
+            )
+        if largest[slide] >= len(coords):
+            raise HnmError(
+                f"sets name patch {largest[slide]} of slide '{slide}', but {tiles} has "
+                f"{len(coords)} patches; the sets come from another tiling (re-run the round)"
+            )
+        reader = PatchReader(paths[slide], coords, attrs, slide)
+        sizes.add(reader.patch_size)
+        readers.append(reader)
+    if len(sizes) > 1:
+        raise HnmError(
+            f"tiles files disagree on patch_size ({sorted(sizes)}); tile all slides alike"
+        )
+    return readers
+
+
+def _loader(
+    dataset: StepPatches, workers: int, device: torch.device
+) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=None,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        # Two steps queued per worker: enough to hide reading, and one step (both updates, about
+        # 1,000 patches at 224 px) is about 150 MB of shared memory.
+        prefetch_factor=2 if workers else None,
+    )
+
+
+# --------------------------------------------------------------------------------------- training
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
+def make_views(
+    augment: SimCLRAugment, patches: torch.Tensor, generator: torch.Generator, channels_last: bool
+) -> torch.Tensor:
+    """Two augmented views of every patch, stacked (view 1 of all, then view 2 of all).
+
+    One augmentation call over the doubled batch: every copy draws its own parameters, and the
+    kernels launch once instead of twice.
+    """
+    views = augment(torch.cat([patches, patches]), generator)
+    return views.contiguous(memory_format=torch.channels_last) if channels_last else views
+
+
+def contrastive_update(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    views: torch.Tensor,
+    labels: torch.Tensor,
+    mode: str,
+    settings: FinetuneSettings,
+    precision: str,
+) -> torch.Tensor:
+    autocast = torch.autocast(
+        device_type=views.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"
+    )
+    with autocast:
+        projections = model(views)
+    loss = supcon_loss(projections, labels.repeat(2), mode, settings.temperature)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def _labels(negatives: int, positives: int, device: torch.device) -> torch.Tensor:
+    return torch.cat(
+        [torch.zeros(negatives, dtype=torch.long), torch.ones(positives, dtype=torch.long)]
+    ).to(device)
+
+
+def train_epoch(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    augment: SimCLRAugment,
+    plans: list[StepPlan],
+    batches: Iterator[torch.Tensor],
+    settings: FinetuneSettings,
+    global_epoch: int,
+    device: torch.device,
+    precision: str,
+) -> dict[str, float]:
+    """One epoch over `plans`, whose patches `batches` yields in order; returns mean losses.
+
+    Augmentation draws come from (seed, global epoch), like the plans themselves.
+    """
+    model.train()
+    generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + global_epoch)
+    channels_last = device.type == "cuda"
+    sums = torch.zeros(2, device=device)
+    progress = Progress(len(plans), f"epoch {global_epoch}", log)
+    for step, patches in zip(range(len(plans)), batches):
+        lr = learning_rate(global_epoch + step / len(plans), settings.lr, settings.cosine_after,
+                           settings.total_epochs)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        patches = patches.to(device, non_blocking=True)
+        n1, p1, n2, c2 = plans[step].sizes
+        parts = (
+            (patches[: n1 + p1], n1, p1, "negative"),
+            (patches[n1 + p1 :], n2, c2, "positive"),
+        )
+        for which, (images, negatives, positives, mode) in enumerate(parts):
+            if negatives + positives:
+                views = make_views(augment, images, generator, channels_last)
+                sums[which] += contrastive_update(
+                    model, optimizer, views, _labels(negatives, positives, device), mode,
+                    settings, precision,
+                )
+        progress.update(1)
+    means = (sums / max(1, len(plans))).tolist()
+    return {"loss_negative": means[0], "loss_positive": means[1]}
+
+
+def make_optimizer(
+    model: torch.nn.Module, settings: FinetuneSettings, state: dict[str, Any] | None
+) -> torch.optim.SGD:
+    """SGD over backbone and head; a carried-over state keeps its momentum buffers.
+
+    The hyper-parameters are always this run's settings (a state saved with other ones would
+    otherwise override them silently).
+    """
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=settings.lr, momentum=settings.momentum,
+        weight_decay=settings.weight_decay,
+    )
+    if state:
+        try:
+            optimizer.load_state_dict(state)
+        except (ValueError, KeyError) as error:
+            log.warning("the input encoder's optimizer state does not fit (%s); starting afresh",
+                        error)
+            return make_optimizer(model, settings, None)
+        for group in optimizer.param_groups:
+            group.update(momentum=settings.momentum, weight_decay=settings.weight_decay)
+    return optimizer
+
+
+def scheduler_state(settings: FinetuneSettings, epoch: int) -> dict[str, Any]:
+    """The schedule is a pure function of the global epoch; this records which function."""
+    return {"kind": "constant_then_cosine", "base_lr": settings.lr,
+            "cosine_after": settings.cosine_after, "total_epochs": settings.total_epochs,
+            "epoch": epoch}
+
+
+def finetune(
+    sheet: pd.DataFrame,
+    sets_path: str | os.PathLike[str],
+    tiles_dir: str | os.PathLike[str],
+    encoder_in: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    checkpoint_dir: str | os.PathLike[str] | None,
+    settings: FinetuneSettings,
+    device: torch.device,
+    workers: int = 2,
+    on_epoch_end: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Fine-tune `encoder_in` for settings.epochs epochs and write `out`; returns a summary."""
+    sets = read_sets(sets_path)
+    pools = Pools.from_sets(sets, str(sets_path))
+    readers = open_readers(pools.slides, sheet, tiles_dir, sets)
+    model, meta = load_encoder_file(encoder_in, device)
+    start_epoch = meta.epoch
+    precision = resolve_precision(settings.precision, device)
+    if precision == "bf16" and device.type == "cpu":
+        log.warning("bf16 autocast on the CPU: slower than fp32 on many CPUs, and not bit-exact")
+    checkpointer = Checkpointer(
+        checkpoint_dir,
+        fingerprint(
+            {
+                **asdict(settings),
+                "precision": precision,
+                "sets_sha256": file_digest(sets_path),
+                "encoder_sha256": file_digest(encoder_in),
+            }
+        ),
+    )
+    optimizer = make_optimizer(model, settings, meta.optimizer)
+    # Per finished epoch: wall seconds, CPU seconds of this process (steadier than wall time on
+    # a shared machine) and mean losses; carried through checkpoints into the output file.
+    done, timing = 0, {"epoch_seconds": [], "epoch_cpu_seconds": [], "losses": []}
+    state = checkpointer.load()
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        done, timing = state["done"], state["timing"]
+        log.info("resuming from epoch %d (global epoch %d) of %d", done, start_epoch + done,
+                 settings.epochs)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
+    patch_size = readers[0].patch_size
+    if meta.patch_size != patch_size:
+        log.info("training at the tiles' patch size %d px (the encoder's nominal size is %d)",
+                 patch_size, meta.patch_size)
+    augment = SimCLRAugment(patch_size, meta.mean, meta.std)
+    log.info(
+        "fine-tuning %s from global epoch %d for %d epoch(s): |H| = %d hard negatives, %d "
+        "pseudo-positives, %d curriculum, %d negatives for the positive update; %d steps/epoch of "
+        "batch %d; device %s, %s, %d loader worker(s)",
+        meta.arch, start_epoch, settings.epochs, len(pools.hardneg), len(pools.positives),
+        len(pools.curriculum), len(pools.negatives), steps_per_epoch(len(pools.hardneg), settings),
+        settings.batch_size, device, precision, workers,
+    )
+    # Every remaining epoch is planned up front and read through ONE loader, so the readers run
+    # ahead across epoch boundaries (and checkpoint writes) instead of draining and refilling.
+    epochs = {
+        local: plan_epoch(pools, settings, start_epoch + local,
+                          start_epoch + local >= settings.warmup)
+        for local in range(done, settings.epochs)
+    }
+    batches = iter(_loader(StepPatches([p for plans in epochs.values() for p in plans], readers),
+                           workers, device))
+    for local, plans in epochs.items():
+        global_epoch = start_epoch + local
+        positive_update = global_epoch >= settings.warmup
+        started, cpu_started = time.perf_counter(), time.process_time()
+        epoch_losses = train_epoch(model, optimizer, augment, plans, batches, settings,
+                                   global_epoch, device, precision)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - started
+        timing["epoch_seconds"].append(seconds)
+        timing["epoch_cpu_seconds"].append(time.process_time() - cpu_started)
+        timing["losses"].append(epoch_losses)
+        patches = sum(int(p.rows.shape[0]) for p in plans)
+        log.info(
+            "epoch %d (%d/%d of this round): %d steps, %s update(s), loss neg %.4f pos %.4f, "
+            "lr %.5f, %.1f s, %.1f patches/s",
+            global_epoch, local + 1, settings.epochs, len(plans),
+            "both" if positive_update else "negative-anchor", epoch_losses["loss_negative"],
+            epoch_losses["loss_positive"], optimizer.param_groups[0]["lr"], seconds,
+            patches / seconds if seconds else float("nan"),
+        )
+        checkpointer.save(
+            {
+                "epoch": global_epoch + 1,
+                "done": local + 1,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "timing": timing,
+            }
+        )
+        if on_epoch_end is not None:
+            on_epoch_end(local + 1)
+    end_epoch = start_epoch + settings.epochs
+    extra = {
+        **timing,
+        "hard_negatives": int(len(pools.hardneg)),
+        "pseudo_positives": int(len(pools.positives)),
+        "curriculum_positives": int(len(pools.curriculum)),
+        "steps_per_epoch": steps_per_epoch(len(pools.hardneg), settings),
+        "sets": os.fspath(sets_path),
+        "sets_sha256": file_digest(sets_path),
+        "settings": {**asdict(settings), "precision": precision},
+    }
+    save_encoder_file(
+        out, model.to(memory_format=torch.contiguous_format),
+        source=os.fspath(encoder_in), source_sha256=file_digest(encoder_in),
+        optimizer_state=optimizer.state_dict(),
+        scheduler_state=scheduler_state(settings, end_epoch),
+        epoch=end_epoch, round=meta.round + 1, extra=extra,
+    )
+    checkpointer.clear()
+    log.info("wrote %s (global epoch %d); epoch times %s s", out, end_epoch,
+             ", ".join(f"{s:.1f}" for s in timing["epoch_seconds"]))
+    return extra

@@ -1,0 +1,140 @@
+"""The two per-slide HDF5 files every stage exchanges: tiles and features.
+
+Layout follows CLAM (`coords` (N, 2) level-0 pixel x/y, `features` (N, D)) so files interchange with
+CLAM/TRIDENT tools, and adds attributes those tools lose (true mpp, read level and size, encoder,
+weights checksum). A slide that failed and was skipped still gets files, marked `failed` with the
+reason, so downstream stages can exclude it without the workflow breaking.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import AbstractContextManager
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import h5py
+import numpy as np
+
+from hnm import __version__
+from hnm.core.atomic import atomic_path
+
+
+def _encode_attr(value: Any) -> Any:
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value)
+    if value is None:
+        return "null"
+    return value
+
+
+def _decode_attrs(attrs: h5py.AttributeManager) -> dict[str, Any]:
+    decoded: dict[str, Any] = {}
+    for key, value in attrs.items():
+        if isinstance(value, bytes):
+            value = value.decode()
+        if isinstance(value, np.generic):
+            value = value.item()
+        if isinstance(value, str) and value[:1] in "[{" or value == "null":
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                pass
+        decoded[key] = value
+    return decoded
+
+
+def write_tiles(path: str | os.PathLike[str], coords: np.ndarray, attrs: dict[str, Any]) -> None:
+    coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
+    with atomic_path(path) as temporary, h5py.File(temporary, "w") as handle:
+        handle.create_dataset("coords", data=coords, maxshape=(None, 2))
+        for key, value in {**attrs, "code_version": __version__}.items():
+            handle["coords"].attrs[key] = _encode_attr(value)
+
+
+def read_tiles(path: str | os.PathLike[str]) -> tuple[np.ndarray, dict[str, Any]]:
+    with h5py.File(path, "r") as handle:
+        return handle["coords"][:].astype(np.int64), _decode_attrs(handle["coords"].attrs)
+
+
+class FeatureWriter(AbstractContextManager["FeatureWriter"]):
+    """Appends feature rows in chunks so a million-patch slide never sits in memory whole."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        dim: int,
+        coords: np.ndarray,
+        attrs: dict[str, Any],
+        dtype: str = "float32",
+    ) -> None:
+        self.path = Path(path)
+        self.dim = dim
+        self.coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
+        self.attrs = attrs
+        self.dtype = dtype
+        self.written = 0
+        self._atomic = atomic_path(self.path)
+        self._handle: h5py.File | None = None
+
+    def __enter__(self) -> "FeatureWriter":
+        temporary = self._atomic.__enter__()
+        self._handle = h5py.File(temporary, "w")
+        total = len(self.coords)
+        chunk_rows = max(1, min(total, 4096))
+        self._features = self._handle.create_dataset(
+            "features", shape=(total, self.dim), dtype=self.dtype, chunks=(chunk_rows, self.dim)
+            if total
+            else None,
+        )
+        self._handle.create_dataset("coords", data=self.coords)
+        for key, value in {**self.attrs, "code_version": __version__}.items():
+            self._features.attrs[key] = _encode_attr(value)
+        return self
+
+    def update_attrs(self, attrs: dict[str, Any]) -> None:
+        """Attributes known only at the end (e.g. throughput), written before the rename."""
+        for key, value in attrs.items():
+            self._features.attrs[key] = _encode_attr(value)
+
+    def append(self, rows: np.ndarray) -> None:
+        rows = np.asarray(rows)
+        self._features[self.written : self.written + len(rows)] = rows
+        self.written += len(rows)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        assert self._handle is not None
+        if exc_type is None and self.written != len(self.coords):
+            exc = RuntimeError(
+                f"{self.path}: wrote {self.written} feature rows for {len(self.coords)} patches"
+            )
+            exc_type = RuntimeError
+        self._handle.close()
+        if exc is not None and exc_type is not None:
+            self._atomic.__exit__(exc_type, exc, traceback)
+            raise exc
+        self._atomic.__exit__(None, None, None)
+
+
+def read_features(
+    path: str | os.PathLike[str],
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """(features (N, D), coords (N, 2), attrs)."""
+    with h5py.File(path, "r") as handle:
+        return (
+            handle["features"][:],
+            handle["coords"][:].astype(np.int64),
+            _decode_attrs(handle["features"].attrs),
+        )
+
+
+def read_feature_attrs(path: str | os.PathLike[str]) -> dict[str, Any]:
+    with h5py.File(path, "r") as handle:
+        return _decode_attrs(handle["features"].attrs)
