@@ -180,7 +180,7 @@ def main() -> int:
                                        MiningSettings(neg_ratio=ratio))
             sets_path = root / f"sets_{ratio}.parquet"
             sets.to_parquet(sets_path)
-            extra = finetune(sheet, sets_path, root / "tiles", encoder, root / "out.pt", None,
+            extra = finetune(sheet, sets_path, sorted((root / "tiles").glob("*.h5")), encoder, root / "out.pt", None,
                              settings, device, args.workers)
             results.append({"neg_ratio": ratio, "hard_negatives": extra["hard_negatives"],
                             "steps": extra["steps_per_epoch"],

@@ -3,6 +3,7 @@
 # before any job starts and lists every problem at once.
 
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -20,7 +21,7 @@ REPO = Path(workflow.basedir).resolve()
 # Rules run `python -m hnm`; rule conda envs do not contain the package (and Snakemake drops an
 # inherited PYTHONPATH in them), so every shell command puts the repository on the path itself.
 shell.prefix(
-    f"set -euo pipefail; export PYTHONPATH={REPO}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
+    f"set -euo pipefail; export PYTHONPATH={shlex.quote(str(REPO))}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
 )
 DEMO = not config["sheet"]
 ROUNDS = int(config["rounds"])
@@ -129,4 +130,7 @@ def previous_mining(wildcards):
 def previous_mining_flags(wildcards, input):
     if int(wildcards.round) == 0:
         return ""
-    return f"--previous-sets {input.previous_sets} --previous-summary {input.previous_summary}"
+    return (
+        f"--previous-sets {shlex.quote(input.previous_sets)} "
+        f"--previous-summary {shlex.quote(input.previous_summary)}"
+    )

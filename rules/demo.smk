@@ -20,4 +20,4 @@ rule synth_slide:
         seed=config["seed"],
     shell:
         "python -m hnm synth --slide-id {wildcards.slide} --label {params.label} --seed {params.seed} "
-        "{params.settings} --out {output.slide} --annotation {output.annotation} > {log} 2>&1"
+        "{params.settings} --out {output.slide:q} --annotation {output.annotation:q} > {log:q} 2>&1"

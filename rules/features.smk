@@ -19,14 +19,15 @@ rule init_encoder:
         settings=flags("encoder"),
         seed=config["seed"],
     shell:
-        "python -m hnm init-encoder {params.settings} --seed {params.seed} --out {output} > {log} 2>&1"
+        "python -m hnm init-encoder {params.settings} --seed {params.seed} --out {output:q} > {log:q} 2>&1"
 
 
 EXTRACT_SETTINGS = flags("extraction", skip=["slides_per_job"])
 EXTRACT_SHELL = (
-    "python -m hnm extract --slide {input.slides} --slide-id {params.slide_ids} "
-    "--tiles {input.tiles} --encoder {input.encoder} --round {wildcards.round} "
-    "--device {params.device} {params.settings} --out {output} > {log} 2>&1"
+    "python -m hnm extract --slide {input.slides:q} --slide-id {params.slide_ids} "
+    "--tiles {input.tiles:q} --encoder {input.encoder:q} --round {wildcards.round} "
+    "--device {params.device} --threads {threads} {params.settings} --out {output:q} "
+    "> {log:q} 2>&1"
 )
 
 

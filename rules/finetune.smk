@@ -30,7 +30,7 @@ rule finetune:
         seed=config["seed"],
         device=config["device"],
     shell:
-        "python -m hnm finetune --sheet {input.sheet} --sets {input.sets} --tiles-dir results/tiles "
-        "--encoder-in {input.encoder} --out {output} --checkpoint-dir {params.checkpoints} "
+        "python -m hnm finetune --sheet {input.sheet:q} --sets {input.sets:q} --tiles {input.tiles:q} "
+        "--encoder-in {input.encoder:q} --out {output:q} --checkpoint-dir {params.checkpoints:q} "
         "--epochs {params.epochs} --total-epochs {params.total} --seed {params.seed} "
-        "--device {params.device} {params.settings} > {log} 2>&1"
+        "--device {params.device} --threads {threads} {params.settings} > {log:q} 2>&1"

@@ -25,9 +25,9 @@ rule train_mil:
         seed=config["seed"],
         device=config["device"],
     shell:
-        "python -m hnm train-mil --sheet {input.sheet} --features-dir results/r{wildcards.round}/features "
-        "--out-dir {params.folder} --checkpoint-dir {params.checkpoints} --seed {params.seed} "
-        "--device {params.device} --threads {threads} {params.settings} > {log} 2>&1"
+        "python -m hnm train-mil --sheet {input.sheet:q} --features {input.features:q} "
+        "--out-dir {params.folder:q} --checkpoint-dir {params.checkpoints:q} --seed {params.seed} "
+        "--device {params.device} --threads {threads} {params.settings} > {log:q} 2>&1"
 
 
 rule evaluate:
@@ -48,6 +48,7 @@ rule evaluate:
     params:
         settings=flags("evaluation"),
     shell:
-        "python -m hnm evaluate --sheet {input.sheet} --mil-dir results/r{wildcards.round}/mil "
-        "--tiles-dir results/tiles --out {output.metrics} --predictions {output.predictions} "
-        "{params.settings} > {log} 2>&1"
+        "python -m hnm evaluate --sheet {input.sheet:q} --mil-metrics {input.metrics:q} "
+        "--mil-slides {input.slides:q} --train-scores {input.train:q} --val-scores {input.val:q} "
+        "--test-scores {input.test:q} --tiles {input.tiles:q} --out {output.metrics:q} "
+        "--predictions {output.predictions:q} {params.settings} > {log:q} 2>&1"

@@ -26,6 +26,6 @@ rule mine:
             f"--total-epochs {config['finetune']['epochs_per_round'] * max(ROUNDS, 1)}"
         ),
     shell:
-        "python -m hnm mine --sheet {input.sheet} --scores {input.scores} --metrics {input.metrics} "
+        "python -m hnm mine --sheet {input.sheet:q} --scores {input.scores:q} --metrics {input.metrics:q} "
         "--round {wildcards.round} {params.previous} {params.schedule} {params.settings} "
-        "--out {output.sets} --summary {output.summary} > {log} 2>&1"
+        "--out {output.sets:q} --summary {output.summary:q} > {log:q} 2>&1"

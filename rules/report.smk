@@ -9,6 +9,7 @@ rule final:
         rounds_mil=expand("results/r{round}/mil/metrics.json", round=range(ROUNDS + 1)),
         mining=expand("results/r{round}/mining/summary.json", round=range(ROUNDS)),
         encoders=expand("results/r{round}/encoder.pt", round=range(1, ROUNDS + 1)),
+        predictions=f"results/r{ROUNDS}/eval/predictions.csv",
         failures="results/qc/failed_slides.tsv",
     output:
         metrics=report(
@@ -29,8 +30,8 @@ rule final:
     resources:
         mem_mb=1000,
         runtime=10,
-    params:
-        rounds=ROUNDS,
     shell:
-        "python -m hnm report --results results --rounds {params.rounds} --out-dir results/final "
-        "> {log} 2>&1"
+        "python -m hnm report --mil-metrics {input.rounds_mil:q} --eval-metrics "
+        "{input.rounds_eval:q} --mining-summaries {input.mining:q} --encoders {input.encoders:q} "
+        "--predictions {input.predictions:q} --out-metrics {output.metrics:q} "
+        "--out-predictions {output.predictions:q} --out-rounds {output.rounds:q} > {log:q} 2>&1"

@@ -15,9 +15,10 @@ rule sheet:
         runtime=5,
     params:
         source=(
-            f"--demo-counts '{json.dumps(config['demo']['slides'])}'"
+            f"--demo-counts {shlex.quote(json.dumps(config['demo']['slides']))}"
             if DEMO
-            else f"--sheet {config['sheet']} --labels '{json.dumps(config['labels'])}'"
+            else f"--sheet {shlex.quote(config['sheet'])} "
+            f"--labels {shlex.quote(json.dumps(config['labels']))}"
         ),
     shell:
-        "python -m hnm check-sheet {params.source} --out {output} > {log} 2>&1"
+        "python -m hnm check-sheet {params.source} --out {output:q} > {log:q} 2>&1"

@@ -26,8 +26,8 @@ rule tile:
         mpp=slide_mpp_flag,
         settings=flags("tiling"),
     shell:
-        "python -m hnm tile --slide {input.slide} --slide-id {wildcards.slide} {params.mpp} "
-        "{params.settings} --out {output.tiles} --qc {output.qc} > {log} 2>&1"
+        "python -m hnm tile --slide {input.slide:q} --slide-id {wildcards.slide} {params.mpp} "
+        "{params.settings} --out {output.tiles:q} --qc {output.qc:q} > {log:q} 2>&1"
 
 
 rule failures:
@@ -43,4 +43,4 @@ rule failures:
         mem_mb=1000,
         runtime=10,
     shell:
-        "python -m hnm failures --tiles {input} --out {output} > {log} 2>&1"
+        "python -m hnm failures --tiles {input:q} --out {output:q} > {log:q} 2>&1"

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -13,7 +14,7 @@ import pytest
 from sklearn import metrics as sk
 
 from hnm.cli import main as cli_main
-from hnm.evaluation.evaluate import evaluate
+from hnm.evaluation.evaluate import MilFiles, evaluate
 from hnm.io.h5io import write_tiles
 from hnm.evaluation.metrics import average_precision, best_f1, binary_metrics, choose_threshold, roc_auc
 
@@ -91,7 +92,7 @@ def _write_geojson(
 
 
 @pytest.fixture
-def mil_run(tmp_path: Path) -> dict[str, Path]:
+def mil_run(tmp_path: Path) -> dict[str, Any]:
     """A hand-made train-mil output: val chose threshold 0.35; test slides around it."""
     mil, tiles = tmp_path / "mil", tmp_path / "tiles"
     (mil / "scores").mkdir(parents=True)
@@ -166,10 +167,20 @@ def mil_run(tmp_path: Path) -> dict[str, Path]:
         ]
     )
     sheet.to_csv(tmp_path / "sheet.tsv", sep="\t", index=False)
-    return {"mil": mil, "tiles": tiles, "sheet": tmp_path / "sheet.tsv", "root": tmp_path}
+    return {
+        "mil": MilFiles(
+            mil / "metrics.json",
+            mil / "slides.parquet",
+            {split: mil / "scores" / f"{split}.parquet" for split in ("train", "val", "test")},
+        ),
+        "tiles_dir": tiles,
+        "tiles": sorted(tiles.glob("*.h5")),
+        "sheet": tmp_path / "sheet.tsv",
+        "root": tmp_path,
+    }
 
 
-def test_evaluate_applies_the_val_threshold_and_scores_patches(mil_run: dict[str, Path]) -> None:
+def test_evaluate_applies_the_val_threshold_and_scores_patches(mil_run: dict[str, Any]) -> None:
     out, predictions = mil_run["root"] / "eval.json", mil_run["root"] / "pred.csv"
     metrics = evaluate(mil_run["sheet"], mil_run["mil"], mil_run["tiles"], out, predictions)
     slide = metrics["slide"]
@@ -208,7 +219,7 @@ def test_evaluate_applies_the_val_threshold_and_scores_patches(mil_run: dict[str
     assert json.loads(out.read_text()) == json.loads(json.dumps(metrics))
 
 
-def test_tumor_against_another_annotated_class(mil_run: dict[str, Path]) -> None:
+def test_tumor_against_another_annotated_class(mil_run: dict[str, Any]) -> None:
     """Mimic boxes over t_pos patch 2 (score .7) and t_neg patch 0 (.8); tumor is t_pos 0, 1
     (.9, .6): of the 4 tumor-mimic pairs, .9 wins twice and .6 loses twice -> AUC 0.5."""
     root = mil_run["root"]
@@ -234,10 +245,16 @@ def test_evaluate_cli_and_its_errors(mil_run: dict[str, Path], capsys) -> None:
         "evaluate",
         "--sheet",
         str(mil_run["sheet"]),
-        "--mil-dir",
-        str(mil_run["mil"]),
-        "--tiles-dir",
-        str(mil_run["tiles"]),
+        "--mil-metrics",
+        str(mil_run["mil"].metrics),
+        "--mil-slides",
+        str(mil_run["mil"].slides),
+        "--val-scores",
+        str(mil_run["mil"].scores["val"]),
+        "--test-scores",
+        str(mil_run["mil"].scores["test"]),
+        "--tiles",
+        *map(str, mil_run["tiles"]),
         "--out",
         str(mil_run["root"] / "m.json"),
         "--predictions",
@@ -247,10 +264,10 @@ def test_evaluate_cli_and_its_errors(mil_run: dict[str, Path], capsys) -> None:
     ]
     assert cli_main(args) == 0
     assert json.loads((mil_run["root"] / "m.json").read_text())["slide"]["n_slides"] == 2
-    (mil_run["tiles"] / "t_pos.h5").unlink()
+    (mil_run["tiles_dir"] / "t_pos.h5").unlink()
     assert cli_main(args) == 2
     assert "t_pos" in capsys.readouterr().err
-    (mil_run["mil"] / "metrics.json").unlink()
+    Path(mil_run["mil"].metrics).unlink()
     assert cli_main(args) == 2
     assert "run train-mil first" in capsys.readouterr().err
 

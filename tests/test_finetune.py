@@ -60,7 +60,7 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     sets.to_parquet(root / "sets.parquet")
     save_encoder_file(root / "encoder.pt", build_encoder("resnet_mini", seed=0), source="random:0")
     return {"root": root, "sheet": root / "sheet.tsv", "sets": root / "sets.parquet",
-            "tiles": root / "tiles", "encoder": root / "encoder.pt"}
+            "tiles": sorted((root / "tiles").glob("*.h5")), "encoder": root / "encoder.pt"}
 
 
 SETTINGS = FinetuneSettings(epochs=2, total_epochs=4, warmup=1, batch_size=8, cosine_after=1,
@@ -182,13 +182,13 @@ def test_next_round_continues_the_global_epoch(cohort, tmp_path) -> None:  # noq
 def test_cli(cohort, tmp_path) -> None:  # noqa: ANN001
     out = tmp_path / "encoder.pt"
     argv = ["finetune", "--sheet", str(cohort["sheet"]), "--sets", str(cohort["sets"]),
-            "--tiles-dir", str(cohort["tiles"]), "--encoder-in", str(cohort["encoder"]),
+            "--tiles", *map(str, cohort["tiles"]), "--encoder-in", str(cohort["encoder"]),
             "--out", str(out), "--checkpoint-dir", str(tmp_path / "ckpt"), "--epochs", "1",
             "--batch-size", "8", "--device", "cpu", "--workers", "0",
             "--max-steps-per-epoch", "1"]
     assert main(argv) == 0 and out.exists()
     missing = argv.copy()
-    missing[missing.index("--tiles-dir") + 1] = str(tmp_path / "nowhere")
+    missing[missing.index("--tiles") + 1] = str(tmp_path / "nowhere" / "a.h5")
     assert main(missing) == 2
 
 

@@ -36,7 +36,7 @@ class FeatureCohort:
         out = self.root / name
         metrics = train_mil(
             self.sheet,
-            self.features,
+            sorted(self.features.glob("*.h5")),
             out,
             kwargs.pop("checkpoint_dir", None),
             settings,
@@ -234,7 +234,12 @@ def test_selection_never_looks_at_test_labels(cohort: FeatureCohort, tmp_path: P
     flipped_sheet = tmp_path / "flipped.tsv"
     sheet.to_csv(flipped_sheet, sep="\t", index=False)
     flipped = train_mil(
-        flipped_sheet, cohort.features, tmp_path / "out", None, settings, device="cpu"
+        flipped_sheet,
+        sorted(cohort.features.glob("*.h5")),
+        tmp_path / "out",
+        None,
+        settings,
+        device="cpu",
     )
     for key in ("selected_epoch", "threshold", "val"):
         assert flipped[key] == reference[key]
@@ -326,8 +331,8 @@ def test_cli_trains_abmil_in_bag_mode(tmp_path: Path, capsys) -> None:
             "train-mil",
             "--sheet",
             str(cohort.sheet),
-            "--features-dir",
-            str(cohort.features),
+            "--features",
+            *map(str, sorted(cohort.features.glob("*.h5"))),
             "--out-dir",
             str(out),
             "--checkpoint-dir",
@@ -352,8 +357,8 @@ def test_cli_trains_abmil_in_bag_mode(tmp_path: Path, capsys) -> None:
             "train-mil",
             "--sheet",
             str(tmp_path / "nope.tsv"),
-            "--features-dir",
-            "x",
+            "--features",
+            "x.h5",
             "--out-dir",
             str(out),
         ]
@@ -366,7 +371,12 @@ def test_cli_trains_abmil_in_bag_mode(tmp_path: Path, capsys) -> None:
 def test_training_on_cuda_learns_like_the_cpu(cohort: FeatureCohort) -> None:
     out = cohort.root / "cuda"
     metrics = train_mil(
-        cohort.sheet, cohort.features, out, cohort.root / "ck_cuda", FAST, device="cuda"
+        cohort.sheet,
+        sorted(cohort.features.glob("*.h5")),
+        out,
+        cohort.root / "ck_cuda",
+        FAST,
+        device="cuda",
     )
     assert metrics["device"] == "cuda"
     slides = pd.read_parquet(out / "slides.parquet")

@@ -19,8 +19,13 @@ def _class_list(text: str) -> list[str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sheet", required=True, help="normalised slide sheet (results/sheet.tsv)")
-    parser.add_argument("--mil-dir", required=True, help="train-mil output folder")
-    parser.add_argument("--tiles-dir", required=True, help="folder of <slide_id>.h5 tile files")
+    parser.add_argument("--mil-metrics", required=True, help="train-mil metrics.json (threshold)")
+    parser.add_argument("--mil-slides", required=True, help="train-mil slides.parquet")
+    for split in ("train", "val", "test"):
+        parser.add_argument(f"--{split}-scores", default=None, help=f"train-mil {split} patch scores")
+    parser.add_argument(
+        "--tiles", nargs="+", default=[], help="tiles files <slide_id>.h5 of the annotated slides"
+    )
     parser.add_argument("--out", required=True, help="metrics JSON to write")
     parser.add_argument("--predictions", required=True, help="predictions CSV to write")
     parser.add_argument(
@@ -48,12 +53,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hnm.evaluation.evaluate import evaluate
+    from hnm.evaluation.evaluate import MilFiles, evaluate
 
+    scores = {
+        split: path
+        for split in ("train", "val", "test")
+        if (path := getattr(args, f"{split}_scores")) is not None
+    }
     evaluate(
         args.sheet,
-        args.mil_dir,
-        args.tiles_dir,
+        MilFiles(args.mil_metrics, args.mil_slides, scores),
+        args.tiles,
         args.out,
         args.predictions,
         split=args.split,

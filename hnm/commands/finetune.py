@@ -8,7 +8,9 @@ import argparse
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sheet", required=True, help="normalised slide sheet (results/sheet.tsv)")
     parser.add_argument("--sets", required=True, help="round r's mining/sets.parquet")
-    parser.add_argument("--tiles-dir", required=True, help="folder of {slide}.h5 tiles files")
+    parser.add_argument(
+        "--tiles", nargs="+", required=True, help="tiles files <slide_id>.h5 of the train slides"
+    )
     parser.add_argument("--encoder-in", required=True, help="results/r{r}/encoder.pt")
     parser.add_argument("--out", required=True, help="results/r{r+1}/encoder.pt to write")
     parser.add_argument("--checkpoint-dir", default="",
@@ -33,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--workers", type=int, default=2, help="patch-reading processes")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)"
+    )
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                         help="auto = bf16 autocast on CUDA, fp32 on the CPU")
     parser.add_argument("--max-steps-per-epoch", type=int, default=0,
@@ -45,6 +50,10 @@ def run(args: argparse.Namespace) -> int:
     from hnm.finetune.train import FinetuneSettings, finetune
     from hnm.io.sheet import read_normalised_sheet
 
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.workers < 0:
         raise ConfigError(f"--workers must be >= 0, got {args.workers}")
     settings = FinetuneSettings(
@@ -56,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         max_steps_per_epoch=args.max_steps_per_epoch,
     )
     finetune(
-        read_normalised_sheet(args.sheet), args.sets, args.tiles_dir, args.encoder_in, args.out,
+        read_normalised_sheet(args.sheet), args.sets, args.tiles, args.encoder_in, args.out,
         args.checkpoint_dir or None, settings, resolve_device(args.device), args.workers,
     )
     return 0

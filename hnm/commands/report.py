@@ -1,4 +1,8 @@
-"""`hnm report`: results/final/ (last round's test metrics and predictions) and rounds.csv."""
+"""`hnm report`: results/final/ (last round's test metrics and predictions) and rounds.csv.
+
+Every round's files are passed in round order (0..R); mining summaries and next-round encoders
+exist for rounds 0..R-1 only.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,41 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--results", default="results", help="the workflow's results folder")
-    parser.add_argument("--rounds", type=int, required=True, help="the last round R")
-    parser.add_argument("--out-dir", default="results/final")
+    parser.add_argument("--mil-metrics", nargs="+", required=True, help="per round, 0..R")
+    parser.add_argument("--eval-metrics", nargs="+", required=True, help="per round, 0..R")
+    parser.add_argument("--mining-summaries", nargs="*", default=[], help="per round, 0..R-1")
+    parser.add_argument("--encoders", nargs="*", default=[], help="fine-tuned encoders, 1..R")
+    parser.add_argument("--predictions", required=True, help="round R's predictions.csv")
+    parser.add_argument("--out-metrics", required=True)
+    parser.add_argument("--out-predictions", required=True)
+    parser.add_argument("--out-rounds", required=True)
 
 
 def run(args: argparse.Namespace) -> int:
-    from hnm.evaluation.report import write_report
+    from pathlib import Path
 
-    write_report(args.results, args.rounds, args.out_dir)
+    from hnm.core.errors import HnmError
+    from hnm.evaluation.report import RoundFiles, write_report
+
+    rounds = len(args.mil_metrics)
+    later = rounds - 1
+    if len(args.eval_metrics) != rounds or len(args.mining_summaries) != later or len(
+        args.encoders
+    ) != later:
+        raise HnmError(
+            f"report needs one MIL and one evaluation metrics file per round and one mining "
+            f"summary and fine-tuned encoder per round but the last; got {rounds} MIL, "
+            f"{len(args.eval_metrics)} evaluation, {len(args.mining_summaries)} mining and "
+            f"{len(args.encoders)} encoder file(s)"
+        )
+    files = [
+        RoundFiles(
+            Path(args.mil_metrics[r]),
+            Path(args.eval_metrics[r]),
+            Path(args.mining_summaries[r]) if r < later else None,
+            Path(args.encoders[r]) if r < later else None,
+        )
+        for r in range(rounds)
+    ]
+    write_report(files, args.predictions, args.out_metrics, args.out_predictions, args.out_rounds)
     return 0

@@ -10,7 +10,7 @@ from hnm.mil.settings import MilSettings
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sheet", required=True, help="normalised slide sheet (results/sheet.tsv)")
     parser.add_argument(
-        "--features-dir", required=True, help="folder of <slide_id>.h5 feature files"
+        "--features", nargs="+", required=True, help="the round's feature files <slide_id>.h5"
     )
     parser.add_argument(
         "--out-dir", required=True, help="outputs: model.pt, metrics.json, scores/ ..."
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     train_mil(
         args.sheet,
-        args.features_dir,
+        args.features,
         args.out_dir,
         args.checkpoint_dir,
         MilSettings.from_args(args, seed=args.seed),

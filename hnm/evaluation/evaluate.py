@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import pandas as pd
 
 from hnm.core.atomic import atomic_path, write_json
 from hnm.core.errors import CheckpointError, HnmError
-from hnm.io.h5io import read_tiles
+from hnm.io.h5io import files_by_slide, read_tiles, slide_file
 from hnm.evaluation.metrics import average_precision, best_f1, binary_metrics, roc_auc
 from hnm.io.sheet import read_normalised_sheet
 
@@ -32,10 +33,20 @@ SPLITS = ("train", "val", "test")
 PREDICTION_COLUMNS = ["slide_id", "split", "label", "prob", "predicted", "threshold"]
 
 
+@dataclass(frozen=True)
+class MilFiles:
+    """The train-mil outputs evaluation reads: metrics.json (the val threshold), slides.parquet
+    (bag probabilities) and the per-split patch scores that exist."""
+
+    metrics: str | os.PathLike[str]
+    slides: str | os.PathLike[str]
+    scores: dict[str, str | os.PathLike[str]] = field(default_factory=dict)
+
+
 def evaluate(
     sheet_path: str | os.PathLike[str],
-    mil_dir: str | os.PathLike[str],
-    tiles_dir: str | os.PathLike[str],
+    mil: MilFiles,
+    tiles: Iterable[str | os.PathLike[str]],
     out: str | os.PathLike[str],
     predictions_path: str | os.PathLike[str],
     split: str = "test",
@@ -51,11 +62,11 @@ def evaluate(
     whether the scores separate tumor from the tissue that looks like it."""
     if split not in SPLITS:
         raise HnmError(f"split '{split}' is not one of {', '.join(SPLITS)}")
-    mil_dir = Path(mil_dir)
     sheet = read_normalised_sheet(sheet_path)
-    mil_metrics = _read_mil_metrics(mil_dir / "metrics.json")
+    tiles_files = files_by_slide(tiles, "tiles")
+    mil_metrics = _read_mil_metrics(Path(mil.metrics))
     threshold = float(mil_metrics["threshold"])
-    slides = _read_parquet(mil_dir / "slides.parquet")
+    slides = _read_parquet(Path(mil.slides))
 
     predictions = pd.DataFrame(
         {
@@ -93,8 +104,8 @@ def evaluate(
     for patch_split in SPLITS:
         result = _patch_metrics(
             sheet,
-            mil_dir,
-            Path(tiles_dir),
+            mil.scores.get(patch_split),
+            tiles_files,
             patch_split,
             [annotation_class, *versus_classes],
             min_fraction,
@@ -106,7 +117,7 @@ def evaluate(
         "split": split,
         "threshold": threshold,
         "threshold_method": mil_metrics.get("threshold_method"),
-        "threshold_source": str(mil_dir / "metrics.json"),
+        "threshold_source": str(mil.metrics),
         "selected_epoch": mil_metrics.get("selected_epoch"),
         "aggregator": mil_metrics.get("aggregator"),
         "slide": slide_metrics,
@@ -129,8 +140,8 @@ def evaluate(
 
 def _patch_metrics(
     sheet: pd.DataFrame,
-    mil_dir: Path,
-    tiles_dir: Path,
+    scores_path: str | os.PathLike[str] | None,
+    tiles_files: dict[str, Path],
     split: str,
     classes: list[str],
     min_fraction: float,
@@ -141,8 +152,12 @@ def _patch_metrics(
     annotated = rows["annotation"].fillna("").astype(str).str.len() > 0
     if not annotated.any():
         return None
-    scores_path = mil_dir / "scores" / f"{split}.parquet"
-    scores = _read_parquet(scores_path)
+    if scores_path is None:
+        raise HnmError(
+            f"the {split} split has annotated slides but no {split} scores file was passed "
+            f"(--{split}-scores)"
+        )
+    scores = _read_parquet(Path(scores_path))
     by_slide = {str(k): group for k, group in scores.groupby("slide_id", sort=False)}
     labels: list[list[np.ndarray]] = []  # per slide: one mask per class
     values: list[np.ndarray] = []
@@ -160,7 +175,7 @@ def _patch_metrics(
         group = by_slide[slide_id]
         idx = group["idx"].to_numpy(np.int64)
         if annotation:
-            masks = _annotated_labels(slide_id, annotation, tiles_dir, idx, classes, min_fraction)
+            masks = _annotated_labels(slide_id, annotation, tiles_files, idx, classes, min_fraction)
         else:
             masks = [np.zeros(len(idx), dtype=bool) for _ in classes]
         labels.append(masks)
@@ -200,7 +215,7 @@ def _versus_summary(truth: np.ndarray, other: np.ndarray, score: np.ndarray) -> 
 def _annotated_labels(
     slide_id: str,
     annotation: str,
-    tiles_dir: Path,
+    tiles_files: dict[str, Path],
     idx: np.ndarray,
     classes: list[str],
     min_fraction: float,
@@ -210,12 +225,7 @@ def _annotated_labels(
         from hnm.io.annotations import load_polygons_by_class, patch_labels
     except ImportError as error:  # pragma: no cover - the module ships with the package
         raise HnmError("patch ground truth needs hnm.io.annotations, which is missing") from error
-    tiles_path = tiles_dir / f"{slide_id}.h5"
-    if not tiles_path.exists():
-        raise HnmError(
-            f"slide '{slide_id}': tiles file {tiles_path} is missing; patch metrics need the patch "
-            "grid (run the tiling stage or pass the right --tiles-dir)"
-        )
+    tiles_path = slide_file(tiles_files, slide_id, "tiles")
     coords, attrs = read_tiles(tiles_path)
     if len(idx) and (idx.min() < 0 or idx.max() >= len(coords)):
         raise HnmError(

@@ -13,12 +13,14 @@ import math
 import os
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from hnm.core.atomic import atomic_path, write_json
+from hnm.core.errors import HnmError
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +42,20 @@ ROUND_COLUMNS = [
 ]
 
 
+@dataclass(frozen=True)
+class RoundFiles:
+    """What one round left that the report reads; the last round has no mining or next encoder."""
+
+    mil_metrics: Path
+    eval_metrics: Path
+    mining_summary: Path | None = None
+    next_encoder: Path | None = None
+
+
 def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.exists() else {}
+    if not path.exists():
+        raise HnmError(f"{path} is missing; the report reads every round's outputs (run them first)")
+    return json.loads(path.read_text())
 
 
 def _patch_auc(evaluation: dict[str, Any], split: str) -> float | None:
@@ -60,17 +74,9 @@ def _versus_aucs(evaluation: dict[str, Any]) -> dict[str, float | None]:
     return columns
 
 
-def _benchmark_seconds(folder: Path) -> float | None:
-    """Wall time of a round's jobs, from Snakemake's benchmark files (one per job)."""
-    files = sorted(folder.glob("*.tsv")) if folder.exists() else []
-    if not files:
-        return None
-    return float(sum(pd.read_csv(f, sep="\t")["s"].iloc[-1] for f in files))
-
-
-def _finetune_epoch_seconds(encoder: Path) -> float | None:
+def _finetune_epoch_seconds(encoder: Path | None) -> float | None:
     """Mean epoch time recorded by the fine-tuning stage inside the next round's encoder file."""
-    if not encoder.exists():
+    if encoder is None:
         return None
     import torch
 
@@ -79,14 +85,14 @@ def _finetune_epoch_seconds(encoder: Path) -> float | None:
     return float(sum(seconds) / len(seconds)) if seconds else None
 
 
-def round_row(results: Path, round_: int) -> dict[str, Any]:
-    folder = results / f"r{round_}"
-    mil = _read_json(folder / "mil" / "metrics.json")
-    evaluation = _read_json(folder / "eval" / "metrics.json")
-    mining = _read_json(folder / "mining" / "summary.json")
+def round_row(round_: int, files: RoundFiles) -> dict[str, Any]:
+    mil = _read_json(files.mil_metrics)
+    evaluation = _read_json(files.eval_metrics)
+    mining = _read_json(files.mining_summary) if files.mining_summary else {}
     slide = evaluation.get("slide", {})
-    extraction_seconds = _benchmark_seconds(results / "benchmarks" / f"r{round_}" / "extract")
-    patches = _count_patches(folder / "features")
+    extraction = mil.get("extraction") or {}
+    extraction_seconds = extraction.get("seconds")
+    patches = extraction.get("patches")
     return {
         "round": round_,
         "val_slide_auc": (mil.get("val") or {}).get("auc"),
@@ -98,7 +104,7 @@ def round_row(results: Path, round_: int) -> dict[str, Any]:
         "test_patch_auc": _patch_auc(evaluation, "test"),
         "hard_negatives": (mining.get("counts") or {}).get("hardneg"),
         "sets_refreshed": mining.get("refreshed"),
-        "finetune_epoch_seconds": _finetune_epoch_seconds(results / f"r{round_ + 1}" / "encoder.pt"),
+        "finetune_epoch_seconds": _finetune_epoch_seconds(files.next_encoder),
         "extraction_seconds": extraction_seconds,
         "extraction_patches_per_second": (
             patches / extraction_seconds if extraction_seconds and patches else None
@@ -108,30 +114,25 @@ def round_row(results: Path, round_: int) -> dict[str, Any]:
     }
 
 
-def _count_patches(features: Path) -> int:
-    import h5py
-
-    total = 0
-    for path in sorted(features.glob("*.h5")) if features.exists() else []:
-        with h5py.File(path, "r") as handle:
-            total += int(handle["features"].shape[0])
-    return total
-
-
-def write_report(results: str | os.PathLike[str], rounds: int, out_dir: str | os.PathLike[str]) -> pd.DataFrame:
-    results, out_dir = Path(results), Path(out_dir)
-    rows = [round_row(results, r) for r in range(rounds + 1)]
+def write_report(
+    rounds: list[RoundFiles],
+    last_predictions: str | os.PathLike[str],
+    out_metrics: str | os.PathLike[str],
+    out_predictions: str | os.PathLike[str],
+    out_rounds: str | os.PathLike[str],
+) -> pd.DataFrame:
+    """rounds.csv from every round's files, and the last round's metrics and predictions."""
+    rows = [round_row(r, files) for r, files in enumerate(rounds)]
     extra = [column for row in rows for column in row if column not in ROUND_COLUMNS]
     table = pd.DataFrame(rows, columns=ROUND_COLUMNS + list(dict.fromkeys(extra)))
-    with atomic_path(out_dir / "rounds.csv") as temporary:
+    with atomic_path(out_rounds) as temporary:
         table.to_csv(temporary, index=False)
-    last = results / f"r{rounds}" / "eval"
-    final = _read_json(last / "metrics.json")
-    final["round"] = rounds
-    final["rounds_table"] = str(out_dir / "rounds.csv")
-    write_json(out_dir / "metrics.json", final)
-    with atomic_path(out_dir / "predictions.csv") as temporary:
-        shutil.copyfile(last / "predictions.csv", temporary)
+    final = _read_json(rounds[-1].eval_metrics)
+    final["round"] = len(rounds) - 1
+    final["rounds_table"] = str(out_rounds)
+    write_json(out_metrics, final)
+    with atomic_path(out_predictions) as temporary:
+        shutil.copyfile(last_predictions, temporary)
     for row in table.to_dict("records"):
         log.info(
             "round %d: val AUC %s, test AUC %s, test patch AUC %s, hard negatives %s",

@@ -26,7 +26,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,7 @@ from hnm.finetune.augment import SimCLRAugment
 from hnm.core.checkpoint import Checkpointer, file_digest, fingerprint
 from hnm.encoders.model_file import load_encoder_file, save_encoder_file
 from hnm.core.errors import ConfigError, HnmError
-from hnm.io.h5io import read_tiles
+from hnm.io.h5io import files_by_slide, read_tiles, slide_file
 from hnm.mining.sets import read_sets
 from hnm.io.patches import PatchReader
 from hnm.core.progress import Progress
@@ -229,7 +229,7 @@ class StepPatches(torch.utils.data.Dataset):
 
 
 def open_readers(
-    slides: list[str], sheet: pd.DataFrame, tiles_dir: str | os.PathLike[str], sets: pd.DataFrame
+    slides: list[str], sheet: pd.DataFrame, tiles_files: dict[str, Path], sets: pd.DataFrame
 ) -> list[PatchReader]:
     """One PatchReader per slide of the sets, checked against the sheet and its tiles file."""
     paths = sheet.set_index("slide_id")["path"].to_dict()
@@ -239,9 +239,7 @@ def open_readers(
     for slide in slides:
         if slide not in paths:
             raise HnmError(f"slide '{slide}' is in the sets file but not in the sheet")
-        tiles = Path(tiles_dir) / f"{slide}.h5"
-        if not tiles.exists():
-            raise HnmError(f"tiles file {tiles} for slide '{slide}' does not exist; tile it first")
+        tiles = slide_file(tiles_files, slide, "tiles")
         coords, attrs = read_tiles(tiles)
         if attrs.get("failed"):
             raise HnmError(
@@ -403,7 +401,7 @@ def scheduler_state(settings: FinetuneSettings, epoch: int) -> dict[str, Any]:
 def finetune(
     sheet: pd.DataFrame,
     sets_path: str | os.PathLike[str],
-    tiles_dir: str | os.PathLike[str],
+    tiles: Iterable[str | os.PathLike[str]],
     encoder_in: str | os.PathLike[str],
     out: str | os.PathLike[str],
     checkpoint_dir: str | os.PathLike[str] | None,
@@ -415,7 +413,7 @@ def finetune(
     """Fine-tune `encoder_in` for settings.epochs epochs and write `out`; returns a summary."""
     sets = read_sets(sets_path)
     pools = Pools.from_sets(sets, str(sets_path))
-    readers = open_readers(pools.slides, sheet, tiles_dir, sets)
+    readers = open_readers(pools.slides, sheet, files_by_slide(tiles, "tiles"), sets)
     model, meta = load_encoder_file(encoder_in, device)
     start_epoch = meta.epoch
     precision = resolve_precision(settings.precision, device)

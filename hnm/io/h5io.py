@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from pathlib import Path
 from types import TracebackType
@@ -20,6 +21,7 @@ import numpy as np
 
 from hnm import __version__
 from hnm.core.atomic import atomic_path
+from hnm.core.errors import HnmError
 
 
 def _encode_attr(value: Any) -> Any:
@@ -138,3 +140,32 @@ def read_features(
 def read_feature_attrs(path: str | os.PathLike[str]) -> dict[str, Any]:
     with h5py.File(path, "r") as handle:
         return _decode_attrs(handle["features"].attrs)
+
+
+def files_by_slide(paths: Iterable[str | os.PathLike[str]], what: str) -> dict[str, Path]:
+    """{slide_id: path} for per-slide files named `<slide_id>.h5`, as the workflow passes them.
+
+    Stages receive the exact files of their job (never a folder to search), so a slide's file
+    that is missing here is a missing input, not a slide to skip quietly."""
+    mapping: dict[str, Path] = {}
+    for path in map(Path, paths):
+        slide_id = path.name[: -len(".h5")] if path.name.endswith(".h5") else path.stem
+        if slide_id in mapping:
+            raise HnmError(f"two {what} files for slide '{slide_id}': {mapping[slide_id]} and {path}")
+        mapping[slide_id] = path
+    return mapping
+
+
+def slide_file(files: dict[str, Path], slide_id: str, what: str) -> Path:
+    """The slide's file from `files_by_slide`, or an error naming the slide and what to pass."""
+    if slide_id not in files:
+        raise HnmError(
+            f"slide '{slide_id}': no {what} file was passed to this stage (the sheet names the "
+            f"slide, so its {what} file must be among the inputs)"
+        )
+    if not files[slide_id].exists():
+        raise HnmError(
+            f"slide '{slide_id}': {what} file {files[slide_id]} is missing; run the stage that "
+            "writes it first"
+        )
+    return files[slide_id]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,14 +66,13 @@ class Cohort:
         )
 
 
-def feature_path(features_dir: str | os.PathLike[str], slide_id: str) -> Path:
-    return Path(features_dir) / f"{slide_id}.h5"
-
-
 def load_cohort(
-    sheet: pd.DataFrame, features_dir: str | os.PathLike[str], device: torch.device
+    sheet: pd.DataFrame, feature_files: Mapping[str, Path], device: torch.device
 ) -> Cohort:
-    """Every slide of the sheet whose features are usable; failed or empty files are excluded."""
+    """Every slide of the sheet whose features are usable; failed or empty files are excluded.
+
+    `feature_files` maps slide ids to the files the job was given (hnm.io.h5io.files_by_slide);
+    a sheet slide without one is a missing input."""
     planned: list[tuple[pd.Series, Path, int]] = []
     excluded: list[dict[str, str]] = []
     identities: list[dict[str, Any]] = []
@@ -81,13 +81,21 @@ def load_cohort(
     dim_source = ""
     for _, row in sheet.iterrows():
         slide_id = str(row["slide_id"])
-        path = feature_path(features_dir, slide_id)
-        if not path.exists():
-            missing.append(f"{slide_id}: {path}")
+        path = feature_files.get(slide_id)
+        if path is None or not path.exists():
+            missing.append(f"{slide_id}: {path or 'not passed'}")
             continue
         stat = path.stat()
-        identities.append({"slide": slide_id, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns})
-        rows, width, reason = _inspect(path, slide_id)
+        rows, width, reason, seconds = _inspect(path, slide_id)
+        identities.append(
+            {
+                "slide": slide_id,
+                "size": stat.st_size,
+                "mtime_ns": stat.st_mtime_ns,
+                "patches": rows,
+                "extract_seconds": seconds,
+            }
+        )
         if reason:
             log.warning("excluding slide %s (%s): %s", slide_id, path, reason)
             excluded.append({"slide_id": slide_id, "split": str(row["split"]), "reason": reason})
@@ -102,12 +110,12 @@ def load_cohort(
         planned.append((row, path, rows))
     if missing:
         raise HnmError(
-            f"{len(missing)} feature file(s) are missing (expected <features-dir>/<slide_id>.h5): "
+            f"{len(missing)} feature file(s) of sheet slides are missing: "
             + "; ".join(missing[:10])
             + ("; ..." if len(missing) > 10 else "")
         )
     if not planned:
-        raise HnmError(f"no usable feature files in {features_dir}: every slide failed or is empty")
+        raise HnmError("no usable feature files: every slide failed or is empty")
     total = sum(rows for _, _, rows in planned)
     features = torch.empty((total, dim or 0), dtype=torch.float32, device=device)
     bags: list[Bag] = []
@@ -131,8 +139,9 @@ def load_cohort(
     return Cohort(features, bags, excluded, identities)
 
 
-def _inspect(path: Path, slide_id: str) -> tuple[int, int, str]:
-    """(rows, feature dim, reason to exclude or "") without reading the features."""
+def _inspect(path: Path, slide_id: str) -> tuple[int, int, str, float]:
+    """(rows, feature dim, reason to exclude or "", extraction seconds) without reading the
+    features; the seconds are what the extraction stage recorded for the slide (0 if none)."""
     try:
         with h5py.File(path, "r") as handle:
             if "features" not in handle:
@@ -144,6 +153,7 @@ def _inspect(path: Path, slide_id: str) -> tuple[int, int, str]:
             failed = dataset.attrs.get("failed", False)
             error = dataset.attrs.get("error", "")
             shape = dataset.shape
+            seconds = float(dataset.attrs.get("seconds", 0.0))
     except OSError as error_:
         raise HnmError(
             f"feature file {path} of slide '{slide_id}' cannot be read ({error_}); "
@@ -152,9 +162,9 @@ def _inspect(path: Path, slide_id: str) -> tuple[int, int, str]:
     if isinstance(error, bytes):
         error = error.decode()
     if bool(failed):
-        return 0, 0, f"marked failed upstream: {error or 'no reason given'}"
+        return 0, 0, f"marked failed upstream: {error or 'no reason given'}", seconds
     if len(shape) != 2:
         raise HnmError(f"feature file {path} of slide '{slide_id}' has features of shape {shape}")
     if shape[0] == 0:
-        return 0, int(shape[1]), "no patches (empty feature file)"
-    return int(shape[0]), int(shape[1]), ""
+        return 0, int(shape[1]), "no patches (empty feature file)", seconds
+    return int(shape[0]), int(shape[1]), "", seconds

@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from hnm.mil.data import SPLITS, Cohort, load_cohort
 from hnm.mil.losses import bag_loss, pair_loss
 from hnm.mil.pairing import EpochOrder
 from hnm.mil.settings import MilSettings
+from hnm.io.h5io import files_by_slide
 from hnm.io.sheet import read_normalised_sheet
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,7 @@ class TrainingRun:
 
 def train_mil(
     sheet_path: str | os.PathLike[str],
-    features_dir: str | os.PathLike[str],
+    feature_files: Iterable[str | os.PathLike[str]],
     out_dir: str | os.PathLike[str],
     checkpoint_dir: str | os.PathLike[str] | None,
     settings: MilSettings,
@@ -124,7 +125,7 @@ def train_mil(
     """
     torch_device = resolve_device(device)
     sheet = read_normalised_sheet(sheet_path)
-    cohort = load_cohort(sheet, features_dir, torch_device)
+    cohort = load_cohort(sheet, files_by_slide(feature_files, "features"), torch_device)
     train_pos = cohort.indices("train", 1)
     train_neg = cohort.indices("train", 0)
     val = cohort.indices("val")
@@ -428,6 +429,10 @@ def _write_outputs(
         "threshold_method": settings.threshold_method,
         "n_slides": {split: int((slides["split"] == split).sum()) for split in SPLITS},
         "excluded_slides": cohort.excluded,
+        "extraction": {
+            "patches": int(sum(item["patches"] for item in cohort.identities)),
+            "seconds": float(sum(item["extract_seconds"] for item in cohort.identities)),
+        },
         "notes": notes,
         "timing": {
             "epoch_seconds": seconds,
