@@ -7,15 +7,19 @@ import shlex
 import sys
 from pathlib import Path
 
+import yaml
 from snakemake.utils import validate
 
 sys.path.insert(0, workflow.basedir)
 
 from hnm.core.cliflags import to_flags
 from hnm.core.errors import SheetError
+from hnm.core.overrides import typed_overrides
 from hnm.io.sheet import demo_sheet, validate_sheet
 
-validate(config, schema="../workflow/schemas/config.schema.yaml")
+CONFIG_SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
+config.update(typed_overrides(config, yaml.safe_load(CONFIG_SCHEMA.read_text())))
+validate(config, schema=str(CONFIG_SCHEMA))
 
 REPO = Path(workflow.basedir).resolve()
 # Rules run `python -m hnm`; rule conda envs do not contain the package (and Snakemake drops an
