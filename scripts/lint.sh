@@ -38,7 +38,7 @@ snakemake_lint() {
 
 check "ruff check" python -m ruff check .
 check "ruff format --check" python -m ruff format --check --output-format concise .
-check "import order (ruff check --select I)" python -m ruff check --select I .
+check "import order (ruff check --select I)" python -m ruff check --select I --output-format concise .
 check "snakefmt --check" python -m snakefmt --check Snakefile rules
 check "snakemake --lint" snakemake_lint
 
