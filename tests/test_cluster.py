@@ -39,9 +39,10 @@ from tests.cluster.slurm import (
 pytestmark = [pytest.mark.cluster, pytest.mark.workflow, pytest.mark.timeout(1200)]
 
 REPO = Path(__file__).resolve().parents[1]
-COPIED = ("Snakefile", "rules", "envs", "workflow", "config", "hnm")
+COPIED = ("Snakefile", "rules", "envs", "workflow", "config", "hnm", ".test")
 PROFILE = "workflow/profiles/ci-slurm"
-OVERRIDE = "config/test-cluster.yaml"
+# A cohort small enough for 2 cores: 6 slides of 1024 px, one hard-negative round, few epochs.
+OVERRIDE = ".test/config/cluster.yaml"
 GPU_RULES = {"extract", "train_mil", "finetune"}
 RUN_LIMIT_S = 420  # per snakemake invocation; SIGINT then, SIGKILL 30 s later
 
@@ -50,41 +51,6 @@ TARGETS = ["all"]
 # The cancel test stops at round 0's features (synth, tile, extract): enough to cancel a running
 # extract job and see the other slides' features kept.
 CANCEL_TARGETS = ["features_round0"]
-
-# A cohort small enough for 2 cores: 6 slides of 1024 px, one hard-negative round, few epochs.
-TEST_CONFIG = {
-    "seed": 7,
-    "device": "cpu",
-    "rounds": 1,
-    "demo": {
-        "slides": {
-            "train": {"tumor": 1, "normal": 1},
-            "val": {"tumor": 1, "normal": 1},
-            "test": {"tumor": 1, "normal": 1},
-        },
-        "width": 1024,
-        "height": 1024,
-        "mpp": 1.0,  # 1 mm square: room for one tumor and one mimic region of 300 um
-        "tumor_regions": 1,
-        "mimic_regions": 1,
-    },
-    "extraction": {"batch_size": 64, "workers": 0, "slides_per_job": 1},
-    "mil": {"epochs": 3, "checkpoint_every": 1},
-    "finetune": {
-        "epochs_per_round": 1,
-        "warmup": 0,
-        "batch_size": 16,
-        "workers": 0,
-        "max_steps_per_epoch": 2,
-    },
-    # threads 1 so two jobs share the 2-core node; memory well under what `slurmd -C` reports.
-    "resources": {
-        "tile": {"mem_mb": 1000, "runtime": 10},
-        "extract": {"mem_mb": 1500, "runtime": 15, "threads": 1},
-        "train_mil": {"mem_mb": 1500, "runtime": 15, "threads": 1},
-        "finetune": {"mem_mb": 1500, "runtime": 15, "threads": 1},
-    },
-}
 
 SUBMITTED = re.compile(r"Job (\S+) has been submitted with SLURM jobid (\d+)")
 SBATCH_CALL = re.compile(r"^sbatch call: (sbatch .*)$", re.MULTILINE)
@@ -99,7 +65,7 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory):
 
 
 def make_copy(folder: Path) -> Path:
-    """The workflow's files (not results, not .snakemake) in `folder`, plus the test config."""
+    """The workflow's files (not results, not .snakemake) in `folder`, the test configs included."""
     folder.mkdir(parents=True, exist_ok=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for name in COPIED:
@@ -108,7 +74,6 @@ def make_copy(folder: Path) -> Path:
             shutil.copytree(source, folder / name, ignore=ignore)
         else:
             shutil.copy2(source, folder / name)
-    (folder / OVERRIDE).write_text(json.dumps(TEST_CONFIG, indent=1))  # JSON is YAML
     return folder
 
 

@@ -14,23 +14,13 @@ import pandas as pd
 
 from hnm.io.annotations import load_polygons, patch_labels
 from hnm.io.h5io import read_tiles
-from tests.workflow_runner import run, write_config
+from tests.workflow_runner import load_test_config, run, write_config
 
 # Measured at this config on a 2-core CPU (seeds 0, 1, 2 of the whole run; test split): round 0
 # -> round 1 patch AUC 0.71 -> 0.88 (seed 0). The margin leaves room for other CPUs' float noise.
 MARGIN = 0.05
 
-SCIENCE_CONFIG = {
-    "rounds": 1,
-    "demo": {
-        "slides": {
-            "train": {"tumor": 12, "normal": 12},
-            "val": {"tumor": 3, "normal": 3},
-            "test": {"tumor": 3, "normal": 3},
-        },
-    },
-    "device": "cpu",
-}
+SCIENCE_CONFIG = load_test_config("science")
 
 
 def _mimic_flags(results: Path, slide_id: str) -> np.ndarray:

@@ -29,14 +29,23 @@ CONDA_NAME = {
 OPTIONAL_IMPORTS = {"torchvision", "timm", "nvidia"}  # extras, imported only when installed
 
 
-def snakemake(*args: str) -> subprocess.CompletedProcess[str]:
+def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The repository's Snakefile run with `workdir` as its working directory (`--directory`).
+
+    Never the repository itself: a demo run leaves results/ there, and a dry run in it would plan
+    around those leftovers (or find nothing to do) instead of checking the workflow; the run's
+    .snakemake/ bookkeeping lands in `workdir` too. Paths in `args` must therefore be absolute.
+    """
     return subprocess.run(
-        [sys.executable, "-m", "snakemake", *args],
-        cwd=REPO,
+        [
+            sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
+            "--directory", str(workdir), *args,
+        ],
+        cwd=workdir,
         capture_output=True,
         text=True,
         timeout=300,
-    )
+    )  # fmt: skip
 
 
 def rules_with_stages() -> dict[str, tuple[str, str]]:
@@ -104,8 +113,8 @@ def test_every_rule_that_runs_a_stage_has_an_env_listing_its_imports() -> None:
         assert not missing, f"rule {rule} (hnm {stage}) imports {missing} missing from {env}"
 
 
-def test_lint_is_clean() -> None:
-    result = snakemake("--lint")
+def test_lint_is_clean(tmp_path: Path) -> None:
+    result = snakemake(tmp_path, "--lint")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Congratulations, your workflow is in a good condition" in result.stdout + result.stderr
 
@@ -121,8 +130,10 @@ def test_snakefmt_is_clean() -> None:
 
 
 @pytest.mark.parametrize("profile", ["local", "slurm"])
-def test_dry_run_with_each_profile(profile: str) -> None:
-    result = snakemake("-n", "--workflow-profile", f"workflow/profiles/{profile}")
+def test_dry_run_with_each_profile(profile: str, tmp_path: Path) -> None:
+    result = snakemake(
+        tmp_path, "-n", "--workflow-profile", str(REPO / "workflow" / "profiles" / profile)
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     for rule in ("synth_slide", "tile", r"extract_batch\d+", "train_mil", "mine", "finetune", "final"):
         assert re.search(rf"^{rule}\s+\d+", result.stdout, re.M), f"{rule} missing from the DAG"
@@ -136,7 +147,8 @@ def test_extraction_jobs_take_slides_per_job_slides(per_job: int, tmp_path: Path
     rounds = config["rounds"] + 1
     overlay = tmp_path / "batches.yaml"
     overlay.write_text(yaml.safe_dump({"extraction": {"slides_per_job": per_job}}))
-    result = snakemake("-n", "--configfile", "config/config.yaml", str(overlay))
+    result = snakemake(tmp_path, "-n", "--configfile", str(REPO / "config" / "config.yaml"),
+                       str(overlay))
     assert result.returncode == 0, result.stdout + result.stderr
     jobs = dict(re.findall(r"^(extract\S*)\s+(\d+)$", result.stdout, re.M))
     if per_job == 1:
@@ -147,10 +159,10 @@ def test_extraction_jobs_take_slides_per_job_slides(per_job: int, tmp_path: Path
 
 
 @pytest.mark.parametrize("overlays", [["paper"], ["paper", "its2clr"], ["paper", "dsmil"]])
-def test_ready_made_configs_validate_and_plan(overlays: list[str]) -> None:
+def test_ready_made_configs_validate_and_plan(overlays: list[str], tmp_path: Path) -> None:
     """The configs the README offers, layered as it says, pass the schema and make a DAG."""
-    files = ["config/config.yaml", *(f"config/{name}.yaml" for name in overlays)]
-    result = snakemake("-n", "--configfile", *files)
+    files = [str(REPO / "config" / f"{name}.yaml") for name in ("config", *overlays)]
+    result = snakemake(tmp_path, "-n", "--configfile", *files)
     assert result.returncode == 0, result.stdout + result.stderr
     rounds = 0 if "dsmil" in overlays else 20
     finetunes = re.search(r"^finetune\s+(\d+)$", result.stdout, re.M)
@@ -160,13 +172,13 @@ def test_ready_made_configs_validate_and_plan(overlays: list[str]) -> None:
 def test_a_bad_sheet_stops_the_run_before_any_job(tmp_path: Path) -> None:
     sheet = tmp_path / "sheet.tsv"
     sheet.write_text("slide_id\tpath\tlabel\tsplit\na/b\tnowhere.svs\ttumor\ttrain\n")
-    result = snakemake("-n", "--config", f"sheet={sheet}")
+    result = snakemake(tmp_path, "-n", "--config", f"sheet={sheet}")
     assert result.returncode != 0
     text = result.stdout + result.stderr
     assert "row 2 (slide_id 'a/b')" in text and "slide file not found" in text
     assert "train split has only label(s) [1]" in text
 
 
-def test_config_schema_rejects_unknown_and_bad_settings() -> None:
-    result = snakemake("-n", "--config", "rounds=-1")
+def test_config_schema_rejects_unknown_and_bad_settings(tmp_path: Path) -> None:
+    result = snakemake(tmp_path, "-n", "--config", "rounds=-1")
     assert result.returncode != 0 and "rounds" in result.stdout + result.stderr

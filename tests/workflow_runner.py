@@ -14,26 +14,18 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The test configurations are files, so each can also be run by hand:
+#   snakemake --configfile .test/config/tiny.yaml --directory /tmp/hnm-tiny --cores 2
+TEST_CONFIGS = REPO / ".test" / "config"
+
+
+def load_test_config(name: str) -> dict:
+    """The overlay `.test/config/{name}.yaml` (layered on config/config.yaml by the Snakefile)."""
+    return yaml.safe_load((TEST_CONFIGS / f"{name}.yaml").read_text())
+
+
 # Small enough that the whole chain (8 slides, rounds 0 and 1) runs in a minute or two on 2 cores.
-TINY_CONFIG = {
-    "rounds": 1,
-    "demo": {
-        "slides": {
-            "train": {"tumor": 2, "normal": 2},
-            "val": {"tumor": 1, "normal": 1},
-            "test": {"tumor": 1, "normal": 1},
-        },
-        "width": 2048,
-        "height": 2048,
-        "tumor_size_um": 160,
-    },
-    # One extraction job per slide: the fault tests kill and resume between slides.
-    "extraction": {"batch_size": 64, "workers": 0, "slides_per_job": 1},
-    "mil": {"epochs": 12, "checkpoint_every": 2},
-    "finetune": {"epochs_per_round": 4, "warmup": 1, "batch_size": 32, "workers": 0,
-                 "max_steps_per_epoch": 3},
-    "device": "cpu",
-}
+TINY_CONFIG = load_test_config("tiny")
 
 
 def deep_update(base: dict, extra: dict) -> dict:
