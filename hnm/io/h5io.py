@@ -20,6 +20,7 @@ import numpy as np
 
 from hnm import __version__
 from hnm.core.atomic import atomic_path
+from hnm.core.errors import HnmError
 
 
 def _encode_attr(value: Any) -> Any:
@@ -57,6 +58,19 @@ def write_tiles(path: str | os.PathLike[str], coords: np.ndarray, attrs: dict[st
 def read_tiles(path: str | os.PathLike[str]) -> tuple[np.ndarray, dict[str, Any]]:
     with h5py.File(path, "r") as handle:
         return handle["coords"][:].astype(np.int64), _decode_attrs(handle["coords"].attrs)
+
+
+def read_tiles_or_fail(
+    path: str | os.PathLike[str], remedy: str = "re-run tiling"
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """`read_tiles` for stages that need the file: a missing, truncated or foreign file becomes an
+    HnmError naming it and what to do, instead of h5py's OSError or KeyError."""
+    try:
+        return read_tiles(path)
+    except (OSError, KeyError) as error:
+        raise HnmError(
+            f"tiles file {os.fspath(path)} cannot be read ({error}); {remedy}"
+        ) from error
 
 
 class FeatureWriter(AbstractContextManager["FeatureWriter"]):
