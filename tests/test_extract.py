@@ -139,7 +139,7 @@ def test_features_equal_the_encoder_on_openslide_pixels_in_tiles_order(setup, de
 
 
 def test_jpeg_tile_reader_equals_openslide_reader(setup):
-    from hnm.extract.gpu_decode import JpegTiledLevel
+    from hnm.io.jpeg_tiles import JpegTiledLevel
     from hnm.io.patches import JpegTileReader, PatchGeometry
 
     _, slide, _, _ = setup
