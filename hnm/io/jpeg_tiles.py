@@ -209,15 +209,22 @@ class TilePlan:
     span: int  # pixels cut per side: read_size, or read_size + 1 when blending
 
 
+def level_positions(coords: np.ndarray, downsample: float) -> tuple[np.ndarray, np.ndarray]:
+    """Level-0 `coords` -> (whole level pixel x, y, (N, 2) int64; sub-pixel part, (N, 2) float).
+
+    A sub-pixel part other than 0 means the patch falls between level pixels and is blended."""
+    position = np.asarray(coords, dtype=np.float64).reshape(-1, 2) / downsample
+    origin = np.floor(position + 1e-9).astype(np.int64)
+    frac = np.clip(position - origin, 0.0, 1.0)
+    frac[frac < 1e-6] = 0.0
+    return origin, frac
+
+
 def plan_batch(
     level: JpegTiledLevel, coords: np.ndarray, downsample: float, read_size: int
 ) -> TilePlan:
     """The tiles that patches at level-0 `coords` (read_size px at `level`) need, each once."""
-    coords = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
-    position = coords / downsample
-    origin = np.floor(position + 1e-9).astype(np.int64)
-    frac = np.clip(position - origin, 0.0, 1.0)
-    frac[frac < 1e-6] = 0.0
+    origin, frac = level_positions(coords, downsample)
     span = read_size + (1 if frac.any() else 0)
     tw, th = level.tile_width, level.tile_height
     first = np.stack([origin[:, 0] // tw, origin[:, 1] // th], axis=1)

@@ -35,6 +35,7 @@ from hnm.io.jpeg_tiles import (
     TileBytes,
     assemble_numpy,
     decode_cpu,
+    level_positions,
     plan_batch,
 )
 from hnm.io.slide import open_slide, read_rgb
@@ -115,11 +116,15 @@ def open_patch_reader(
     slide_id: str | None = None,
     prefer_tiles: bool = True,
     cache_mb: int = 64,
+    exact: bool = False,
 ) -> "PatchReader | JpegTileReader":
     """The cheapest reader for this slide: JPEG tiles where the level allows, else openslide.
 
     `reader.path_name` says which it is; a PatchReader's `why_not_tiles` says why (empty when
     tiles were not asked for). `cache_mb` bounds the decoded tiles a JpegTileReader keeps.
+    `exact`: JPEG tiles only where their pixels equal openslide's bit for bit, i.e. unless some
+    patch falls between level pixels: openslide's fixed-point blend there differs from the tile
+    reader's by a grey level here and there.
     """
     slide_path = os.fspath(slide_path)
     default_id = os.path.basename(slide_path)
@@ -132,6 +137,14 @@ def open_patch_reader(
     why = ""
     if prefer_tiles:
         level, why = jpeg_level(slide_path, slide_id, geometry.level)
+        if level is not None and exact:
+            _, frac = level_positions(coords, geometry.level_downsample)
+            if frac.any():
+                level = None
+                why = (
+                    f"patches fall between level-{geometry.level} pixels, where only openslide "
+                    "gives openslide's pixels"
+                )
         if level is not None:
             return JpegTileReader(level, coords, geometry, slide_id, slide_path, cache_mb)
     return PatchReader(slide_path, coords, geometry, slide_id, why_not_tiles=why)
