@@ -22,13 +22,12 @@ import pandas as pd
 
 from hnm.core.atomic import atomic_path, write_json
 from hnm.core.errors import CheckpointError, HnmError
-from hnm.io.h5io import read_tiles
 from hnm.evaluation.metrics import average_precision, best_f1, binary_metrics, roc_auc
-from hnm.io.sheet import read_normalised_sheet
+from hnm.io.h5io import read_tiles_or_fail
+from hnm.io.sheet import SPLITS, read_normalised_sheet
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
 PREDICTION_COLUMNS = ["slide_id", "split", "label", "prob", "predicted", "threshold"]
 
 
@@ -216,7 +215,7 @@ def _annotated_labels(
             f"slide '{slide_id}': tiles file {tiles_path} is missing; patch metrics need the patch "
             "grid (run the tiling stage or pass the right --tiles-dir)"
         )
-    coords, attrs = read_tiles(tiles_path)
+    coords, attrs = read_tiles_or_fail(tiles_path)
     if len(idx) and (idx.min() < 0 or idx.max() >= len(coords)):
         raise HnmError(
             f"slide '{slide_id}': scores refer to patch {int(idx.max())} but {tiles_path} has "
