@@ -35,13 +35,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hnm.encoders import build_encoder, load_encoder_file, save_encoder_file  # noqa: E402
-from hnm.extract.stage import (
-    ExtractSettings,
-    available_cores,
-    extract_slide,
-    gpu_decoder,
-    precision_context,
-)  # noqa: E402
+from hnm.extract.sources import available_cores, gpu_decoder  # noqa: E402
+from hnm.extract.stage import ExtractSettings, extract_slide, precision_context  # noqa: E402
 from hnm.io.h5io import write_tiles  # noqa: E402
 
 
@@ -302,6 +297,7 @@ def part_rates(args: argparse.Namespace, work: Path, device: torch.device, resul
 
 def part_gpu(args: argparse.Namespace, work: Path, results: dict) -> None:
     from hnm.extract import gpu_decode as gd
+    from hnm.io import jpeg_tiles as jt
 
     device = torch.device("cuda")
     ok, why = gd.nvjpeg_available()
@@ -311,8 +307,8 @@ def part_gpu(args: argparse.Namespace, work: Path, results: dict) -> None:
     gpu: dict = {"gpu": torch.cuda.get_device_name(0), "slide": f"{width}x{height}"}
     results["gpu"] = gpu
     if ok:
-        level = gd.JpegTiledLevel.inspect(str(slide), (width, height))
-        reader = gd.TileBytes(level)
+        level = jt.JpegTiledLevel.inspect(str(slide), (width, height))
+        reader = jt.TileBytes(level)
         n_tiles = min(level.tiles_across * level.tiles_down, 8192)
         t = time.perf_counter()
         streams = [s for s in (reader.read(i) for i in range(n_tiles)) if s is not None]

@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hnm.core.device import resolve_device  # noqa: E402
+from hnm.core.device import resolve_device, resolve_precision  # noqa: E402
 from hnm.encoders import build_encoder, save_encoder_file  # noqa: E402
 from hnm.finetune.augment import SimCLRAugment  # noqa: E402
 from hnm.finetune.train import (  # noqa: E402
@@ -37,7 +37,6 @@ from hnm.finetune.train import (  # noqa: E402
     finetune,
     make_optimizer,
     make_views,
-    resolve_precision,
 )
 from hnm.io.h5io import write_tiles  # noqa: E402
 from hnm.mining.sets import MiningSettings, run_mining  # noqa: E402

@@ -139,7 +139,7 @@ def test_features_equal_the_encoder_on_openslide_pixels_in_tiles_order(setup, de
 
 
 def test_jpeg_tile_reader_equals_openslide_reader(setup):
-    from hnm.extract.gpu_decode import JpegTiledLevel
+    from hnm.io.jpeg_tiles import JpegTiledLevel
     from hnm.io.patches import JpegTileReader, PatchGeometry
 
     _, slide, _, _ = setup
@@ -435,3 +435,25 @@ def test_open_patch_reader_picks_the_cheapest_reader(setup, test_slides):
     boxes = str(test_slides / "boxes.tiff")  # deflate tiles: openslide reads it
     other = open_patch_reader(boxes, np.array([[0, 0]]), _attrs(boxes, patch_size=16, read_size=16))
     assert isinstance(other, PatchReader) and other.read([0]).shape == (1, 16, 16, 3)
+    assert "not JPEG-tiled" in other.why_not_tiles
+
+
+def test_exact_reader_uses_tiles_only_on_whole_level_pixels(tmp_path):
+    """Fine-tuning's readers (exact=True) must give openslide's pixels bit for bit: on a level
+    below the top, patches on whole level pixels come from the JPEG tiles, and a tiles file
+    with a patch between level pixels falls back to openslide."""
+    from hnm.demo.synth import write_synthetic_slide
+    from hnm.io.patches import JpegTileReader, open_patch_reader
+
+    slide = str(tmp_path / "pyramid.tiff")
+    write_synthetic_slide(slide, width=1100, height=1100, label=0, seed=2, mimic_regions=1)
+    attrs = _attrs(slide, level=1, level_downsample=2.0, read_size=96, patch_size=48)
+    whole = np.array([[0, 0], [302, 540], [996, 996], [512, 130]])
+    reader = open_patch_reader(slide, whole, attrs, exact=True)
+    assert isinstance(reader, JpegTileReader)
+    openslide_pixels = PatchReader(slide, whole, attrs).read(range(len(whole)))
+    assert np.array_equal(reader.read(range(len(whole))), openslide_pixels)
+    between = whole + [[0, 0], [1, 0], [0, 0], [0, 3]]
+    assert isinstance(open_patch_reader(slide, between, attrs), JpegTileReader)
+    fallback = open_patch_reader(slide, between, attrs, exact=True)
+    assert isinstance(fallback, PatchReader) and "between level-1 pixels" in fallback.why_not_tiles

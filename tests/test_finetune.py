@@ -13,7 +13,8 @@ import torch
 
 from hnm.cli import main
 from hnm.encoders import build_encoder, load_encoder_file, save_encoder_file
-from hnm.finetune.train import FinetuneSettings, Pools, finetune, plan_epoch, steps_per_epoch
+from hnm.finetune.plan import Pools, plan_epoch, steps_per_epoch
+from hnm.finetune.train import FinetuneSettings, finetune
 from hnm.io.h5io import write_tiles
 from hnm.mining.sets import MiningSettings, run_mining
 from hnm.mining.schedule import learning_rate

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from hnm.extract import gpu_decode as gd
+from hnm.io import jpeg_tiles as jt
 from hnm.io.slide import read_rgb
 
 
@@ -110,19 +111,19 @@ def vips_rgb_pyramid(tmp_path_factory) -> str:
     return _vips_pyramid(str(tmp_path_factory.mktemp("vips") / "rgb.tif"), 90)
 
 
-def _level(path: str) -> gd.JpegTiledLevel:
-    return gd.JpegTiledLevel.inspect(path, openslide.OpenSlide(path).level_dimensions[0])
+def _level(path: str) -> jt.JpegTiledLevel:
+    return jt.JpegTiledLevel.inspect(path, openslide.OpenSlide(path).level_dimensions[0])
 
 
-def _swapped_colours(streams: list[bytes], level: gd.JpegTiledLevel) -> torch.Tensor:
+def _swapped_colours(streams: list[bytes], level: jt.JpegTiledLevel) -> torch.Tensor:
     """A decoder with wrong colours (R and B swapped), as a stand-in for a misbehaving one."""
     return gd.decode_pillow(streams, level).flip(1)
 
 
 def _patches(level, coords, downsample, read_size, patch_size):
-    tiles = gd.TileBytes(level)
+    tiles = jt.TileBytes(level)
     try:
-        plan = gd.plan_batch(level, np.asarray(coords), downsample, read_size)
+        plan = jt.plan_batch(level, np.asarray(coords), downsample, read_size)
         streams = [tiles.read(int(i)) for i in plan.tiles]
     finally:
         tiles.close()
@@ -141,15 +142,15 @@ def _as_hwc(x: torch.Tensor) -> np.ndarray:
 def test_svs_tiles_spliced_equal_openslide_pixels(test_slides):
     path = str(test_slides / "cmu-1-small-region.svs")
     slide = openslide.OpenSlide(path)
-    level = gd.JpegTiledLevel.inspect(path, slide.level_dimensions[0])
+    level = jt.JpegTiledLevel.inspect(path, slide.level_dimensions[0])
     assert (level.photometric, level.tile_width, level.tiles_across, level.tiles_down) == (
         2,
         240,
         10,
         13,
     )
-    assert gd.adobe_marker(0) in level.header  # RGB-coded tiles are declared as such
-    reader = gd.TileBytes(level)
+    assert jt.adobe_marker(0) in level.header  # RGB-coded tiles are declared as such
+    reader = jt.TileBytes(level)
     worst = 0
     for index in range(level.tiles_across * level.tiles_down):
         stream = reader.read(index)
@@ -166,12 +167,12 @@ def test_svs_tiles_spliced_equal_openslide_pixels(test_slides):
 def test_without_the_adobe_marker_svs_colours_are_wrong(test_slides):
     # Why the marker is spliced in: decoders take unmarked 3-component JPEG for YCbCr.
     path = str(test_slides / "cmu-1-small-region.svs")
-    level = gd.JpegTiledLevel.inspect(path, openslide.OpenSlide(path).level_dimensions[0])
-    reader = gd.TileBytes(level)
+    level = jt.JpegTiledLevel.inspect(path, openslide.OpenSlide(path).level_dimensions[0])
+    reader = jt.TileBytes(level)
     stream = reader.read(55)
     reader.close()
-    unmarked = stream.replace(gd.adobe_marker(0), b"", 1)
-    assert not gd.declares_colour(unmarked)
+    unmarked = stream.replace(jt.adobe_marker(0), b"", 1)
+    assert not jt.declares_colour(unmarked)
     good = np.asarray(Image.open(io.BytesIO(stream)).convert("RGB")).astype(float)
     bad = np.asarray(Image.open(io.BytesIO(unmarked)).convert("RGB")).astype(float)
     assert np.abs(good - bad).mean() > 10
@@ -180,7 +181,7 @@ def test_without_the_adobe_marker_svs_colours_are_wrong(test_slides):
 def test_svs_patches_assembled_from_tiles_equal_openslide(test_slides):
     path = str(test_slides / "cmu-1-small-region.svs")
     slide = openslide.OpenSlide(path)
-    level = gd.JpegTiledLevel.inspect(path, slide.level_dimensions[0])
+    level = jt.JpegTiledLevel.inspect(path, slide.level_dimensions[0])
     rng = np.random.default_rng(0)
     coords = np.stack([rng.integers(0, 2220, 12), rng.integers(0, 2967, 12)], 1)
     coords[0] = (2220 - 100, 2967 - 50)  # runs past the right and bottom edges: white there
@@ -194,8 +195,8 @@ def test_svs_patches_assembled_from_tiles_equal_openslide(test_slides):
 def test_rgb_coded_tiff_without_markers(aperio_like):
     path, image = aperio_like
     slide = openslide.OpenSlide(path)
-    level = gd.JpegTiledLevel.inspect(path, (333, 300))
-    assert level.photometric == gd.PHOTOMETRIC_RGB and gd.adobe_marker(0) in level.header
+    level = jt.JpegTiledLevel.inspect(path, (333, 300))
+    assert level.photometric == jt.PHOTOMETRIC_RGB and jt.adobe_marker(0) in level.header
     coords = np.array([[0, 0], [100, 150], [300, 280], [17, 3], [250, 10]])
     got = _patches(level, coords, 1.0, 64, 64)
     for b, xy in enumerate(coords):
@@ -217,8 +218,8 @@ def test_ycbcr_jfif_tiff_gets_no_extra_marker(tmp_path):
         resolution=(20000, 20000),
         resolutionunit="CENTIMETER",
     )
-    level = gd.JpegTiledLevel.inspect(path, (260, 200))
-    assert level.photometric == gd.PHOTOMETRIC_YCBCR
+    level = jt.JpegTiledLevel.inspect(path, (260, 200))
+    assert level.photometric == jt.PHOTOMETRIC_YCBCR
     assert b"Adobe" not in level.header  # its tiles carry JFIF markers already
     slide = openslide.OpenSlide(path)
     coords = np.array([[5, 7], [190, 130]])
@@ -231,7 +232,7 @@ def test_pyramid_level_with_fractional_positions_and_resize(vips_pyramid):
     slide = openslide.OpenSlide(vips_pyramid)
     assert slide.level_count >= 2
     downsample = slide.level_downsamples[1]
-    level = gd.JpegTiledLevel.inspect(vips_pyramid, slide.level_dimensions[1])
+    level = jt.JpegTiledLevel.inspect(vips_pyramid, slide.level_dimensions[1])
     assert level.tile_width == 128 and level.height == slide.level_dimensions[1][1]
     # Multiples of the downsample map onto whole level pixels: equal to openslide.
     whole = np.array([[0, 0], [260, 132], [880, 680]])
@@ -256,9 +257,9 @@ def test_pyramid_level_with_fractional_positions_and_resize(vips_pyramid):
 
 def test_plan_shares_tiles_between_neighbours(aperio_like):
     path, _ = aperio_like
-    level = gd.JpegTiledLevel.inspect(path, (333, 300))
+    level = jt.JpegTiledLevel.inspect(path, (333, 300))
     coords = np.array([[0, 0], [32, 0], [64, 0], [320, 290]])
-    plan = gd.plan_batch(level, coords, 1.0, 40)
+    plan = jt.plan_batch(level, coords, 1.0, 40)
     # tiles are 64 px: patches 0-2 need tiles 0, 1, 2 once each; the last one also needs nothing
     # beyond the grid (6 x 5 tiles), which maps to the white slot.
     assert list(plan.tiles[:3]) == [0, 1, 2]
@@ -269,23 +270,23 @@ def test_plan_shares_tiles_between_neighbours(aperio_like):
 
 
 def test_non_jpeg_levels_are_refused_with_a_reason(test_slides, tmp_path):
-    with pytest.raises(gd.NotJpegTiled, match="compression 8 is not JPEG"):
-        gd.JpegTiledLevel.inspect(str(test_slides / "boxes.tiff"), (300, 250))
+    with pytest.raises(jt.NotJpegTiled, match="compression 8 is not JPEG"):
+        jt.JpegTiledLevel.inspect(str(test_slides / "boxes.tiff"), (300, 250))
     path = str(tmp_path / "strips.tif")
     tifffile.imwrite(path, _image(50, 60))
-    with pytest.raises(gd.NotJpegTiled, match="no tiled TIFF page"):
-        gd.JpegTiledLevel.inspect(path, (60, 50))
+    with pytest.raises(jt.NotJpegTiled, match="no tiled TIFF page"):
+        jt.JpegTiledLevel.inspect(path, (60, 50))
     text = tmp_path / "x.mrxs"
     text.write_text("not a tiff")
-    with pytest.raises(gd.NotJpegTiled, match="not a TIFF"):
-        gd.JpegTiledLevel.inspect(str(text), (1, 1))
+    with pytest.raises(jt.NotJpegTiled, match="not a TIFF"):
+        jt.JpegTiledLevel.inspect(str(text), (1, 1))
 
 
 def test_patch_source_pipeline_on_cpu_matches_patch_reader(test_slides):
     from hnm.io.patches import PatchReader
 
     path = str(test_slides / "cmu-1-small-region.svs")
-    level = gd.JpegTiledLevel.inspect(path, (2220, 2967))
+    level = jt.JpegTiledLevel.inspect(path, (2220, 2967))
     rng = np.random.default_rng(1)
     coords = np.stack([rng.integers(0, 2000, 23), rng.integers(0, 2700, 23)], 1)
     source = gd.JpegPatchSource(
@@ -311,7 +312,7 @@ def test_patch_source_pipeline_on_cpu_matches_patch_reader(test_slides):
 
 def test_check_decoder_catches_wrong_colours(aperio_like):
     path, _ = aperio_like
-    level = gd.JpegTiledLevel.inspect(path, (333, 300))
+    level = jt.JpegTiledLevel.inspect(path, (333, 300))
     ok, difference = gd.check_decoder(gd.decode_pillow, level)
     assert ok and difference == 0.0
 
@@ -320,7 +321,7 @@ def test_check_decoder_catches_wrong_colours(aperio_like):
 
 
 def test_decoded_tiles_are_fitted_to_the_level_tile_size(aperio_like):
-    level = gd.JpegTiledLevel.inspect(aperio_like[0], (333, 300))
+    level = jt.JpegTiledLevel.inspect(aperio_like[0], (333, 300))
     th, tw = level.tile_height, level.tile_width
     block = torch.zeros((2, 3, th, tw), dtype=torch.uint8)
     assert gd.fit_tiles(block, level) is block
@@ -337,8 +338,8 @@ def test_component_sampling_tells_which_tiles_decode_as_coded_planes(
     vips_pyramid, vips_rgb_pyramid, test_slides
 ):
     ycbcr, rgb = _level(vips_pyramid), _level(vips_rgb_pyramid)
-    reader = gd.TileBytes(ycbcr)
-    assert gd.component_sampling(reader.read(0)) == [(2, 2), (1, 1), (1, 1)]
+    reader = jt.TileBytes(ycbcr)
+    assert jt.component_sampling(reader.read(0)) == [(2, 2), (1, 1), (1, 1)]
     reader.close()
     assert ycbcr.sampling == [(2, 2), (1, 1), (1, 1)] and rgb.sampling == [(1, 1)] * 3
     assert gd.raw_planes_are_rgb(ycbcr) == (False, "tiles are YCbCr-coded")
@@ -346,7 +347,7 @@ def test_component_sampling_tells_which_tiles_decode_as_coded_planes(
     svs = _level(str(test_slides / "cmu-1-small-region.svs"))
     assert gd.raw_planes_are_rgb(svs) == (True, "")
     # An RGB-coded stream with subsampled components cannot come out of nvjpeg as full planes.
-    ycbcr.photometric = gd.PHOTOMETRIC_RGB
+    ycbcr.photometric = jt.PHOTOMETRIC_RGB
     ok, why = gd.raw_planes_are_rgb(ycbcr)
     assert not ok and "sampling [(2, 2), (1, 1), (1, 1)]" in why
 
@@ -364,7 +365,7 @@ def test_raw_decoder_without_nvjpeg_says_so(monkeypatch):
 def test_stage_picks_the_decoder_that_agrees_with_pillow(monkeypatch, vips_pyramid, test_slides):
     """The choice logic, on the CPU: nvjpeg's two decoders stood in for by Pillow (right colours)
     and a colour-swapping Pillow (what torchvision's nvjpeg does to RGB-coded tiles)."""
-    from hnm.extract.stage import gpu_decoder
+    from hnm.extract.sources import gpu_decoder
 
     monkeypatch.setattr(gd, "make_raw_nvjpeg_decoder", lambda device: gd.decode_pillow)
     monkeypatch.setattr(gd, "make_nvjpeg_decoder", lambda device: _swapped_colours)
@@ -420,11 +421,11 @@ def test_coded_planes_match_pillow_on_rgb_coded_tiles(which, vips_rgb_pyramid, t
 @pytest.mark.gpu
 @pytest.mark.parametrize("which", ["ycbcr", "rgb"])
 def test_gpu_source_matches_cpu_reference(which, vips_pyramid, vips_rgb_pyramid):
-    from hnm.extract.stage import gpu_decoder
+    from hnm.extract.sources import gpu_decoder
 
     path = vips_pyramid if which == "ycbcr" else vips_rgb_pyramid
     size = openslide.OpenSlide(path).level_dimensions[0]
-    level = gd.JpegTiledLevel.inspect(path, size)
+    level = jt.JpegTiledLevel.inspect(path, size)
     coords = np.stack(
         np.meshgrid(np.arange(0, size[0] - 112, 112), np.arange(0, size[1] - 112, 112)), -1
     ).reshape(-1, 2)

@@ -17,6 +17,9 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from hnm.demo import synth
+from hnm.demo.layout import make_layout
+from hnm.demo.pyramid import level_dimensions
+from hnm.demo.render import Scene
 from hnm.io.annotations import load_polygons, patch_tumor_fraction
 from hnm.cli import main as cli_main
 from hnm.commands.synth import slide_seed
@@ -67,8 +70,8 @@ def test_odd_mpp_and_single_level(tmp_path: Path) -> None:
     slide = openslide.OpenSlide(result.path)
     assert float(slide.properties[openslide.PROPERTY_NAME_MPP_X]) == pytest.approx(0.2431, rel=1e-6)
     assert slide.level_count == 1
-    assert synth.level_dimensions(700, 600) == [(700, 600)]
-    assert synth.level_dimensions(1024, 100) == [(1024, 100), (512, 50)]
+    assert level_dimensions(700, 600) == [(700, 600)]
+    assert level_dimensions(1024, 100) == [(1024, 100), (512, 50)]
 
 
 def test_colours_survive_jpeg_and_levels_are_averages(positive: synth.SynthResult) -> None:
@@ -80,8 +83,8 @@ def test_colours_survive_jpeg_and_levels_are_averages(positive: synth.SynthResul
     read = np.asarray(slide.read_region((int(x), int(y)), 0, (256, 256)).convert("RGB"), float)
     # the fixture's scene, rebuilt from the same seed as write_synthetic_slide does
     rng = np.random.default_rng(7)
-    layout = synth._make_layout(rng, 2048, 2048, 0.5, 1, 1, 1, 250.0)
-    scene = synth._Scene(layout, rng, 0.5, 0.3)
+    layout = make_layout(rng, 2048, 2048, 0.5, 1, 1, 1, 250.0)
+    scene = Scene(layout, rng, 0.5, 0.3)
     rendered, is_background = scene.render(int(x), int(y), 256, 256)
     assert not is_background
     difference = np.abs(read - rendered)

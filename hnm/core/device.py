@@ -1,4 +1,5 @@
-"""Choosing the torch device, so every stage treats `auto`, `cpu` and `cuda` the same way."""
+"""Choosing the torch device and number format, so every stage treats `auto`, `cpu` and `cuda`
+(and `auto` precision) the same way."""
 
 from __future__ import annotations
 
@@ -18,3 +19,11 @@ def resolve_device(name: str) -> torch.device:
     if name != "cpu" and not name.startswith("cuda"):
         raise ConfigError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N")
     return torch.device(name)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`auto` is bf16 autocast on CUDA (tensor cores, half the memory traffic) and fp32 on the CPU
+    (bit-exact reruns; bf16 is slower than fp32 on many CPUs); anything else is kept as asked."""
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision

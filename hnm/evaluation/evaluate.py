@@ -23,13 +23,12 @@ import pandas as pd
 
 from hnm.core.atomic import atomic_path, write_json
 from hnm.core.errors import CheckpointError, HnmError
-from hnm.io.h5io import files_by_slide, read_tiles, slide_file
 from hnm.evaluation.metrics import average_precision, best_f1, binary_metrics, roc_auc
-from hnm.io.sheet import read_normalised_sheet
+from hnm.io.h5io import files_by_slide, read_tiles_or_fail, slide_file
+from hnm.io.sheet import SPLITS, read_normalised_sheet
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
 PREDICTION_COLUMNS = ["slide_id", "split", "label", "prob", "predicted", "threshold"]
 
 
@@ -226,7 +225,7 @@ def _annotated_labels(
     except ImportError as error:  # pragma: no cover - the module ships with the package
         raise HnmError("patch ground truth needs hnm.io.annotations, which is missing") from error
     tiles_path = slide_file(tiles_files, slide_id, "tiles")
-    coords, attrs = read_tiles(tiles_path)
+    coords, attrs = read_tiles_or_fail(tiles_path)
     if len(idx) and (idx.min() < 0 or idx.max() >= len(coords)):
         raise HnmError(
             f"slide '{slide_id}': scores refer to patch {int(idx.max())} but {tiles_path} has "

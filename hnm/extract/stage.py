@@ -2,34 +2,31 @@
 
 Eval mode, no augmentation, fixed order (row i of the features is row i of the tiles file), so the
 same encoder on the same slide gives the same features (bit for bit on the CPU with fixed threads).
-Two ways to get pixels to the encoder, chosen per slide and logged:
-- cpu: worker processes (torch DataLoader) read contiguous batches with openslide, each opening the
-  slide once, while the main process runs the encoder; pinned memory + non_blocking copies on CUDA.
-- gpu: the level's JPEG tiles decoded with nvjpeg and cut into patches on the GPU (hnm.extract.gpu_decode),
-  for slides whose read level is JPEG-tiled; anything else falls back to cpu.
-Features stream into the HDF5 file batch by batch, so memory does not grow with the slide.
+The pixels come from hnm.extract.sources, which picks per slide (and logs) the fastest way to read
+them: JPEG tiles decoded on the GPU, on the CPU, or openslide. Features stream into the HDF5 file
+batch by batch, so memory does not grow with the slide.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import time
 from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from hnm.encoders import EncoderFileMeta, load_encoder_file, read_encoder_meta
-from hnm.core.errors import ConfigError, HnmError, SlideError
-from hnm.io.h5io import FeatureWriter, read_tiles
-from hnm.io.patches import JpegTileReader, PatchGeometry, PatchReader, jpeg_level
+from hnm.core.device import resolve_device, resolve_precision
+from hnm.core.errors import ConfigError, SlideError
 from hnm.core.progress import Progress
+from hnm.encoders import EncoderFileMeta, load_encoder_file, read_encoder_meta
+from hnm.extract.sources import available_cores, choose_source
+from hnm.io.h5io import FeatureWriter, read_tiles_or_fail
+from hnm.io.patches import PatchGeometry
 
 log = logging.getLogger(__name__)
 
@@ -77,121 +74,6 @@ class ExtractResult:
     throughput: float
     failed: bool
     error: str
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
-# ---- the cpu path --------------------------------------------------------------------------------
-
-
-class _ReadFailure:
-    """A read error carried out of a worker intact (DataLoader would re-raise it as RuntimeError)."""
-
-    def __init__(self, message: str) -> None:
-        self.message = message
-
-
-class ContiguousBatches(torch.utils.data.Dataset):
-    """Item i = patches [i*B, (i+1)*B) as uint8 (B, P, P, 3): neighbours share tiles in the cache."""
-
-    def __init__(self, reader: PatchReader | JpegTileReader, batch_size: int) -> None:
-        self.reader = reader
-        self.batch_size = batch_size
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.reader) / self.batch_size)
-
-    def __getitem__(self, index: int) -> torch.Tensor | _ReadFailure:
-        start = index * self.batch_size
-        try:
-            return torch.from_numpy(self.reader.read_range(start, start + self.batch_size))
-        except HnmError as error:
-            return _ReadFailure(str(error))
-
-
-def _worker_init(_: int) -> None:
-    # Readers decode JPEG and resize with Pillow; torch threads there would only fight the encoder.
-    torch.set_num_threads(1)
-
-
-def overlapped_batches(
-    reader: PatchReader | JpegTileReader, settings: ExtractSettings, device: torch.device
-) -> Iterator[torch.Tensor]:
-    """Worker processes read ahead while the encoder runs (on spare cores, or beside a GPU)."""
-    if isinstance(reader, JpegTileReader):
-        reader.cache_tiles = 0  # consecutive batches go to different workers: nothing to reuse
-    loader = torch.utils.data.DataLoader(
-        ContiguousBatches(reader, settings.batch_size),
-        batch_size=None,
-        shuffle=False,
-        num_workers=settings.workers,
-        pin_memory=device.type == "cuda",
-        prefetch_factor=settings.prefetch,
-        worker_init_fn=_worker_init,
-    )
-    for batch in loader:
-        if isinstance(batch, _ReadFailure):
-            raise SlideError(
-                reader.slide_id, reader.slide_path, f"reading patches failed: {batch.message}"
-            )
-        yield batch
-
-
-def phased_batches(
-    reader: PatchReader | JpegTileReader, settings: ExtractSettings
-) -> Iterator[torch.Tensor]:
-    """Read each batch with `workers` threads between encoder steps, not during them.
-
-    When the encoder's threads already occupy every core, readers running beside it preempt those
-    threads, and each preempted thread stalls the others at the next barrier: on 2 cores a
-    resnet18 forward took 1.8x as long with 2 reader processes beside it, for readers needing
-    under a tenth of its CPU time. Reading in its own phase, on all cores (JPEG decoding, openslide
-    and Pillow release the GIL), costs only the reading itself.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    n, size = len(reader), settings.batch_size
-    reader.open()  # once, before the threads share it (pread and openslide are thread-safe)
-    threads = max(1, settings.workers)
-    with ThreadPoolExecutor(threads) as pool:
-        for start in range(0, n, size):
-            stop = min(n, start + size)
-            chunks = [c for c in np.array_split(np.arange(start, stop), threads) if len(c)]
-            try:
-                parts = list(pool.map(reader.read, chunks))
-            except HnmError as error:
-                raise SlideError(
-                    reader.slide_id, reader.slide_path, f"reading patches failed: {error}"
-                ) from error
-            yield torch.from_numpy(parts[0] if len(parts) == 1 else np.concatenate(parts))
-
-
-def cpu_batches(
-    reader: PatchReader | JpegTileReader, settings: ExtractSettings, device: torch.device
-) -> tuple[Iterator[torch.Tensor], str]:
-    """(batches, how they are read): overlapped only where the readers do not take the encoder's cores."""
-    if device.type == "cuda":
-        if settings.workers > 0:
-            return (
-                overlapped_batches(reader, settings, device),
-                f"{settings.workers} reader processes",
-            )
-        return phased_batches(reader, settings), "reading in the main process"
-    encoder_threads = torch.get_num_threads()
-    if settings.workers > 0 and encoder_threads + settings.workers <= available_cores():
-        return overlapped_batches(reader, settings, device), (
-            f"{settings.workers} reader processes beside {encoder_threads} encoder threads"
-        )
-    return phased_batches(reader, settings), (
-        f"{max(1, settings.workers)} reader threads between encoder steps (the encoder's "
-        f"{encoder_threads} threads use every core)"
-    )
-
 
 # ---- encoder loop --------------------------------------------------------------------------------
 
@@ -275,113 +157,12 @@ class FeatureSink:
         while self.pending:
             self._drain_one()
 
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    return precision
-
-
 def precision_context(
     device: torch.device, precision: str
 ) -> contextlib.AbstractContextManager[Any]:
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-# ---- choosing the decode path --------------------------------------------------------------------
-
-
-def gpu_decoder(level: Any, slide_id: str, device: torch.device) -> tuple[Any | None, str]:
-    """An nvjpeg decoder whose colours agree with Pillow on this slide's tiles, or (None, why not)."""
-    from hnm.extract import gpu_decode
-
-    raw_ok, why_not_raw = gpu_decode.raw_planes_are_rgb(level)
-    candidates = [("torchvision", lambda: gpu_decode.make_nvjpeg_decoder(device))]
-    if raw_ok:
-        candidates.insert(0, ("coded planes", lambda: gpu_decode.make_raw_nvjpeg_decoder(device)))
-    differences = [] if raw_ok else [f"coded planes: {why_not_raw}"]
-    for name, make in candidates:
-        try:
-            decode = make()
-            agrees, difference = gpu_decode.check_decoder(decode, level)
-        except Exception as error:  # nvjpeg missing or refusing the streams: the CPU path works
-            differences.append(
-                f"{name}: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
-            )
-            continue
-        if agrees:
-            log.info(
-                "%s: nvjpeg (%s) agrees with Pillow on sample tiles (mean |diff| %.2f)",
-                slide_id,
-                name,
-                difference,
-            )
-            return decode, ""
-        differences.append(f"{name}: mean |diff| {difference:.1f}")
-    return None, f"nvjpeg colours disagree with Pillow ({'; '.join(differences)})"
-
-
-def choose_source(
-    slide_path: str,
-    slide_id: str,
-    coords: np.ndarray,
-    geometry: PatchGeometry,
-    settings: ExtractSettings,
-    device: torch.device,
-) -> tuple[str, Iterator[torch.Tensor], str]:
-    """(decode path, batches, why a faster path was not taken)."""
-    from hnm.extract import gpu_decode
-
-    why = ""
-    level = None
-    if settings.decode != "openslide":
-        level, why = jpeg_level(slide_path, slide_id, geometry.level)
-    if settings.decode in ("auto", "gpu"):
-        machine_ok, why_machine = gpu_decode.nvjpeg_available()
-        if device.type != "cuda":
-            machine_ok, why_machine = False, "no CUDA device"
-        if not machine_ok and settings.decode == "gpu":  # a setting this machine cannot honour
-            raise ConfigError(
-                f"decode=gpu is not possible here: {why_machine}; use decode: auto or cpu"
-            )
-        if not machine_ok:
-            why = why_machine
-        elif level is not None:  # else `why` says why the slide cannot take it
-            decode, why = gpu_decoder(level, slide_id, device)
-            if decode is not None:
-                source = gpu_decode.JpegPatchSource(
-                    level,
-                    coords,
-                    geometry.level_downsample,
-                    geometry.read_size,
-                    geometry.patch_size,
-                    settings.batch_size,
-                    device,
-                    decode,
-                    prefetch=max(2, settings.prefetch),
-                    readers=max(1, settings.workers),
-                )
-                return "gpu-nvjpeg", (x for _, x in source), ""
-        if settings.decode == "gpu":
-            log.warning(
-                "%s: decode=gpu but this slide cannot take the GPU path (%s); decoding on the CPU",
-                slide_id,
-                why,
-            )
-    reader: PatchReader | JpegTileReader
-    if level is not None:
-        reader = JpegTileReader(level, coords, geometry, slide_id, slide_path)
-    else:
-        reader = PatchReader(slide_path, coords, geometry, slide_id)
-    path = reader.path_name
-    reader.open()  # fail here, with the slide named, rather than inside a worker
-    reader.close()
-    batches, how = cpu_batches(reader, settings, device)
-    log.info("%s: %s", slide_id, how)
-    return path, batches, why
-
 
 # ---- the stage -----------------------------------------------------------------------------------
 
@@ -471,12 +252,7 @@ def extract_slide(
 ) -> ExtractResult:
     """Features of one slide; `encoder` shares a loaded encoder between the slides of a job."""
     settings.validate()
-    try:
-        coords, tiles_attrs = read_tiles(tiles_path)
-    except (OSError, KeyError) as error:
-        raise HnmError(
-            f"tiles file {tiles_path} cannot be read ({error}); re-run tiling"
-        ) from error
+    coords, tiles_attrs = read_tiles_or_fail(tiles_path)
     if tiles_attrs.get("failed") or len(coords) == 0:
         meta = read_encoder_meta(encoder_path)
         attrs = _base_attrs(slide_id, slide_path, tiles_path, tiles_attrs, meta, round_)
@@ -500,8 +276,6 @@ def extract_slide(
         return ExtractResult(
             0, "none", 0.0, 0.0, bool(tiles_attrs.get("failed")), str(tiles_attrs.get("error", ""))
         )
-    from hnm.core.device import resolve_device
-
     device = resolve_device(settings.device)
     precision = resolve_precision(settings.precision, device)
     if device.type == "cpu":

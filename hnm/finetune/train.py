@@ -6,9 +6,11 @@ plus confident negatives when the sets carry them). An epoch is one pass over th
 so its cost follows neg_ratio, which is the paper's saving.
 
 Where the time goes and how it is spent well:
-- Every step's patch list is planned in the main process from (seed, global epoch), so the sequence
-  of batches never depends on how many loader processes there are or on where a run was resumed.
-- Patches are read by DataLoader worker processes (each keeps one open reader per slide) several
+- Every step's patch list is planned in the main process from (seed, global epoch)
+  (hnm.finetune.plan), so the sequence of batches never depends on how many loader processes there
+  are or on where a run was resumed.
+- Patches are read by DataLoader worker processes (each keeps one open reader per slide, the
+  cheapest hnm.io.patches.open_patch_reader finds: JPEG tiles where the slide allows) several
   steps ahead of the training step; pixels travel as uint8, pinned on CUDA.
 - SimCLR augmentations run batched on the training device (hnm.finetune.augment); bf16 autocast and
   channels_last on CUDA.
@@ -23,7 +25,6 @@ epoch and, on the CPU, ends with the same weights as an uninterrupted run.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -35,16 +36,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from hnm.finetune.augment import SimCLRAugment
 from hnm.core.checkpoint import Checkpointer, file_digest, fingerprint
-from hnm.encoders.model_file import load_encoder_file, save_encoder_file
+from hnm.core.device import resolve_precision
 from hnm.core.errors import ConfigError, HnmError
-from hnm.io.h5io import files_by_slide, read_tiles, slide_file
-from hnm.mining.sets import read_sets
-from hnm.io.patches import PatchReader
 from hnm.core.progress import Progress
-from hnm.mining.schedule import learning_rate
+from hnm.encoders.model_file import load_encoder_file, save_encoder_file
+from hnm.finetune.augment import SimCLRAugment
+from hnm.finetune.plan import Pools, StepPlan, plan_epoch, steps_per_epoch
 from hnm.finetune.supcon import supcon_loss
+from hnm.io.h5io import files_by_slide, read_tiles_or_fail, slide_file
+from hnm.io.patches import JpegTileReader, PatchReader, open_patch_reader
+from hnm.mining.schedule import learning_rate
+from hnm.mining.sets import read_sets
 
 log = logging.getLogger(__name__)
 
@@ -85,122 +88,6 @@ class FinetuneSettings:
             raise ConfigError("max_steps_per_epoch must be >= 0 (0 = no cap)")
 
 
-# ------------------------------------------------------------------------------------------ plans
-
-
-@dataclass
-class Pools:
-    """The sampling pools as (slide code, patch index) arrays; slide codes index `slides`."""
-
-    slides: list[str]
-    hardneg: np.ndarray  # (n, 2) int64
-    positives: np.ndarray  # pseudo-positives, for the negative-anchor update
-    curriculum: np.ndarray  # for the positive-anchor update
-    negatives: np.ndarray  # hard + confident negatives, for the positive-anchor update
-
-    @classmethod
-    def from_sets(cls, sets: pd.DataFrame, sets_path: str) -> "Pools":
-        slides = sorted(set(sets["slide_id"]))
-        codes = pd.Categorical(sets["slide_id"], categories=slides).codes.astype(np.int64)
-        table = np.stack([codes, sets["idx"].to_numpy(np.int64)], axis=1)
-
-        def pool(*names: str) -> np.ndarray:
-            rows = np.unique(table[sets["set"].isin(names).to_numpy()], axis=0)  # sorted, unique
-            return rows.reshape(-1, 2)
-
-        pools = cls(slides, pool("hardneg"), pool("pos"), pool("curriculum"),
-                    pool("hardneg", "confneg"))
-        for name, array in (("hardneg", pools.hardneg), ("pos", pools.positives),
-                            ("curriculum", pools.curriculum)):
-            if len(array) == 0:
-                raise HnmError(
-                    f"sets file {sets_path} has no '{name}' patches; fine-tuning needs hard "
-                    "negatives, pseudo-positives and curriculum positives (re-run `hnm mine`)"
-                )
-        return pools
-
-
-@dataclass
-class StepPlan:
-    """The patches of one step: rows (slide code, idx), and how many belong to each part."""
-
-    rows: np.ndarray  # (n, 2): update 1 negatives, positives, then update 2 negatives, positives
-    sizes: tuple[int, int, int, int]
-
-
-def _cycle(pool_size: int, count: int, rng: np.random.Generator) -> np.ndarray:
-    """`count` pool indices from successive random permutations: all items before any repeat."""
-    if count == 0:
-        return np.zeros(0, dtype=np.int64)
-    rounds = math.ceil(count / pool_size)
-    return np.concatenate([rng.permutation(pool_size) for _ in range(rounds)])[:count]
-
-
-def steps_per_epoch(hard_negatives: int, settings: FinetuneSettings) -> int:
-    """ceil(|H| / negatives per batch), capped by max_steps_per_epoch when set."""
-    steps = math.ceil(hard_negatives / _negatives_per_batch(settings))
-    if settings.max_steps_per_epoch:
-        steps = min(steps, settings.max_steps_per_epoch)
-    return steps
-
-
-def _negatives_per_batch(settings: FinetuneSettings) -> int:
-    count = int(math.floor(settings.neg_fraction * settings.batch_size + 0.5))
-    return min(max(1, count), settings.batch_size - 1)
-
-
-def plan_epoch(
-    pools: Pools, settings: FinetuneSettings, global_epoch: int, positive_update: bool
-) -> list[StepPlan]:
-    """Every step of one epoch, from (seed, global epoch) alone.
-
-    H is shuffled and split into `steps` near-equal chunks (so a short last batch never happens;
-    with fewer hard negatives than one batch there is one step of all of them). Each step's
-    positives keep the configured ratio to its negatives, so a smaller chunk gives a proportionally
-    smaller batch rather than one dominated by positives.
-    """
-    rng = np.random.default_rng([settings.seed, global_epoch])
-    per_batch = _negatives_per_batch(settings)
-    ratio = (settings.batch_size - per_batch) / per_batch
-    steps = math.ceil(len(pools.hardneg) / per_batch)
-    chunks = np.array_split(rng.permutation(len(pools.hardneg)), steps)
-    if settings.max_steps_per_epoch:
-        chunks = chunks[: settings.max_steps_per_epoch]
-    negatives1 = [len(chunk) for chunk in chunks]
-    positives1 = [max(1, int(math.floor(n * ratio + 0.5))) for n in negatives1]
-    if positive_update:
-        totals = [n + p for n, p in zip(negatives1, positives1)]
-        curriculum2 = [
-            max(1, int(math.floor(t * settings.pos_fraction_positive_mode + 0.5))) for t in totals
-        ]
-        negatives2 = [t - c for t, c in zip(totals, curriculum2)]
-    else:
-        curriculum2 = negatives2 = [0] * len(chunks)
-    positive_draw = _cycle(len(pools.positives), sum(positives1), rng)
-    negative_draw = _cycle(len(pools.negatives), sum(negatives2), rng)
-    curriculum_draw = _cycle(len(pools.curriculum), sum(curriculum2), rng)
-    plans = []
-    offsets = [0, 0, 0]
-    for step, chunk in enumerate(chunks):
-        parts = [pools.hardneg[chunk]]
-        for which, (pool, draw, counts) in enumerate(
-            (
-                (pools.positives, positive_draw, positives1),
-                (pools.negatives, negative_draw, negatives2),
-                (pools.curriculum, curriculum_draw, curriculum2),
-            )
-        ):
-            parts.append(pool[draw[offsets[which] : offsets[which] + counts[step]]])
-            offsets[which] += counts[step]
-        plans.append(
-            StepPlan(
-                rows=np.concatenate(parts).reshape(-1, 2),
-                sizes=(negatives1[step], positives1[step], negatives2[step], curriculum2[step]),
-            )
-        )
-    return plans
-
-
 # ---------------------------------------------------------------------------------------- reading
 
 
@@ -210,7 +97,7 @@ class StepPatches(torch.utils.data.Dataset):
     Readers are opened lazily inside each loader process and stay open for the whole round.
     """
 
-    def __init__(self, plans: list[StepPlan], readers: list[PatchReader]) -> None:
+    def __init__(self, plans: list[StepPlan], readers: list[PatchReader | JpegTileReader]) -> None:
         self.plans = plans
         self.readers = readers
 
@@ -230,8 +117,15 @@ class StepPatches(torch.utils.data.Dataset):
 
 def open_readers(
     slides: list[str], sheet: pd.DataFrame, tiles_files: dict[str, Path], sets: pd.DataFrame
-) -> list[PatchReader]:
-    """One PatchReader per slide of the sets, checked against the sheet and its tiles file."""
+) -> list[PatchReader | JpegTileReader]:
+    """One patch reader per slide of the sets, checked against the sheet and its tiles file.
+
+    The readers come from open_patch_reader, like extraction's: JPEG tiles where the slide allows,
+    and (exact) only where they give openslide's pixels bit for bit, so a round trains on the same
+    pixels whichever reader it gets. They keep no decoded tiles between reads: steps sample the
+    whole slide at random, so a cache would rarely hit and, per slide and loader process, would
+    add up.
+    """
     paths = sheet.set_index("slide_id")["path"].to_dict()
     largest = sets.groupby("slide_id")["idx"].max().to_dict()
     readers = []
@@ -240,7 +134,7 @@ def open_readers(
         if slide not in paths:
             raise HnmError(f"slide '{slide}' is in the sets file but not in the sheet")
         tiles = slide_file(tiles_files, slide, "tiles")
-        coords, attrs = read_tiles(tiles)
+        coords, attrs = read_tiles_or_fail(tiles)
         if attrs.get("failed"):
             raise HnmError(
                 f"slide '{slide}' is marked failed in {tiles} ({attrs.get('error')}) but has mined "
@@ -251,7 +145,7 @@ def open_readers(
                 f"sets name patch {largest[slide]} of slide '{slide}', but {tiles} has "
                 f"{len(coords)} patches; the sets come from another tiling (re-run the round)"
             )
-        reader = PatchReader(paths[slide], coords, attrs, slide)
+        reader = open_patch_reader(paths[slide], coords, attrs, slide, cache_mb=0, exact=True)
         sizes.add(reader.patch_size)
         readers.append(reader)
     if len(sizes) > 1:
@@ -277,12 +171,6 @@ def _loader(
 
 
 # --------------------------------------------------------------------------------------- training
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    return precision
 
 
 def make_views(

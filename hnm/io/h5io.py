@@ -61,6 +61,19 @@ def read_tiles(path: str | os.PathLike[str]) -> tuple[np.ndarray, dict[str, Any]
         return handle["coords"][:].astype(np.int64), _decode_attrs(handle["coords"].attrs)
 
 
+def read_tiles_or_fail(
+    path: str | os.PathLike[str], remedy: str = "re-run tiling"
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """`read_tiles` for stages that need the file: a missing, truncated or foreign file becomes an
+    HnmError naming it and what to do, instead of h5py's OSError or KeyError."""
+    try:
+        return read_tiles(path)
+    except (OSError, KeyError) as error:
+        raise HnmError(
+            f"tiles file {os.fspath(path)} cannot be read ({error}); {remedy}"
+        ) from error
+
+
 class FeatureWriter(AbstractContextManager["FeatureWriter"]):
     """Appends feature rows in chunks so a million-patch slide never sits in memory whole."""
 

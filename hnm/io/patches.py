@@ -1,9 +1,13 @@
-"""Reading a slide's patches by index, as the encoder sees them.
+"""Reading a slide's patches by index, as the encoder sees them, and choosing how.
 
 A tiles file fixes where each patch lies (level-0 top-left), which pyramid level to read, how many
-pixels to read there (read_size) and the size the encoder gets (patch_size). The reader opens the
+pixels to read there (read_size) and the size the encoder gets (patch_size). A reader opens the
 slide once per process and keeps it open (opening an SVS costs milliseconds, reading a patch less),
 so DataLoader workers and fine-tuning loaders can call it for any indices, in any order.
+
+Two readers give the same pixels: JpegTileReader decodes a JPEG-tiled level's tiles itself
+(hnm.io.jpeg_tiles), several times cheaper; PatchReader asks openslide and reads anything.
+`open_patch_reader` is the one place that chooses between them, for every stage that reads patches.
 
 Resizing read_size -> patch_size uses Pillow's BILINEAR filter, which is antialiased when shrinking
 (its support widens with the scale factor, so a 2:1 reduction averages 2x2 blocks smoothly) and
@@ -25,6 +29,15 @@ import openslide
 from PIL import Image
 
 from hnm.core.errors import SlideError
+from hnm.io.jpeg_tiles import (
+    JpegTiledLevel,
+    NotJpegTiled,
+    TileBytes,
+    assemble_numpy,
+    decode_cpu,
+    level_positions,
+    plan_batch,
+)
 from hnm.io.slide import open_slide, read_rgb
 
 
@@ -75,10 +88,8 @@ def region_to_patch(region: Image.Image, size: int) -> np.ndarray:
     return resize_patch(composited.astype(np.uint8), size)
 
 
-def jpeg_level(slide_path: str, slide_id: str, level: int) -> tuple[Any | None, str]:
+def jpeg_level(slide_path: str, slide_id: str, level: int) -> tuple[JpegTiledLevel | None, str]:
     """(the JPEG-tiled TIFF page behind openslide's `level`, "") or (None, why it is not one)."""
-    from hnm.extract import gpu_decode
-
     slide = open_slide(slide_path, slide_id)
     try:
         if not 0 <= level < slide.level_count:
@@ -93,30 +104,50 @@ def jpeg_level(slide_path: str, slide_id: str, level: int) -> tuple[Any | None, 
     finally:
         slide.close()
     try:
-        return gpu_decode.JpegTiledLevel.inspect(slide_path, size), ""
-    except gpu_decode.NotJpegTiled as reason:
+        return JpegTiledLevel.inspect(slide_path, size), ""
+    except NotJpegTiled as reason:
         return None, f"level {level} is not JPEG-tiled: {reason}"
 
 
 def open_patch_reader(
     slide_path: str | os.PathLike[str],
     coords: np.ndarray,
-    attrs: dict[str, Any],
+    attrs: dict[str, Any] | PatchGeometry,
     slide_id: str | None = None,
     prefer_tiles: bool = True,
+    cache_mb: int = 64,
+    exact: bool = False,
 ) -> "PatchReader | JpegTileReader":
     """The cheapest reader for this slide: JPEG tiles where the level allows, else openslide.
 
-    For stages that read patches themselves (fine-tuning); `reader.path_name` says which it is.
+    `reader.path_name` says which it is; a PatchReader's `why_not_tiles` says why (empty when
+    tiles were not asked for). `cache_mb` bounds the decoded tiles a JpegTileReader keeps.
+    `exact`: JPEG tiles only where their pixels equal openslide's bit for bit, i.e. unless some
+    patch falls between level pixels: openslide's fixed-point blend there differs from the tile
+    reader's by a grey level here and there.
     """
     slide_path = os.fspath(slide_path)
-    geometry = PatchGeometry.from_attrs(attrs)
-    slide_id = slide_id or str(attrs.get("slide_id", os.path.basename(slide_path)))
+    default_id = os.path.basename(slide_path)
+    if isinstance(attrs, PatchGeometry):
+        geometry = attrs
+    else:
+        geometry = PatchGeometry.from_attrs(attrs)
+        default_id = str(attrs.get("slide_id", default_id))
+    slide_id = slide_id or default_id
+    why = ""
     if prefer_tiles:
-        level, _ = jpeg_level(slide_path, slide_id, geometry.level)
+        level, why = jpeg_level(slide_path, slide_id, geometry.level)
+        if level is not None and exact:
+            _, frac = level_positions(coords, geometry.level_downsample)
+            if frac.any():
+                level = None
+                why = (
+                    f"patches fall between level-{geometry.level} pixels, where only openslide "
+                    "gives openslide's pixels"
+                )
         if level is not None:
-            return JpegTileReader(level, coords, geometry, slide_id, slide_path)
-    return PatchReader(slide_path, coords, geometry, slide_id)
+            return JpegTileReader(level, coords, geometry, slide_id, slide_path, cache_mb)
+    return PatchReader(slide_path, coords, geometry, slide_id, why_not_tiles=why)
 
 
 class _PatchGrid:
@@ -144,9 +175,12 @@ class PatchReader(_PatchGrid):
         coords: np.ndarray,
         attrs: dict[str, Any] | PatchGeometry,
         slide_id: str | None = None,
+        why_not_tiles: str = "",
     ) -> None:
-        """`attrs`: the tiles file's attributes (or a PatchGeometry made from them)."""
+        """`attrs`: the tiles file's attributes (or a PatchGeometry made from them);
+        `why_not_tiles`: why the faster JpegTileReader is not reading this slide, for logs."""
         self.slide_path = os.fspath(slide_path)
+        self.why_not_tiles = why_not_tiles
         default_id = os.path.basename(self.slide_path)
         if isinstance(attrs, PatchGeometry):
             self.geometry = attrs
@@ -226,7 +260,7 @@ class JpegTileReader(_PatchGrid):
 
     def __init__(
         self,
-        level: Any,  # hnm.extract.gpu_decode.JpegTiledLevel
+        level: JpegTiledLevel,
         coords: np.ndarray,
         geometry: PatchGeometry,
         slide_id: str,
@@ -240,7 +274,7 @@ class JpegTileReader(_PatchGrid):
         self.slide_path = os.fspath(slide_path)
         tile_bytes = level.tile_width * level.tile_height * 3
         self.cache_tiles = max(0, cache_mb * 2**20 // tile_bytes)
-        self._bytes: Any = None
+        self._bytes: TileBytes | None = None
         self._pid: int | None = None
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
@@ -254,9 +288,7 @@ class JpegTileReader(_PatchGrid):
         self.__dict__.update(state)
         self._lock = threading.Lock()
 
-    def open(self) -> Any:
-        from hnm.extract.gpu_decode import TileBytes
-
+    def open(self) -> TileBytes:
         if self._bytes is None or self._pid != os.getpid():
             try:
                 self._bytes = TileBytes(self.level)
@@ -269,8 +301,6 @@ class JpegTileReader(_PatchGrid):
 
     def _tiles(self, indices: np.ndarray) -> list[np.ndarray]:
         """Decoded tiles for `indices` (empty tiles white), from the cache where possible."""
-        from hnm.extract.gpu_decode import decode_cpu
-
         with self._lock:
             found = {int(i): self._cache[int(i)] for i in indices if int(i) in self._cache}
         missing = [int(i) for i in indices if int(i) not in found]
@@ -299,8 +329,6 @@ class JpegTileReader(_PatchGrid):
         return [found[int(i)] for i in indices]
 
     def read(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
-        from hnm.extract.gpu_decode import assemble_numpy, plan_batch
-
         g = self.geometry
         plan = plan_batch(
             self.level,

@@ -19,7 +19,7 @@ from hnm.core.errors import HnmError, SheetError
 
 REQUIRED_COLUMNS = ("slide_id", "path", "label", "split")
 OPTIONAL_COLUMNS = ("mpp", "annotation")
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test")  # the sheet's split values; stages import them from here
 # File-name safe and wildcard safe: no separators, spaces or leading dots.
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 DEFAULT_LABELS: dict[str, int] = {
