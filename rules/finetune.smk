@@ -23,14 +23,13 @@ rule finetune:
         mem_mb=retry_scaled("finetune", "mem_mb"),
         runtime=retry_scaled("finetune", "runtime"),
     params:
-        settings=flags("finetune", skip=["epochs_per_round"]),
-        epochs=config["finetune"]["epochs_per_round"],
-        total=config["finetune"]["epochs_per_round"] * max(ROUNDS, 1),
+        settings=flags("finetune"),
+        rounds=ROUNDS,
         checkpoints="results/checkpoints/r{round}/finetune",
         seed=config["seed"],
         device=config["device"],
     shell:
         "python -m hnm finetune --sheet {input.sheet} --sets {input.sets} --tiles-dir results/tiles "
         "--encoder-in {input.encoder} --out {output} --checkpoint-dir {params.checkpoints} "
-        "--epochs {params.epochs} --total-epochs {params.total} --seed {params.seed} "
+        "--rounds {params.rounds} --seed {params.seed} "
         "--device {params.device} {params.settings} > {log} 2>&1"
