@@ -23,14 +23,13 @@ rule finetune:
         mem_mb=retry_scaled("finetune", "mem_mb"),
         runtime=retry_scaled("finetune", "runtime"),
     params:
-        settings=flags("finetune", skip=["epochs_per_round"]),
-        epochs=config["finetune"]["epochs_per_round"],
-        total=config["finetune"]["epochs_per_round"] * max(ROUNDS, 1),
+        settings=flags("finetune"),
+        rounds=ROUNDS,
         checkpoints="results/checkpoints/r{round}/finetune",
         seed=config["seed"],
         device=config["device"],
     shell:
         "python -m hnm finetune --sheet {input.sheet:q} --sets {input.sets:q} --tiles {input.tiles:q} "
         "--encoder-in {input.encoder:q} --out {output:q} --checkpoint-dir {params.checkpoints:q} "
-        "--epochs {params.epochs} --total-epochs {params.total} --seed {params.seed} "
+        "--rounds {params.rounds} --seed {params.seed} "
         "--device {params.device} --threads {threads} {params.settings} > {log:q} 2>&1"

@@ -20,10 +20,11 @@ rule mine:
     params:
         settings=flags("mining"),
         previous=previous_mining_flags,
+        # The encoder's epoch schedule (finetune section) fixes the curriculum r(t); its total
+        # length is computed by the stage from these (hnm.mining.schedule.EncoderSchedule).
         schedule=(
             f"--epochs-per-round {config['finetune']['epochs_per_round']} "
-            f"--warmup {config['finetune']['warmup']} "
-            f"--total-epochs {config['finetune']['epochs_per_round'] * max(ROUNDS, 1)}"
+            f"--warmup {config['finetune']['warmup']} --rounds {ROUNDS}"
         ),
     shell:
         "python -m hnm mine --sheet {input.sheet:q} --scores {input.scores:q} --metrics {input.metrics:q} "

@@ -64,8 +64,8 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             "tiles": sorted((root / "tiles").glob("*.h5")), "encoder": root / "encoder.pt"}
 
 
-SETTINGS = FinetuneSettings(epochs=2, total_epochs=4, warmup=1, batch_size=8, cosine_after=1,
-                            lr=0.05, seed=3)
+SETTINGS = FinetuneSettings(epochs_per_round=2, rounds=2, warmup=1, batch_size=8,
+                            cosine_after=1, lr=0.05, seed=3)
 
 
 def run(cohort: dict[str, Path], out: Path, checkpoints: Path | None, workers: int = 0,
@@ -169,10 +169,10 @@ def test_resume_equals_uninterrupted(cohort, tmp_path, caplog) -> None:  # noqa:
 def test_next_round_continues_the_global_epoch(cohort, tmp_path) -> None:  # noqa: ANN001
     first = tmp_path / "r1.pt"
     run(cohort, first, None, settings=FinetuneSettings(
-        epochs=1, total_epochs=4, warmup=1, batch_size=8, seed=3, max_steps_per_epoch=1))
+        epochs_per_round=1, rounds=4, warmup=1, batch_size=8, seed=3, max_steps_per_epoch=1))
     sheet = pd.read_csv(cohort["sheet"], sep="\t")
     finetune(sheet, cohort["sets"], cohort["tiles"], first, tmp_path / "r2.pt", None,
-             FinetuneSettings(epochs=1, total_epochs=4, warmup=1, batch_size=8, seed=3,
+             FinetuneSettings(epochs_per_round=1, rounds=4, warmup=1, batch_size=8, seed=3,
                               max_steps_per_epoch=1),
              torch.device("cpu"), 0)
     _, meta = load_encoder_file(tmp_path / "r2.pt")
@@ -184,8 +184,8 @@ def test_cli(cohort, tmp_path) -> None:  # noqa: ANN001
     out = tmp_path / "encoder.pt"
     argv = ["finetune", "--sheet", str(cohort["sheet"]), "--sets", str(cohort["sets"]),
             "--tiles", *map(str, cohort["tiles"]), "--encoder-in", str(cohort["encoder"]),
-            "--out", str(out), "--checkpoint-dir", str(tmp_path / "ckpt"), "--epochs", "1",
-            "--batch-size", "8", "--device", "cpu", "--workers", "0",
+            "--out", str(out), "--checkpoint-dir", str(tmp_path / "ckpt"),
+            "--epochs-per-round", "1", "--batch-size", "8", "--device", "cpu", "--workers", "0",
             "--max-steps-per-epoch", "1"]
     assert main(argv) == 0 and out.exists()
     missing = argv.copy()

@@ -18,7 +18,7 @@ from hnm.mining.sets import (
     should_refresh,
     top_fraction_threshold,
 )
-from hnm.mining.schedule import curriculum_ratio
+from hnm.mining.schedule import EncoderSchedule, curriculum_ratio
 
 # Hand-made cohort: two negative slides, two positive slides (and one train slide without patches).
 NEGATIVE = {"n1": [0.1, 0.5, 0.9, 0.9], "n2": [0.2, 0.3]}
@@ -99,7 +99,8 @@ def test_sets_by_hand_round_zero() -> None:
 
 
 def test_curriculum_grows_with_the_round() -> None:
-    settings = MiningSettings(neg_ratio=0.5, epochs_per_round=5, warmup=5, total_epochs=100)
+    schedule = EncoderSchedule(epochs_per_round=5, warmup=5, rounds=20)  # the paper's 100 epochs
+    settings = MiningSettings(neg_ratio=0.5, schedule=schedule)
     sets, summary = mine(settings, round_index=3)
     # t = 15: r = .2 + (15 - 5) * .6 / 95 = .2632 -> k = ceil(4 * .2632) = 2.
     assert summary["epoch"] == 15
@@ -128,7 +129,7 @@ def test_no_negative_slide_is_a_clear_error() -> None:
 
 
 def test_confident_negatives() -> None:
-    sets, summary = mine(MiningSettings(neg_ratio=0.5, confident_negatives=True, r_neg=0.2))
+    sets, summary = mine(MiningSettings(neg_ratio=0.5, confident_negatives=True, r_neg0=0.2))
     # Positive-slide scores (7): lowest k = ceil(1.4) = 2 -> .05 and .1, both <= eta.
     assert summary["tau_confneg"] == pytest.approx(0.1)
     assert members(sets, "confneg") == {("p2", 1), ("p1", 4)}
@@ -169,7 +170,8 @@ def test_should_refresh() -> None:
 
 
 def test_gated_refresh_keeps_the_previous_sets_and_recuts_the_curriculum() -> None:
-    settings = MiningSettings(neg_ratio=0.5)
+    schedule = EncoderSchedule(epochs_per_round=5, warmup=5, rounds=20)  # the paper's 100 epochs
+    settings = MiningSettings(neg_ratio=0.5, schedule=schedule)
     previous_sets, previous_summary = mine(settings, round_index=0)
     # Round 3's scores differ (everything shuffled), but its F1 is below the best (0.8).
     changed = make_scores({"n1": [0.9, 0.1, 0.1, 0.1], "n2": [0.9, 0.9],

@@ -15,9 +15,15 @@ from hnm.cli import main
 from hnm.core.errors import SlideError
 from hnm.io.h5io import read_tiles
 from hnm.tiling.grid import GridParams, grid_coords, plan_reads, tissue_fractions
+from hnm.tiling.settings import TilingSettings
 
 APERIO_DOWNSAMPLES = (1.0, 4.0016, 16.0064)
 BOXES_DOWNSAMPLES = (1.0, 2.0, 4.016129032258064, 8.086312118570184)  # boxes.tiff, from openslide
+
+
+def paper_grid(**changes: float) -> GridParams:
+    """The paper's 224 px patches at 1.0 um/px (10x) with `changes`, checked as config values are."""
+    return TilingSettings(**{"patch_size": 224, "target_mpp": 1.0, **changes}).grid()
 
 
 # ---------------------------------------------------------------------------- arithmetic
@@ -26,36 +32,36 @@ BOXES_DOWNSAMPLES = (1.0, 2.0, 4.016129032258064, 8.086312118570184)  # boxes.ti
 def test_plan_reads_hand_computed() -> None:
     # 0.25 um/px scan, 224 px at 1.0 um/px: 224 * 1.0 / 0.25 = 896 level-0 px; wanted downsample 4
     # -> level 1 (4.0016 is within 1%); read round(896 / 4.0016) = round(223.91) = 224 px
-    plan = plan_reads(APERIO_DOWNSAMPLES, 0.25, GridParams())
+    plan = plan_reads(APERIO_DOWNSAMPLES, 0.25, paper_grid())
     assert (plan.step_level0, plan.stride_level0, plan.level, plan.read_size) == (896, 896, 1, 224)
     assert plan.level_downsample == 4.0016
     # 0.5 um/px target: 448 level-0 px, downsample 2 -> no level near: level 0, read 448
-    plan = plan_reads(APERIO_DOWNSAMPLES, 0.25, GridParams(target_mpp=0.5))
+    plan = plan_reads(APERIO_DOWNSAMPLES, 0.25, paper_grid(target_mpp=0.5))
     assert (plan.step_level0, plan.level, plan.read_size) == (448, 0, 448)
     # 0.499 um/px, 112 px at 1.0: round(224.449) = 224, single level
-    plan = plan_reads((1.0,), 0.499, GridParams(patch_size=112))
+    plan = plan_reads((1.0,), 0.499, paper_grid(patch_size=112))
     assert (plan.step_level0, plan.level, plan.read_size) == (224, 0, 224)
     # overlap 0.5 halves the stride: round(896 * 0.5) = 448
-    assert plan_reads(APERIO_DOWNSAMPLES, 0.25, GridParams(overlap=0.5)).stride_level0 == 448
+    assert plan_reads(APERIO_DOWNSAMPLES, 0.25, paper_grid(overlap=0.5)).stride_level0 == 448
 
 
 def test_plan_reads_on_uneven_pyramid() -> None:
     # boxes.tiff with mpp 0.5; 32 px at 2.0 um/px = 128 level-0 px, downsample 4 -> level 2
     # (4.0161 <= 4 * 1.01), read round(128 / 4.016129) = round(31.87) = 32
-    plan = plan_reads(BOXES_DOWNSAMPLES, 0.5, GridParams(patch_size=32, target_mpp=2.0))
+    plan = plan_reads(BOXES_DOWNSAMPLES, 0.5, paper_grid(patch_size=32, target_mpp=2.0))
     assert (plan.step_level0, plan.level, plan.read_size) == (128, 2, 32)
     # 32 px at 8.0 um/px = 512 level-0 px, downsample 16 -> level 3, read round(63.32) = 63
-    plan = plan_reads(BOXES_DOWNSAMPLES, 0.5, GridParams(patch_size=32, target_mpp=8.0))
+    plan = plan_reads(BOXES_DOWNSAMPLES, 0.5, paper_grid(patch_size=32, target_mpp=8.0))
     assert (plan.step_level0, plan.level, plan.read_size) == (512, 3, 63)
 
 
 def test_upsampling_is_refused_naming_the_slide() -> None:
     with pytest.raises(SlideError) as caught:
-        plan_reads((1.0,), 0.5, GridParams(target_mpp=0.25), "s42", "/data/s42.svs")
+        plan_reads((1.0,), 0.5, paper_grid(target_mpp=0.25), "s42", "/data/s42.svs")
     message = str(caught.value)
     assert "s42" in message and "/data/s42.svs" in message and "upsampled" in message
     # within 10% finer is tolerated (a 0.5 um/px target on a 0.499 um/px... or 0.46 on 0.5)
-    plan = plan_reads((1.0,), 0.5, GridParams(target_mpp=0.46))
+    plan = plan_reads((1.0,), 0.5, paper_grid(target_mpp=0.46))
     assert (plan.step_level0, plan.level, plan.read_size) == (206, 0, 206)  # round(206.08)
 
 
@@ -154,7 +160,7 @@ def test_blank_slide_gives_zero_patches_not_a_failure(tmp_path, caplog) -> None:
         resolutionunit="CENTIMETER",
     )
     out = tmp_path / "out"
-    assert _tile(slide, "blank", out, "--patch-size", "64") == 0
+    assert _tile(slide, "blank", out, "--patch-size", "64", "--target-mpp", "1.0") == 0
     coords, attrs = read_tiles(out / "blank.h5")
     assert coords.shape == (0, 2) and attrs["failed"] is False and attrs["n_grid"] == 64
     assert attrs["mpp"] == pytest.approx(0.5)
@@ -222,7 +228,7 @@ def test_bad_slide_fails_clearly(test_slides, tmp_path, capsys, name, reader_mes
 @pytest.mark.parametrize(("name", "reader_message"), BAD_SLIDES)
 def test_bad_slide_skipped_on_request(test_slides, tmp_path, caplog, name, reader_message):
     slide = test_slides / name
-    assert _tile(slide, "bad_one", tmp_path, "--on-error", "skip") == 0
+    assert _tile(slide, "bad_one", tmp_path, "--on-slide-error", "skip") == 0
     coords, attrs = read_tiles(tmp_path / "bad_one.h5")
     assert coords.shape == (0, 2) and attrs["failed"] is True and attrs["n_patches"] == 0
     assert reader_message in attrs["error"] and "bad_one" in attrs["error"]
@@ -234,7 +240,7 @@ def test_bad_slide_skipped_on_request(test_slides, tmp_path, caplog, name, reade
 
 def test_bad_settings_fail_even_when_skipping(test_slides, tmp_path, capsys) -> None:
     slide = test_slides / "cmu-1-small-region.svs"
-    assert _tile(slide, "cmu1", tmp_path, "--overlap", "1.0", "--on-error", "skip") == 2
+    assert _tile(slide, "cmu1", tmp_path, "--overlap", "1.0", "--on-slide-error", "skip") == 2
     assert "overlap" in capsys.readouterr().err and not list(tmp_path.iterdir())
 
 
@@ -242,7 +248,7 @@ def test_failures_lists_every_skipped_slide(test_slides, tmp_path) -> None:
     tiles = []
     for name, _ in BAD_SLIDES:
         slide_id = name.replace(".", "_")
-        assert _tile(test_slides / name, slide_id, tmp_path, "--on-error", "skip") == 0
+        assert _tile(test_slides / name, slide_id, tmp_path, "--on-slide-error", "skip") == 0
         tiles.append(tmp_path / f"{slide_id}.h5")
     assert _tile(test_slides / "cmu-1-small-region.svs", "good", tmp_path) == 0
     tiles.append(tmp_path / "good.h5")

@@ -12,8 +12,8 @@ from scipy import ndimage
 
 import hnm.tiling.tissue
 from hnm.core.errors import SlideError
+from hnm.tiling.settings import TilingSettings
 from hnm.tiling.tissue import (
-    TissueParams,
     block_mean,
     close_mask,
     detect_tissue,
@@ -27,6 +27,7 @@ from hnm.tiling.tissue import (
     segment_tissue,
 )
 
+DEFAULTS = TilingSettings().tissue()
 PINK = (220, 140, 190)  # eosin-like: saturation (220-140)/220*255 = 92.7 -> 93
 GLASS = (242, 240, 241)
 
@@ -100,12 +101,12 @@ def _noisy_glass(shape: tuple[int, int], seed: int) -> np.ndarray:
 
 def test_blank_white_slide_gives_no_tissue() -> None:
     rgb = _noisy_glass((300, 400), seed=1)
-    mask, threshold, otsu = segment_tissue(rgb, 8.0, TissueParams())
+    mask, threshold, otsu = segment_tissue(rgb, 8.0, DEFAULTS)
     assert not mask.any()
     # Otsu alone would split the noise; the saturation floor is what keeps the slide blank
-    assert otsu < TissueParams().min_saturation and threshold == TissueParams().min_saturation
+    assert otsu < DEFAULTS.min_saturation and threshold == DEFAULTS.min_saturation
     pure_white = np.full((50, 50, 3), 255, dtype=np.uint8)
-    mask, threshold, otsu = segment_tissue(pure_white, 8.0, TissueParams())
+    mask, threshold, otsu = segment_tissue(pure_white, 8.0, DEFAULTS)
     assert not mask.any() and math.isnan(otsu)
 
 
@@ -114,7 +115,7 @@ def test_pink_blob_on_glass_is_found() -> None:
     yy, xx = np.mgrid[:200, :200]
     disc = (yy - 100) ** 2 + (xx - 90) ** 2 <= 50**2  # radius 400 um at 8 um/px
     rgb[disc] = PINK
-    mask, threshold, _ = segment_tissue(rgb, 8.0, TissueParams())
+    mask, threshold, _ = segment_tissue(rgb, 8.0, DEFAULTS)
     intersection = (mask & disc).sum()
     union = (mask | disc).sum()
     assert intersection / union > 0.97
@@ -139,9 +140,9 @@ def _squares_image(scale: int) -> np.ndarray:
 
 @pytest.mark.parametrize("scale", [1, 2])
 def test_min_area_and_hole_filling_are_physical(scale: int) -> None:
-    params = TissueParams(
+    params = TilingSettings(
         median_um=0, closing_um=0, min_tissue_area_um2=20_000, max_hole_area_um2=50_000
-    )
+    ).tissue()
     mpp = 4.0 / scale
     mask, _, _ = segment_tissue(_squares_image(scale), mpp, params)
     at = lambda y, x: bool(mask[int(y * scale), int(x * scale)])  # noqa: E731 (4 um/px coords)
@@ -210,7 +211,7 @@ def test_openslide_strips_match_one_whole_read(test_slides, monkeypatch) -> None
 
 def test_detect_tissue_on_real_slide(test_slides) -> None:
     path = str(test_slides / "cmu-1-small-region.svs")
-    tissue = detect_tissue(openslide.OpenSlide(path), path, "cmu1", 0.499, TissueParams())
+    tissue = detect_tissue(openslide.OpenSlide(path), path, "cmu1", 0.499, DEFAULTS)
     assert tissue.downsample == 16 and tissue.mask_mpp == pytest.approx(7.984)
     assert tissue.mask.shape == (186, 139)
     # the section fills roughly the central third of this crop (see the QC image)
@@ -221,5 +222,5 @@ def test_detect_tissue_on_real_slide(test_slides) -> None:
 def test_corrupt_tiles_become_a_slide_error(test_slides) -> None:
     path = str(test_slides / "unreadable.svs")
     with pytest.raises(SlideError) as caught:
-        detect_tissue(openslide.OpenSlide(path), path, "bad1", 0.499, TissueParams())
+        detect_tissue(openslide.OpenSlide(path), path, "bad1", 0.499, DEFAULTS)
     assert "bad1" in str(caught.value) and "Bogus marker length" in str(caught.value)

@@ -14,7 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--sheet", help="slide sheet (TSV/CSV)")
     source.add_argument(
         "--demo-counts",
-        help='JSON counts of the demo cohort, e.g. \'{"train": {"tumor": 3, "normal": 3}}\'',
+        help='JSON counts of the demo cohort (the demo settings\' slides), e.g. '
+        '\'{"train": {"tumor": 3, "normal": 3}, "val": ..., "test": ...}\'',
     )
     parser.add_argument("--demo-slides-dir", default="results/demo/slides")
     parser.add_argument("--demo-annotations-dir", default="results/demo/annotations")
@@ -23,15 +24,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from hnm.demo.settings import DemoSettings
     from hnm.io.sheet import demo_sheet, validate_sheet, write_normalised_sheet
 
     if args.sheet:
         labels = json.loads(args.labels) if args.labels else None
         sheet = validate_sheet(args.sheet, labels=labels)
     else:
-        sheet = demo_sheet(
-            json.loads(args.demo_counts), args.demo_slides_dir, args.demo_annotations_dir
-        )
+        counts = DemoSettings(slides=json.loads(args.demo_counts)).slides
+        sheet = demo_sheet(counts, args.demo_slides_dir, args.demo_annotations_dir)
     summary = sheet.groupby(["split", "label"]).size().to_dict()
     log.info("sheet is valid: %d slides; (split, label) counts %s", len(sheet), summary)
     if args.out:

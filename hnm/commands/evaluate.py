@@ -3,18 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 
-
-def _class_list(text: str) -> list[str]:
-    """A JSON list of class names (what the workflow passes), or names separated by commas."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        value = [name.strip() for name in text.split(",") if name.strip()]
-    if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
-        raise argparse.ArgumentTypeError(f"expected a list of class names, got {text!r}")
-    return value
+from hnm.evaluation.settings import EvaluationSettings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,22 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["train", "val", "test"],
         help="split for the slide metrics (patch metrics cover every annotated split)",
     )
-    parser.add_argument(
-        "--annotation-class", default="Tumor", help="GeoJSON class name of the tumour regions"
-    )
-    parser.add_argument(
-        "--min-fraction",
-        type=float,
-        default=0.5,
-        help="a patch is tumour when at least this fraction of it is annotated",
-    )
-    parser.add_argument(
-        "--versus-classes",
-        type=_class_list,
-        default=[],
-        help="other annotated classes (JSON list or comma-separated, e.g. Mimic): the patch AUC of "
-        "tumor against each alone",
-    )
+    EvaluationSettings.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
         for split in ("train", "val", "test")
         if (path := getattr(args, f"{split}_scores")) is not None
     }
+    settings = EvaluationSettings.from_args(args)
     evaluate(
         args.sheet,
         MilFiles(args.mil_metrics, args.mil_slides, scores),
@@ -67,8 +43,8 @@ def run(args: argparse.Namespace) -> int:
         args.out,
         args.predictions,
         split=args.split,
-        annotation_class=args.annotation_class,
-        min_fraction=args.min_fraction,
-        versus_classes=args.versus_classes,
+        annotation_class=settings.annotation_class,
+        min_fraction=settings.min_fraction,
+        versus_classes=settings.versus_classes,
     )
     return 0

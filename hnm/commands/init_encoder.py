@@ -3,60 +3,33 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+
+from hnm.encoders.settings import EncoderSettings
 
 log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--arch",
-        default="resnet18",
-        help="resnet18 | resnet50 | resnet_mini | torchvision:<name> | timm:<name>",
-    )
-    parser.add_argument(
-        "--norm",
-        default="batch",
-        choices=["batch", "instance"],
-        help="normalisation layers of our ResNets (DSMIL/ItS2CLR weights: instance)",
-    )
-    parser.add_argument(
-        "--arch-kwargs", default="{}", help="JSON of extra model options (torchvision/timm archs)"
-    )
-    parser.add_argument(
-        "--weights",
-        default="",
-        help="local weights file; empty = random init with --seed (said in the log)",
-    )
-    parser.add_argument(
-        "--load-head",
-        default="auto",
-        choices=["auto", "never", "require"],
-        help="load the file's SimCLR projection head: if present and it fits / never / must",
-    )
-    parser.add_argument("--proj-dim", type=int, default=256, help="projection head output size")
-    parser.add_argument(
         "--seed", type=int, default=0, help="seed of every randomly initialised weight"
     )
     parser.add_argument(
         "--out", required=True, help="encoder file to write (results/r0/encoder.pt)"
     )
+    EncoderSettings.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from hnm.encoders import build_encoder, load_weights, save_encoder_file, weights_digest
-    from hnm.core.errors import ConfigError
 
-    try:
-        kwargs = json.loads(args.arch_kwargs)
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"--arch-kwargs is not JSON: {error}") from error
-    if not args.arch.startswith(("torchvision:", "timm:")):
-        kwargs = {"norm": args.norm, **kwargs}
-    model = build_encoder(args.arch, kwargs, seed=args.seed, proj_dim=args.proj_dim)
-    if args.weights:
-        report = load_weights(args.weights, model, load_head=args.load_head)
+    settings = EncoderSettings.from_args(args)
+    kwargs = dict(settings.arch_kwargs)
+    if not settings.arch.startswith(("torchvision:", "timm:")):
+        kwargs = {"norm": settings.norm, **kwargs}
+    model = build_encoder(settings.arch, kwargs, seed=args.seed, proj_dim=settings.proj_dim)
+    if settings.weights:
+        report = load_weights(settings.weights, model, load_head=settings.load_head)
         log.info("loaded weights %s", report.summary())
         source, sha = report.path, report.sha256
         if not report.head_loaded:
@@ -65,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         log.info(
             "no weights given: %s is RANDOMLY INITIALISED with seed %d (backbone and head); "
             "features will not be pretrained",
-            args.arch,
+            settings.arch,
             args.seed,
         )
         source, sha = f"random:{args.seed}", ""
@@ -81,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     log.info(
         "wrote %s (%s, %d-d features, backbone sha256 %s)",
         args.out,
-        args.arch,
+        settings.arch,
         model.feature_dim,
         weights_digest(model.backbone)[:12],
     )

@@ -1,10 +1,10 @@
 """`hnm tile`: tissue detection and the patch grid of one slide -> tiles HDF5 + QC PNG.
 
-With --on-error skip a slide that cannot be opened or read (or has no usable resolution) does not
-fail the job: its tiles file is written with 0 patches and failed=True plus the reason, so a cohort
-run goes on and every later stage excludes the slide (and `hnm failures` lists it). With the default
---on-error fail the job exits 2 with the message and writes nothing, so a rerun retries it.
-Tissue-detection sizes are physical (um, um^2); see hnm.tiling.tissue.TissueParams for why the defaults.
+With --on-slide-error skip a slide that cannot be opened or read (or has no usable resolution) does
+not fail the job: its tiles file is written with 0 patches and failed=True plus the reason, so a
+cohort run goes on and every later stage excludes the slide (and `hnm failures` lists it). With the
+default fail the job exits 2 with the message and writes nothing, so a rerun retries it.
+The tiling flags, their defaults and why are declared once in hnm.tiling.settings.TilingSettings.
 """
 
 from __future__ import annotations
@@ -13,13 +13,9 @@ import argparse
 import logging
 import time
 
-from hnm.tiling.grid import GridParams
-from hnm.tiling.tissue import TissueParams
+from hnm.tiling.settings import TilingSettings
 
 log = logging.getLogger("hnm.tile")
-
-_GRID = GridParams()
-_TISSUE = TissueParams()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,77 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="level-0 um/px to use instead of the slide's metadata (the sheet's mpp column)",
     )
-    group = parser.add_argument_group("patch grid")
-    group.add_argument(
-        "--patch-size",
-        type=int,
-        default=_GRID.patch_size,
-        help="patch side in px at --target-mpp, the encoder's input (default %(default)s)",
-    )
-    group.add_argument(
-        "--target-mpp",
-        type=float,
-        default=_GRID.target_mpp,
-        help="um/px of the patches; 1.0 = 10x, 2.0 = 5x (default %(default)s)",
-    )
-    group.add_argument(
-        "--min-tissue-fraction",
-        type=float,
-        default=_GRID.min_tissue_fraction,
-        help="keep patches with at least this tissue fraction (default %(default)s)",
-    )
-    group.add_argument(
-        "--overlap",
-        type=float,
-        default=_GRID.overlap,
-        help="fraction of a patch that neighbours share, in [0, 1) (default %(default)s)",
-    )
-    group = parser.add_argument_group("tissue detection (physical sizes)")
-    group.add_argument(
-        "--tissue-mpp",
-        type=float,
-        default=_TISSUE.tissue_mpp,
-        help="um/px of the tissue mask (default %(default)s)",
-    )
-    group.add_argument(
-        "--median-um",
-        type=float,
-        default=_TISSUE.median_um,
-        help="median-blur kernel width in um (default %(default)s)",
-    )
-    group.add_argument(
-        "--closing-um",
-        type=float,
-        default=_TISSUE.closing_um,
-        help="closing disc radius in um (default %(default)s)",
-    )
-    group.add_argument(
-        "--min-tissue-area-um2",
-        type=float,
-        default=_TISSUE.min_tissue_area_um2,
-        help="drop tissue pieces smaller than this, um^2 (default %(default)s)",
-    )
-    group.add_argument(
-        "--max-hole-area-um2",
-        type=float,
-        default=_TISSUE.max_hole_area_um2,
-        help="fill holes in tissue up to this size, um^2 (default %(default)s)",
-    )
-    group.add_argument(
-        "--min-saturation",
-        type=float,
-        default=_TISSUE.min_saturation,
-        help="saturation floor under Otsu's threshold, 0-255 (default %(default)s)",
-    )
-    parser.add_argument(
-        "--on-error",
-        "--on-slide-error",
-        dest="on_error",
-        choices=("fail", "skip"),
-        default="fail",
-        help="a slide that cannot be read: fail the job (exit 2), or write a failed-marked tiles "
-        "file and QC image and exit 0 (default %(default)s)",
-    )
+    TilingSettings.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -111,33 +37,19 @@ def run(args: argparse.Namespace) -> int:
     from hnm.core.errors import SlideError
     from hnm.tiling.grid import failed_attrs, tile_slide, write_tiles_file
 
-    grid = GridParams(
-        patch_size=args.patch_size,
-        target_mpp=args.target_mpp,
-        overlap=args.overlap,
-        min_tissue_fraction=args.min_tissue_fraction,
-    )
-    tissue_params = TissueParams(
-        tissue_mpp=args.tissue_mpp,
-        median_um=args.median_um,
-        closing_um=args.closing_um,
-        min_tissue_area_um2=args.min_tissue_area_um2,
-        max_hole_area_um2=args.max_hole_area_um2,
-        min_saturation=args.min_saturation,
-    )
+    # Bad settings are the user's, not the slide's: they fail even with --on-slide-error skip.
+    settings = TilingSettings.from_args(args)
+    grid, tissue_params = settings.grid(), settings.tissue()
     # libvips reports each decoding step at INFO and a corrupt tile as a WARNING before we fall
     # back to openslide, which then gives the real verdict; keep job logs to what matters.
     logging.getLogger("pyvips").setLevel(logging.ERROR)
-    # Bad settings are the user's, not the slide's: they fail even with --on-error skip.
-    grid.validate()
-    tissue_params.validate()
 
     try:
         result = tile_slide(args.slide, args.slide_id, grid, tissue_params, args.mpp)
     except SlideError as error:
-        if args.on_error == "fail":
+        if settings.on_slide_error == "fail":
             raise
-        log.warning("skipping slide (--on-error skip): %s", error)
+        log.warning("skipping slide (on_slide_error skip): %s", error)
         attrs = failed_attrs(args.slide_id, str(args.slide), str(error), grid, tissue_params)
         qc.write_png(args.qc, qc.render_failed(args.slide_id, str(args.slide), str(error)))
         write_tiles_file(args.out, [], attrs, tissue_fraction=[])

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import typing
 from collections.abc import Sequence
 from typing import Any, ClassVar, TypeVar
@@ -35,13 +36,21 @@ def setting(
     above: float | None = None,
     below: float | None = None,
     pattern: str | None = None,
+    cli: bool = True,
+    schema: dict[str, Any] | None = None,
 ) -> Any:
     """A dataclass field carrying its own documentation and bounds.
 
     `minimum`/`maximum` are inclusive bounds, `above`/`below` exclusive ones. Mutable defaults
-    (lists, dicts) are copied per instance.
+    (lists, dicts) are copied per instance. `cli=False` marks a setting that only the workflow
+    reads (how jobs are cut, which slides exist): it is in the config and its schema, but the
+    stage's command has no flag for it, so a flag that would change nothing cannot be given.
+    `schema` adds JSON-schema keywords for a structure that the type hint cannot say (which keys a
+    mapping must have); the class's `check` must enforce the same rule for objects made in Python.
     """
     metadata = {
+        "cli": cli,
+        "schema": schema or {},
         "help": help,
         "choices": tuple(choices) if choices is not None else None,
         "minimum": minimum,
@@ -64,7 +73,17 @@ class StageSettings:
     section: ClassVar[str] = ""
 
     def __post_init__(self) -> None:
-        problems = [p for f in self.fields() if (p := _field_problem(f, getattr(self, f.name)))]
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError listing every bad value; runs whenever an object is made."""
+        types = self.field_types()
+        problems = [
+            p
+            for f in self.fields()
+            if (p := _container_problem(f.name, types[f.name], getattr(self, f.name))
+                or _field_problem(f, getattr(self, f.name)))
+        ]
         problems += self.check()
         if problems:
             raise ConfigError(f"{self.section or type(self).__name__} settings: " + "; ".join(problems))
@@ -76,6 +95,11 @@ class StageSettings:
     @classmethod
     def fields(cls) -> list[dataclasses.Field]:
         return [f for f in dataclasses.fields(cls) if "help" in f.metadata]
+
+    @classmethod
+    def cli_fields(cls) -> list[dataclasses.Field]:
+        """The settings a stage's command takes as flags (all but the workflow-only ones)."""
+        return [f for f in cls.fields() if f.metadata["cli"]]
 
     @classmethod
     def field_types(cls) -> dict[str, Any]:
@@ -95,7 +119,7 @@ class StageSettings:
     def add_arguments(cls, parser: argparse.ArgumentParser, title: str | None = None) -> None:
         group = parser.add_argument_group(title or f"{cls.section or cls.__name__} settings")
         types = cls.field_types()
-        for f in cls.fields():
+        for f in cls.cli_fields():
             flag = "--" + f.name.replace("_", "-")
             kind = _base_type(types[f.name])
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
@@ -105,7 +129,7 @@ class StageSettings:
                     flag, action=argparse.BooleanOptionalAction, default=default, help=text
                 )
             elif kind in (list, dict):
-                group.add_argument(flag, type=json.loads, default=default, help=text + "; JSON")
+                group.add_argument(flag, type=_parse_json, default=default, help=text + "; JSON")
             else:
                 group.add_argument(
                     flag, type=kind, default=default, choices=f.metadata["choices"], help=text
@@ -113,7 +137,7 @@ class StageSettings:
 
     @classmethod
     def from_args(cls: type[S], args: argparse.Namespace, **overrides: Any) -> S:
-        values = {f.name: getattr(args, f.name) for f in cls.fields()}
+        values = {f.name: getattr(args, f.name) for f in cls.cli_fields()}
         values.update(overrides)
         return cls(**values)
 
@@ -141,6 +165,14 @@ class StageSettings:
         }
 
 
+def _parse_json(text: str) -> Any:
+    return json.loads(text)
+
+
+# argparse names the type in its message: "invalid JSON value: '{a'".
+_parse_json.__name__ = "JSON"
+
+
 def _base_type(annotation: Any) -> Any:
     origin = typing.get_origin(annotation)
     if origin in (list, dict):
@@ -151,18 +183,29 @@ def _base_type(annotation: Any) -> Any:
     return annotation
 
 
-def _field_schema(f: dataclasses.Field, annotation: Any) -> dict[str, Any]:
+def _type_schema(annotation: Any) -> dict[str, Any]:
+    """JSON schema of a type hint, following list[X] and dict[str, X] down to their items."""
     kind = _base_type(annotation)
-    meta = f.metadata
-    schema: dict[str, Any] = {"description": meta["help"]}
     if kind in _JSON_TYPES:
-        schema["type"] = _JSON_TYPES[kind]
-    elif kind is list:
-        schema["type"] = "array"
-    elif kind is dict:
-        schema["type"] = "object"
+        return {"type": _JSON_TYPES[kind]}
+    if typing.get_origin(annotation) not in (list, dict):
+        inner = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _type_schema(inner[0]) if inner else {}
+    args = list(typing.get_args(annotation))
+    if kind is list:
+        return {"type": "array", **({"items": _type_schema(args[0])} if args else {})}
+    if kind is dict:
+        items = {"additionalProperties": _type_schema(args[1])} if args else {}
+        return {"type": "object", **items}
+    return {}
+
+
+def _field_schema(f: dataclasses.Field, annotation: Any) -> dict[str, Any]:
+    meta = f.metadata
+    schema: dict[str, Any] = {"description": meta["help"], **_type_schema(annotation)}
     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
     schema["default"] = default
+    schema.update(meta["schema"])
     if meta["choices"] is not None:
         schema["enum"] = list(meta["choices"])
     for key, word in (
@@ -177,10 +220,22 @@ def _field_schema(f: dataclasses.Field, annotation: Any) -> dict[str, Any]:
     return schema
 
 
+def _container_problem(name: str, annotation: Any, value: Any) -> str | None:
+    """A list or dict setting given something else (a JSON flag or config value of another shape)."""
+    kind = _base_type(annotation)
+    if kind in (list, dict) and not isinstance(value, kind):
+        wanted = "a list" if kind is list else "a mapping"
+        return f"{name} must be {wanted} (got {json.dumps(value)})"
+    return None
+
+
 def _field_problem(f: dataclasses.Field, value: Any) -> str | None:
     meta = f.metadata
     if meta["choices"] is not None and value not in meta["choices"]:
         return f"{f.name} '{value}' is not one of {', '.join(map(str, meta['choices']))}"
+    pattern = meta["pattern"]
+    if pattern is not None and isinstance(value, str) and not re.search(pattern, value):
+        return f"{f.name} '{value}' must match the pattern {pattern}"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     if meta["minimum"] is not None and value < meta["minimum"]:

@@ -37,55 +37,58 @@ import pandas as pd
 import torch
 
 from hnm.core.checkpoint import Checkpointer, file_digest, fingerprint
-from hnm.core.device import resolve_precision
-from hnm.core.errors import ConfigError, HnmError
+from hnm.core.device import PRECISIONS, resolve_precision
+from hnm.core.errors import HnmError
 from hnm.core.progress import Progress
+from hnm.core.settings import setting
 from hnm.encoders.model_file import load_encoder_file, save_encoder_file
 from hnm.finetune.augment import SimCLRAugment
 from hnm.finetune.plan import Pools, StepPlan, plan_epoch, steps_per_epoch
+from hnm.mining.schedule import EncoderSchedule, learning_rate
 from hnm.finetune.supcon import supcon_loss
 from hnm.io.h5io import files_by_slide, read_tiles_or_fail, slide_file
 from hnm.io.patches import JpegTileReader, PatchReader, open_patch_reader
-from hnm.mining.schedule import learning_rate
 from hnm.mining.sets import read_sets
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "bf16")
-
 
 @dataclass(frozen=True)
-class FinetuneSettings:
-    epochs: int = 5
-    total_epochs: int = 100
-    warmup: int = 5
-    batch_size: int = 512
-    neg_fraction: float = 0.8
-    pos_fraction_positive_mode: float = 0.05
-    lr: float = 0.01
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
-    cosine_after: int = 10
-    temperature: float = 0.07
-    seed: int = 0
-    precision: str = "auto"
-    max_steps_per_epoch: int = 0
+class FinetuneSettings(EncoderSchedule):
+    """Every knob of fine-tuning, declared once (hnm.core.settings); the epoch schedule
+    (epochs_per_round, warmup, rounds -> total_epochs) comes from EncoderSchedule, which mining
+    shares. Defaults are the demo's (config/paper.yaml: batch 512, 5 epochs per round, warm-up 5).
+    """
 
-    def __post_init__(self) -> None:
-        if self.epochs < 0:
-            raise ConfigError(f"finetune epochs must be >= 0, got {self.epochs}")
-        if self.batch_size < 2:
-            raise ConfigError(f"finetune batch_size must be >= 2, got {self.batch_size}")
-        for name in ("neg_fraction", "pos_fraction_positive_mode"):
-            value = getattr(self, name)
-            if not 0.0 < value < 1.0:
-                raise ConfigError(f"finetune {name} must lie strictly between 0 and 1, got {value}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {PRECISIONS}, got '{self.precision}'")
-        if self.temperature <= 0:
-            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
-        if self.max_steps_per_epoch < 0:
-            raise ConfigError("max_steps_per_epoch must be >= 0 (0 = no cap)")
+    section = "finetune"
+
+    batch_size: int = setting(64, "patches per update (paper: 512)", minimum=2)
+    neg_fraction: float = setting(
+        0.8, "hard-negative share of the negative-anchor batch", above=0, below=1
+    )
+    pos_fraction_positive_mode: float = setting(
+        0.05, "curriculum-positive share of the positive-anchor batch", above=0, below=1
+    )
+    lr: float = setting(0.01, "SGD learning rate", above=0)
+    weight_decay: float = setting(1e-4, "SGD weight decay", minimum=0)
+    momentum: float = setting(0.9, "SGD momentum (the authors' code: 0)", minimum=0, maximum=1)
+    cosine_after: int = setting(
+        10, "global epoch after which the learning rate follows a cosine to 0", minimum=0
+    )
+    temperature: float = setting(0.07, "SupCon temperature", above=0)
+    workers: int = setting(1, "patch-reading processes", minimum=0)
+    precision: str = setting(
+        "auto", "auto: bf16 autocast on CUDA, fp32 on the CPU", choices=PRECISIONS
+    )
+    max_steps_per_epoch: int = setting(
+        0, "cap on steps per epoch (0: no cap; for smoke tests)", minimum=0
+    )
+    seed: int = 0
+
+    @property
+    def epochs(self) -> int:
+        """Epochs one fine-tuning job trains: one round's."""
+        return self.epochs_per_round
 
 
 # ---------------------------------------------------------------------------------------- reading

@@ -9,7 +9,6 @@ The tensor is preallocated from the files' shapes so peak host memory is one sli
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path

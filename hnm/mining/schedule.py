@@ -8,9 +8,58 @@ exactly the values an uninterrupted schedule would have used.
 
 from __future__ import annotations
 
+import argparse
 import math
+from dataclasses import dataclass
 
 from hnm.core.errors import ConfigError
+from hnm.core.settings import StageSettings, setting
+
+
+@dataclass(frozen=True)
+class EncoderSchedule(StageSettings):
+    """The global epoch schedule of the encoder, shared by mining (the curriculum r(t)) and
+    fine-tuning (learning rate, positive-anchor update); part of the `finetune` config section.
+
+    Declared here, apart from the rest of the fine-tuning settings, so that `hnm mine` takes the
+    same flags, defaults and bounds without importing torch. `rounds` is the workflow's number of
+    hard-negative rounds (a job-level value, not a finetune key), and `total_epochs` the one place
+    where the length of the whole schedule is computed.
+    """
+
+    section = "finetune"
+
+    epochs_per_round: int = setting(
+        2, "fine-tuning epochs between pseudo-label refreshes (paper: 5)", minimum=1
+    )
+    warmup: int = setting(
+        1, "global epoch from which the positive-anchor update runs and r(t) grows (paper: 5)",
+        minimum=0,
+    )
+    rounds: int = 2
+
+    def check(self) -> list[str]:
+        if self.rounds < 0:
+            return [f"rounds must be at least 0 (got {self.rounds}); set the workflow's rounds"]
+        return []
+
+    @property
+    def total_epochs(self) -> int:
+        """Encoder epochs of the whole schedule: the cosine and the curriculum end there. With no
+        rounds (plain DSMIL) one round's length keeps the schedule well defined."""
+        return self.epochs_per_round * max(self.rounds, 1)
+
+    @classmethod
+    def add_rounds_argument(cls, parser: argparse.ArgumentParser) -> None:
+        """`--rounds`, the workflow-level count that both mining and fine-tuning need."""
+        parser.add_argument(
+            "--rounds",
+            type=int,
+            default=cls.rounds,
+            help="hard-negative rounds R of the whole schedule (the workflow's rounds); with "
+            "--epochs-per-round it fixes where the curriculum and the cosine end "
+            "(default %(default)s)",
+        )
 
 
 def curriculum_ratio(
@@ -21,7 +70,7 @@ def curriculum_ratio(
     r0 during warm-up, then linear to r_final at t = total_epochs (docs/method.md), held at r_final
     after it (a schedule extended past E should not extrapolate beyond the chosen end value).
     """
-    for name, value in (("r0", r0), ("rT", r_final)):
+    for name, value in (("r0", r0), ("r_final", r_final)):
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"{name} must lie in [0, 1], got {value}")
     if epoch < warmup:

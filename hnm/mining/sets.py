@@ -14,8 +14,8 @@ Edge behaviour, chosen and tested:
   (ItS2CLR); neg_ratio = 0 keeps only the top-scoring negative(s), since an empty H would leave
   fine-tuning with no epoch to iterate over.
 - Confident negatives (optional): positive-slide patches with s <= eta that are also among the
-  lowest r_neg fraction of ALL positive-slide scores (the same k-th rule, from below); r_neg stays
-  at r_neg0 (no schedule). They join the negatives of the positive-anchor update only.
+  lowest r_neg0 fraction of ALL positive-slide scores (the same k-th rule, from below); it has no
+  schedule. They join the negatives of the positive-anchor update only.
 - No patch above eta: the pseudo-positives fall back to each positive slide's top-scoring patch
   (DSMIL's critical instance, the one patch the MIL assumption says a positive bag must contain),
   recorded as `positives_fallback` in the summary. Fine-tuning then keeps both updates.
@@ -34,7 +34,7 @@ import json
 import logging
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,8 @@ import numpy as np
 import pandas as pd
 
 from hnm.core.errors import ConfigError, HnmError
-from hnm.mining.schedule import curriculum_ratio
+from hnm.core.settings import StageSettings, setting
+from hnm.mining.schedule import EncoderSchedule, curriculum_ratio
 
 log = logging.getLogger(__name__)
 
@@ -52,25 +53,44 @@ QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
 
 
 @dataclass(frozen=True)
-class MiningSettings:
-    eta: float = 0.3
-    neg_ratio: float = 0.2
-    r0: float = 0.2
-    r_final: float = 0.8
-    warmup: int = 5
-    total_epochs: int = 100
-    epochs_per_round: int = 5
-    confident_negatives: bool = False
-    r_neg: float = 0.2
-    gate: bool = True
+class MiningSettings(StageSettings):
+    """Every knob of mining, declared once (hnm.core.settings); `schedule` is the encoder's epoch
+    schedule, whose settings belong to the finetune section (hnm.mining.schedule.EncoderSchedule).
+    """
 
-    def __post_init__(self) -> None:
-        for name in ("eta", "neg_ratio", "r0", "r_final", "r_neg"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ConfigError(f"mining setting {name} must lie in [0, 1], got {value}")
-        if self.epochs_per_round < 1:
-            raise ConfigError(f"epochs_per_round must be >= 1, got {self.epochs_per_round}")
+    section = "mining"
+
+    eta: float = setting(
+        0.3, "pseudo-positive threshold on sigmoid instance scores", minimum=0, maximum=1
+    )
+    neg_ratio: float = setting(
+        0.2,
+        "hard negatives = top neg_ratio of negative-slide patches (1.0 = all, ItS2CLR)",
+        minimum=0,
+        maximum=1,
+    )
+    r0: float = setting(
+        0.2, "curriculum: fraction of pseudo-positives used up to warm-up", minimum=0, maximum=1
+    )
+    r_final: float = setting(
+        0.8,
+        "curriculum: the fraction grows linearly to this at the last epoch of the schedule",
+        minimum=0,
+        maximum=1,
+    )
+    confident_negatives: bool = setting(
+        False, "add the lowest-scoring positive-slide patches as negatives of the second update"
+    )
+    r_neg0: float = setting(
+        0.2,
+        "confident negatives: lowest fraction of positive-slide scores (no schedule)",
+        minimum=0,
+        maximum=1,
+    )
+    gate: bool = setting(
+        True, "keep the previous sets when this round's val F1 is below the best so far"
+    )
+    schedule: EncoderSchedule = field(default_factory=EncoderSchedule)
 
 
 def curriculum_epoch(round_index: int, epochs_per_round: int) -> int:
@@ -165,7 +185,8 @@ def mine_sets(
             settings.eta, positive["score"].max(), len(pseudo),
         )
     r_t = curriculum_ratio(
-        epoch, settings.r0, settings.r_final, settings.warmup, settings.total_epochs
+        epoch, settings.r0, settings.r_final, settings.schedule.warmup,
+        settings.schedule.total_epochs,
     )
     curriculum, tau_curriculum = _curriculum(pseudo, r_t)
 
@@ -173,8 +194,8 @@ def mine_sets(
     tau_confneg = float("nan")
     confneg = low.iloc[:0]
     if settings.confident_negatives and not positive.empty:
-        # "the lowest r_neg quantile" of all positive-slide scores, and at most eta.
-        tau_confneg = -top_fraction_threshold(-positive["score"].to_numpy(), settings.r_neg)
+        # "the lowest r_neg0 quantile" of all positive-slide scores, and at most eta.
+        tau_confneg = -top_fraction_threshold(-positive["score"].to_numpy(), settings.r_neg0)
         confneg = low[low["score"] <= tau_confneg]
     uncertain = low[~low.index.isin(confneg.index)]
 
@@ -316,7 +337,7 @@ def run_mining(
         )
     scored = attach_labels(scores, sheet, scores_path)
     _require_classes(scored, scores_path)
-    epoch = curriculum_epoch(round_index, settings.epochs_per_round)
+    epoch = curriculum_epoch(round_index, settings.schedule.epochs_per_round)
     previous_best = _previous_best(previous_summary)
     refresh = should_refresh(val_f1, previous_best, settings.gate)
 
@@ -326,7 +347,8 @@ def run_mining(
     else:
         assert previous_sets is not None and previous_summary is not None
         r_t = curriculum_ratio(
-            epoch, settings.r0, settings.r_final, settings.warmup, settings.total_epochs
+            epoch, settings.r0, settings.r_final, settings.schedule.warmup,
+            settings.schedule.total_epochs,
         )
         sets, tau_curriculum = recut_curriculum(previous_sets, r_t)
         thresholds = {

@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hnm.core.atomic import atomic_path
-from hnm.core.errors import ConfigError, SlideError
+from hnm.core.errors import SlideError
 from hnm.tiling.tissue import TissueMask, TissueParams, detect_tissue
 
 if TYPE_CHECKING:
     import openslide
 
 # openslide and h5py are imported where used, so `hnm tile --help` (which builds its flags from
-# GridParams) stays instant.
+# TilingSettings) stays instant.
 
 log = logging.getLogger(__name__)
 
@@ -35,34 +35,13 @@ UPSAMPLE_TOLERANCE = 0.10
 
 @dataclass(frozen=True)
 class GridParams:
-    """Patch-grid settings (docs/method.md: 224 px patches at a fixed physical resolution).
+    """What the patch grid needs; made by hnm.tiling.settings.TilingSettings.grid(), which holds
+    the defaults, bounds and the reasons for them."""
 
-    - patch_size 224 px at target_mpp 1.0 um/px (10x): the encoder's input size, the low
-      magnification the paper tiles at (Camelyon16 at 5x, TCGA at 10x: set target_mpp 2.0 for 5x).
-    - overlap 0: non-overlapping patches, as in ItS2CLR/HNM; a fraction in [0, 1) shrinks the
-      stride.
-    - min_tissue_fraction 0.5: a patch must be at least half tissue, so mostly-glass patches (no
-      signal, and easy negatives in every bag) are left out.
-    """
-
-    patch_size: int = 224
-    target_mpp: float = 1.0
-    overlap: float = 0.0
-    min_tissue_fraction: float = 0.5
-
-    def validate(self) -> None:
-        if self.patch_size < 1:
-            raise ConfigError(
-                f"patch_size must be a positive number of pixels, got {self.patch_size}"
-            )
-        if not self.target_mpp > 0:
-            raise ConfigError(f"target_mpp must be positive (um/px), got {self.target_mpp}")
-        if not 0 <= self.overlap < 1:
-            raise ConfigError(f"overlap is a fraction in [0, 1), got {self.overlap}")
-        if not 0 <= self.min_tissue_fraction <= 1:
-            raise ConfigError(
-                f"min_tissue_fraction is a fraction in [0, 1], got {self.min_tissue_fraction}"
-            )
+    patch_size: int
+    target_mpp: float
+    overlap: float
+    min_tissue_fraction: float
 
 
 @dataclass(frozen=True)

@@ -24,13 +24,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from hnm.core.errors import ConfigError
-
 if TYPE_CHECKING:
     import openslide
 
 # scipy, openslide and pyvips are imported where used, so `hnm tile --help` (which builds its
-# flags from TissueParams) stays instant.
+# flags from TilingSettings) stays instant.
 
 log = logging.getLogger(__name__)
 
@@ -51,42 +49,16 @@ BLACK_MAX_CHANNEL = 5
 
 @dataclass(frozen=True)
 class TissueParams:
-    """Tissue-detection settings, all sizes physical.
+    """What tissue detection needs, all sizes physical; made by
+    hnm.tiling.settings.TilingSettings.tissue(), which holds the defaults, bounds and the reasons
+    for them."""
 
-    Defaults, for H&E at any scan resolution:
-    - tissue_mpp 8.0 um/px: a 224 um patch (224 px at 1 um/px) spans 28 mask pixels, enough to
-      measure its tissue fraction to a few percent, while a 20 x 15 mm section is only ~2500 x 1900
-      pixels (fast to read, filter and label).
-    - median_um 56: 7 px at 8 um/px; wipes out dust, single stray cells and JPEG speckle (tens of
-      um) without rounding off tissue borders much.
-    - closing_um 32 (disc radius): bridges gaps up to ~64 um (tears, fat-cell membranes, loose
-      stroma) so one piece of tissue stays one component.
-    - min_tissue_area_um2 20,000 (~140 x 140 um): smaller components are debris, dust or
-      floaters; such a fragment could not fill even half of a default 224 x 224 um patch anyway.
-    - max_hole_area_um2 50,000 (~225 x 225 um): holes up to about one patch (vessel lumens, fat
-      cells, small tears) are tissue context and are filled; larger gaps (between tissue pieces,
-      big fat lobules, folds cut out) stay background.
-    - min_saturation 15 (of 255): glass and JPEG noise on it sit below ~8 on real scans, while
-      the palest stained tissue is above ~20; the floor only decides when Otsu has nothing real
-      to separate (a blank or nearly blank slide).
-    """
-
-    tissue_mpp: float = 8.0
-    median_um: float = 56.0
-    closing_um: float = 32.0
-    min_tissue_area_um2: float = 20_000.0
-    max_hole_area_um2: float = 50_000.0
-    min_saturation: float = 15.0
-
-    def validate(self) -> None:
-        if not self.tissue_mpp > 0:
-            raise ConfigError(f"tissue_mpp must be positive, got {self.tissue_mpp}")
-        for name in ("median_um", "closing_um", "min_tissue_area_um2", "max_hole_area_um2"):
-            value = getattr(self, name)
-            if not value >= 0:
-                raise ConfigError(f"{name} must be zero or positive, got {value}")
-        if not 0 <= self.min_saturation <= 255:
-            raise ConfigError(f"min_saturation is on a 0-255 scale, got {self.min_saturation}")
+    tissue_mpp: float
+    median_um: float
+    closing_um: float
+    min_tissue_area_um2: float
+    max_hole_area_um2: float
+    min_saturation: float
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
