@@ -15,6 +15,7 @@ sys.path.insert(0, workflow.basedir)
 from hnm.core.cliflags import to_flags
 from hnm.core.errors import SheetError
 from hnm.core.overrides import typed_overrides
+from hnm.extract.batches import extraction_batches
 from hnm.io.sheet import demo_sheet, validate_sheet
 
 CONFIG_SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
@@ -77,8 +78,8 @@ def tiles(slides=None):
 
 
 def slide_batches(size):
-    """SLIDES in consecutive batches of `size` (the last may be smaller)."""
-    return [SLIDES[start : start + size] for start in range(0, len(SLIDES), size)]
+    """{batch name: slides}; a slide's batch depends on its id only (hnm.extract.batches)."""
+    return extraction_batches(SLIDES, size)
 
 
 def features(round_):

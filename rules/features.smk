@@ -1,6 +1,8 @@
-# Encoders and feature extraction for every round: one job per slide, or one per batch of
+# Encoders and feature extraction for every round: one job per slide, or one per batch of at most
 # `extraction.slides_per_job` slides (each batch its own rule, since a rule's outputs cannot vary
-# with a wildcard), so small slides do not each pay the interpreter and device start-up.
+# with a wildcard), so small slides do not each pay the interpreter and device start-up. A slide's
+# batch follows from its id alone (hnm.extract.batches), so a grown cohort re-extracts only the
+# batches its new slides join.
 
 
 rule init_encoder:
@@ -59,13 +61,13 @@ if config["extraction"]["slides_per_job"] == 1:
             EXTRACT_SHELL
 
 else:
-    for batch, members in enumerate(
-        slide_batches(config["extraction"]["slides_per_job"])
-    ):
+    for batch, members in slide_batches(
+        config["extraction"]["slides_per_job"]
+    ).items():
 
         rule:
             name:
-                f"extract_batch{batch}"
+                f"extract_{batch}"
             input:
                 slides=[slide_file(slide) for slide in members],
                 tiles=tiles(members),
@@ -73,9 +75,9 @@ else:
             output:
                 expand("results/r{{round}}/features/{slide}.h5", slide=members),
             log:
-                f"results/logs/r{{round}}/extract/batch{batch}.log",
+                f"results/logs/r{{round}}/extract/{batch}.log",
             benchmark:
-                f"results/benchmarks/r{{round}}/extract/batch{batch}.tsv"
+                f"results/benchmarks/r{{round}}/extract/{batch}.tsv"
             conda:
                 "../envs/torch.yaml"
             threads: rule_threads("extract")

@@ -17,6 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from hnm.extract.batches import extraction_batches
+from hnm.io.sheet import demo_sheet
+
 REPO = Path(__file__).resolve().parents[1]
 # import name -> conda-forge package name
 CONDA_NAME = {
@@ -154,8 +157,9 @@ def test_extraction_jobs_take_slides_per_job_slides(per_job: int, tmp_path: Path
     if per_job == 1:
         assert jobs == {"extract": str(slides * rounds)}
     else:
-        batches = -(-slides // per_job)
-        assert jobs == {f"extract_batch{i}": str(rounds) for i in range(batches)}
+        sheet = demo_sheet(config["demo"]["slides"], "slides", "annotations")
+        batches = extraction_batches(sheet["slide_id"], per_job)
+        assert jobs == {f"extract_{name}": str(rounds) for name in batches}
 
 
 @pytest.mark.parametrize("overlays", [["paper"], ["paper", "its2clr"], ["paper", "dsmil"]])
