@@ -31,8 +31,9 @@ def job(
     environment.update(env or {})
     environment["PYTHONPATH"] = str(REPO)
     return subprocess.Popen(
-        command, cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+        command, cwd=REPO, env=environment, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
 
 
 def finish(process: subprocess.Popen) -> tuple[int, str, str]:
@@ -76,7 +77,8 @@ def test_timeout_names_the_holder(tmp_path: Path) -> None:
 
 
 def test_slurm_and_empty_gpus_leave_the_environment_alone(tmp_path: Path) -> None:
-    slurm = job(tmp_path, "0,1", seconds=0.0, env={"SLURM_JOB_ID": "42", "CUDA_VISIBLE_DEVICES": "9"})
+    under_slurm = {"SLURM_JOB_ID": "42", "CUDA_VISIBLE_DEVICES": "9"}
+    slurm = job(tmp_path, "0,1", seconds=0.0, env=under_slurm)
     assert finish(slurm)[:2] == (0, "9")
     empty = job(tmp_path, "", seconds=0.0, env={"CUDA_VISIBLE_DEVICES": "8"})
     assert finish(empty)[:2] == (0, "8")

@@ -26,6 +26,7 @@ from hnm.core.checkpoint import Checkpointer, fingerprint
 from hnm.core.device import resolve_device
 from hnm.core.errors import CheckpointError, HnmError
 from hnm.core.formatting import fmt_metric
+from hnm.core.threads import intra_op_threads, torch_threads
 from hnm.evaluation.metrics import binary_metrics, roc_auc
 from hnm.mil import build_aggregator
 from hnm.mil.data import Cohort, load_cohort
@@ -37,6 +38,8 @@ from hnm.mil.settings import MilSettings
 from hnm.io.sheet import read_normalised_sheet
 
 log = logging.getLogger(__name__)
+
+PROJECTION_DIM = 128  # output width of the largest per-row product of DSMIL and ABMIL
 
 @dataclass
 class _Selection:
@@ -112,9 +115,13 @@ def train_mil(
     settings: MilSettings,
     device: str = "auto",
     on_epoch_end: Callable[[int], None] | None = None,
+    threads: int = 0,
 ) -> dict[str, Any]:
     """Train, select on val, write OUT/{model.pt, epochs.csv, metrics.json, slides.parquet,
     scores/}.
+
+    `threads` is the job's CPU thread budget (0: the cores this process may use); torch gets as
+    many of them as the bags' size makes useful (hnm.core.threads), restored on return.
 
     `on_epoch_end(epoch)` runs after each epoch's checkpoint; tests raise from it to simulate a
     kill.
@@ -168,6 +175,43 @@ def train_mil(
         start_epoch = run.restore(saved, torch_device)
         log.info("continuing MIL training at epoch %d of %d", start_epoch, settings.epochs)
 
+    intra_op = mil_threads(threads, cohort, torch_device)
+    log.info("torch intra-op threads: %d (job budget %s)", intra_op, threads or "all cores")
+    with torch_threads(intra_op):
+        _train_epochs(run, cohort, settings, metric_used, checkpointer, start_epoch, on_epoch_end)
+        assert run.selection.state is not None and run.selection.epoch is not None
+        run.model.load_state_dict(run.selection.state)
+        trained = TrainedModel(run.model, run.rows, run.selection.epoch)
+        metrics = write_outputs(
+            Path(out_dir), trained, cohort, settings, metric_used, notes, torch_device
+        )
+    checkpointer.clear()
+    return metrics
+
+
+def mil_threads(job_threads: int, cohort: Cohort, device: torch.device) -> int:
+    """Intra-op threads for MIL on `device`, sized to the largest product of a median bag
+    (rows x d x 128, the query/attention projection); torch's own count on a GPU, where host
+    threads only launch kernels."""
+    if device.type != "cpu":
+        return job_threads if job_threads > 0 else torch.get_num_threads()
+    median_rows = float(np.median([bag.size for bag in cohort.bags])) if cohort.bags else 0.0
+    return intra_op_threads(job_threads, median_rows * cohort.feature_dim * PROJECTION_DIM)
+
+
+def _train_epochs(
+    run: TrainingRun,
+    cohort: Cohort,
+    settings: MilSettings,
+    metric_used: str,
+    checkpointer: Checkpointer,
+    start_epoch: int,
+    on_epoch_end: Callable[[int], None] | None,
+) -> None:
+    """Epochs start_epoch.., each logged, offered to the selection and checkpointed on schedule."""
+    train_pos, train_neg = cohort.indices("train", 1), cohort.indices("train", 0)
+    val = cohort.indices("val")
+
     weights = class_weights(settings, len(train_pos), len(train_neg))
     for epoch in range(start_epoch, settings.epochs):
         started = time.perf_counter()
@@ -209,15 +253,6 @@ def train_mil(
             checkpointer.save(run.state(epoch))
         if on_epoch_end is not None:
             on_epoch_end(epoch)
-
-    assert run.selection.state is not None and run.selection.epoch is not None
-    run.model.load_state_dict(run.selection.state)
-    trained = TrainedModel(run.model, run.rows, run.selection.epoch)
-    metrics = write_outputs(
-        Path(out_dir), trained, cohort, settings, metric_used, notes, torch_device
-    )
-    checkpointer.clear()
-    return metrics
 
 
 def new_run(settings: MilSettings, feature_dim: int, device: torch.device) -> TrainingRun:
