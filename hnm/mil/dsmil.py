@@ -75,8 +75,9 @@ class DSMIL(nn.Module):
         """(B, Lmax) attention of each bag on its critical instance: a masked argmax picks it, a
         masked softmax normalises. Queries stay per bag: padding them would copy N x 128 floats
         (and their gradients) per bag, more than the similarity itself costs."""
-        critical = torch.argmax(instance_logits.detach(), dim=1)
-        similarity = [q @ q[m] for q, m in zip(queries, critical)]
+        critical = torch.argmax(instance_logits.detach(), dim=1, keepdim=True)  # (B, 1)
+        # index_select with a (1,) tensor: indexing by a 0-d device tensor would read it back
+        similarity = [(q @ q.index_select(0, m).T).squeeze(1) for q, m in zip(queries, critical)]
         return masked_softmax(pad(similarity, NEG_INF) / math.sqrt(self.query_dim), mask)
 
     def bag_branch(self, attention: torch.Tensor, batch: BagBatch) -> torch.Tensor:

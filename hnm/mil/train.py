@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 PROJECTION_DIM = 128  # output width of the largest per-row product of DSMIL and ABMIL
 
+
 @dataclass
 class _Selection:
     """Best-so-far (or fixed-epoch) model, carried through checkpoints."""
