@@ -88,6 +88,19 @@ def test_batched_scores_equal_per_bag_scores(aggregator: str) -> None:
     assert torch.allclose(scored.max_instance, expected_max, rtol=RTOL, atol=1e-6)
 
 
+@pytest.mark.parametrize("aggregator", ["dsmil", "abmil"])
+def test_concatenated_projection_equals_per_bag_projection(aggregator: str) -> None:
+    """The GPU layout (one matrix for all rows) checked on the CPU against the per-bag one."""
+    cohort = small_cohort(mean_patches=40)
+    torch.manual_seed(0)
+    model = build_aggregator(aggregator, cohort.feature_dim)
+    parts = [cohort.bag_features(i) for i in range(6)]
+    per_bag = model.forward_batch(make_batch(parts, concat=False))
+    together = model.forward_batch(make_batch(parts, concat=True))
+    for a, b in zip(per_bag, together):
+        assert torch.allclose(a, b, rtol=RTOL, atol=1e-6)
+
+
 def test_chunks_cover_every_bag_once_within_the_budget() -> None:
     lengths = np.array([50, 3, 400, 20, 20, 7, 90])
     chunks = list(chunks_by_size(lengths, budget=100))

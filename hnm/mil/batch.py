@@ -36,6 +36,7 @@ class BagBatch:
     parts: tuple[torch.Tensor, ...]  # bag b's rows (N_b, d)
     lengths: tuple[int, ...]  # N_b, on the host
     mask: torch.Tensor  # (B, Lmax) bool, True on a bag's real rows
+    concat: bool  # project the rows as one concatenated matrix (a GPU) or bag by bag (a CPU)
 
     @property
     def size(self) -> int:
@@ -50,19 +51,24 @@ class BagBatch:
         return self.parts[0].device
 
 
-def make_batch(parts: Sequence[torch.Tensor], ones: torch.Tensor | None = None) -> BagBatch:
-    """A batch of the given bags; `ones` is a cached (>= max N_b,) bool row on their device."""
+def make_batch(
+    parts: Sequence[torch.Tensor], ones: torch.Tensor | None = None, concat: bool | None = None
+) -> BagBatch:
+    """A batch of the given bags; `ones` is a cached (>= max N_b,) bool row on their device;
+    `concat` defaults to True on a GPU (tests force either path on the CPU)."""
     lengths = tuple(int(part.shape[0]) for part in parts)
     if ones is None or ones.shape[0] < max(lengths):
         ones = torch.ones(max(lengths), dtype=torch.bool, device=parts[0].device)
     mask = pad_sequence([ones[:n] for n in lengths], batch_first=True, padding_value=False)
-    return BagBatch(tuple(parts), lengths, mask)
+    if concat is None:
+        concat = parts[0].device.type == "cuda"
+    return BagBatch(tuple(parts), lengths, mask, concat)
 
 
 def map_rows(fn: Callable[[torch.Tensor], Any], batch: BagBatch) -> list[Any]:
     """fn applied to every row of every bag, returned per bag (see the module docstring); fn
     returns a tensor or a tuple of tensors with one row per input row."""
-    if batch.size > 1 and batch.device.type == "cuda":
+    if batch.size > 1 and batch.concat:
         out = fn(torch.cat(batch.parts))
         if isinstance(out, tuple):
             return list(zip(*(part.split(batch.lengths) for part in out)))
