@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hnm.core.gpu_slots import acquire, gpu_slot, parse_gpus
+from hnm.core.gpu_slots import acquire, command_prefix, gpu_slot, parse_gpus
 
 REPO = Path(__file__).resolve().parents[1]
 REPORT = "import os, sys, time; print(os.environ.get('CUDA_VISIBLE_DEVICES', '-'), flush=True); "
@@ -102,3 +102,11 @@ def test_parse_gpus(monkeypatch) -> None:
     assert parse_gpus("all") == ["4", "5"]
     with pytest.raises(Exception, match="twice"):
         parse_gpus("1,1")
+
+
+def test_command_prefix_for_rules() -> None:
+    assert command_prefix([]) == "" and command_prefix(None) == ""
+    assert command_prefix([0, 1]) == "python -m hnm.core.gpu_slots --gpus 0,1 -- "
+    assert command_prefix("all", "/tmp/locks") == (
+        "python -m hnm.core.gpu_slots --gpus all --lock-dir /tmp/locks -- "
+    )

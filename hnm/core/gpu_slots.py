@@ -14,7 +14,9 @@ fails with a message that names the holders.
 
 `--gpus` is a comma list of ids, `all` (the GPUs CUDA_VISIBLE_DEVICES or nvidia-smi lists), or
 empty: then, and under SLURM (SLURM_JOB_ID set: the scheduler has set CUDA_VISIBLE_DEVICES),
-the command runs untouched.
+the command runs untouched. `command_prefix(config["resources"]["gpus"])` gives a rule that
+prefix ("" when no GPUs are listed); the rule still declares `resources: gpu=1`, so Snakemake
+never starts more GPU jobs than there are slots and the wait stays the exception.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -175,6 +178,20 @@ def run_in_slot(
         os.set_inheritable(fd, True)
         env["CUDA_VISIBLE_DEVICES"] = gpu
     os.execvpe(command[0], list(command), env)
+
+
+def command_prefix(
+    gpus: str | Sequence[str | int] | None, lock_dir: str | os.PathLike[str] | None = None
+) -> str:
+    """The shell prefix a rule puts before its GPU command, from config's resources.gpus: empty
+    when no GPUs are listed (the command runs as it is)."""
+    if not gpus:
+        return ""
+    spec = gpus if isinstance(gpus, str) else ",".join(str(gpu) for gpu in gpus)
+    words = ["python", "-m", "hnm.core.gpu_slots", "--gpus", spec]
+    if lock_dir is not None:
+        words += ["--lock-dir", str(lock_dir)]
+    return shlex.join(words) + " -- "
 
 
 def main(argv: Sequence[str] | None = None) -> int:
