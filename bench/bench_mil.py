@@ -84,6 +84,7 @@ def time_device(args: argparse.Namespace, device: torch.device) -> dict[str, dic
             "epoch_s": float(np.mean([t + v for t, v in rows[keep]])),
             "patches": int(cohort.features.shape[0]),
             "train_bags": int(len(split[0]) + len(split[1])),
+            "train_pairs": int(min(len(split[0]), len(split[1]))),
             "val_bags": int(len(split[2])),
             "threads": torch.get_num_threads(),
         }
@@ -113,6 +114,30 @@ def choose_threads(args: argparse.Namespace) -> int:
     if args.thread_policy == "sized":
         return intra_op_threads(args.threads, args.mean_patches * args.dim * QUERY_DIM)
     return args.threads or torch.get_num_threads()
+
+
+def matrix_product_floor(rows: int, dim: int, device: torch.device, repeats: int = 5) -> float:
+    """Seconds of the matrix products alone of one DSMIL pair step on bags of `rows` patches:
+    forward h W1^T (rows x d x 128) and hidden W2^T (rows x 128 x 128), backward dW1, dW2 and
+    d hidden, twice (two bags). No loop can make a step cheaper than this without changing the
+    arithmetic, so step time / floor bounds what removing overhead can gain."""
+    h = torch.randn(rows, dim, device=device)
+    hidden = torch.randn(rows, QUERY_DIM, device=device)
+    grad = torch.randn(rows, QUERY_DIM, device=device)
+    w1 = torch.randn(QUERY_DIM, dim, device=device)
+    w2 = torch.randn(QUERY_DIM, QUERY_DIM, device=device)
+
+    def products() -> None:
+        for _ in range(2):
+            h @ w1.T, hidden @ w2.T, grad.T @ h, grad.T @ hidden, grad @ w2
+
+    products()
+    _sync(device)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        products()
+    _sync(device)
+    return (time.perf_counter() - started) / repeats
 
 
 def _sync(device: torch.device) -> None:
@@ -156,10 +181,19 @@ def main() -> int:
         if args.devices != "auto"
         else (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     )
-    results = {}
+    results, floors = {}, {}
     for name in names:
         print(f"timing {name} ...", flush=True)
         results[name] = time_device(args, torch.device(name))
+        floor = matrix_product_floor(args.mean_patches, args.dim, torch.device(name))
+        batched = results[name]["batched"]
+        step = batched["train_s"] / max(batched["train_pairs"], 1)
+        floors[name] = {"matrix_products_per_pair_s": floor, "pair_step_s": step}
+        print(
+            f"  {name}: pair step {step * 1e3:.1f} ms, of which matrix products alone "
+            f"{floor * 1e3:.1f} ms ({floor / step:.0%}): removing all other work gains at most "
+            f"{step / floor:.2f}x"
+        )
     mean_cohort_patches = args.mean_patches * (args.bags + args.test_bags)
     extraction_s = mean_cohort_patches / args.img_per_s
     print(
@@ -175,8 +209,8 @@ def main() -> int:
             full = result["epoch_s"] * args.mil_epochs
             print(
                 f"{name} {loop}: MIL epoch {result['epoch_s']:.2f} s (train "
-                f"{result['train_s']:.2f} s on {result['train_bags']} bags, val {result['val_s']:.2f} s on "
-                f"{result['val_bags']}; {result['patches']:,} patches; {result['threads']} "
+                f"{result['train_s']:.2f} s on {result['train_bags']} bags, val "
+                f"{result['val_s']:.2f} s on {result['val_bags']}; {result['patches']:,} patches; {result['threads']} "
                 f"threads); {args.mil_epochs} epochs {full:,.0f} s = {full / extraction_s:.2f} x "
                 "extraction"
             )
@@ -190,6 +224,7 @@ def main() -> int:
                     "args": vars(args) | {"json": str(args.json)},
                     "extraction_s": extraction_s,
                     "results": results,
+                    "matrix_product_floor": floors,
                 },
                 indent=2,
             )
