@@ -63,8 +63,8 @@ class Cohort:
 
     def _ones(self) -> torch.Tensor:
         """A device row of True as long as the largest bag, made once: masks are views of it."""
-        longest = max((bag.size for bag in self.bags), default=1)
-        if self._ones_row is None or self._ones_row.shape[0] < longest:
+        if self._ones_row is None:
+            longest = max((bag.size for bag in self.bags), default=1)
             self._ones_row = torch.ones(longest, dtype=torch.bool, device=self.features.device)
         return self._ones_row
 
