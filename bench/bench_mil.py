@@ -12,6 +12,12 @@ count with train-mil's sized one (run two copies at once to see them under conte
 
     python bench/bench_mil.py --epochs 3 --img-per-s 90   # this CPU (ResNet-18 bf16 ~90 img/s)
     python bench/bench_mil.py --devices cuda --img-per-s 39651    # one H200, ResNet-18 encoder-only
+
+Under contention (two jobs of 2 threads each on a shared machine), run two copies at once, once
+per policy:
+
+    for i in 1 2; do python bench/bench_mil.py --bags 80 --epochs 3 --img-per-s 90 --no-legacy \
+        --threads 2 --thread-policy default & done; wait          # then --thread-policy sized
 """
 
 from __future__ import annotations
