@@ -6,8 +6,18 @@ ResNet-18), times real training epochs of hnm's trainer (DSMIL, pair mode with t
 plus validation each epoch) on each device asked for, and prints them beside the extraction time of
 the same cohort at a given encoder rate (img/s, e.g. from docs/performance.md or bench runs).
 
+It times the batched trainer and the per-bag loop it replaced (tests/mil_reference.py) in one
+process, epochs interleaved, and prints the ratio. --thread-policy compares torch's default thread
+count with train-mil's sized one (run two copies at once to see them under contention).
+
     python bench/bench_mil.py --epochs 3 --img-per-s 90   # this CPU (ResNet-18 bf16 ~90 img/s)
     python bench/bench_mil.py --devices cuda --img-per-s 39651    # one H200, ResNet-18 encoder-only
+
+Under contention (two jobs of 2 threads each on a shared machine), run two copies at once, once
+per policy:
+
+    for i in 1 2; do python bench/bench_mil.py --bags 80 --epochs 3 --img-per-s 90 --no-legacy \
+        --threads 2 --thread-policy default & done; wait          # then --thread-policy sized
 """
 
 from __future__ import annotations
@@ -23,9 +33,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from hnm.core.threads import intra_op_threads  # noqa: E402
 from hnm.mil.data import Bag, Cohort  # noqa: E402
+from hnm.mil.dsmil import QUERY_DIM  # noqa: E402
 from hnm.mil.settings import MilSettings  # noqa: E402
 from hnm.mil.train import class_weights, new_run, train_epoch, validate  # noqa: E402
+from tests.mil_reference import reference_train_epoch, reference_validate  # noqa: E402
 
 
 def build_cohort(args: argparse.Namespace, device: torch.device) -> Cohort:
@@ -50,43 +63,87 @@ def build_cohort(args: argparse.Namespace, device: torch.device) -> Cohort:
     return Cohort(features, bags)
 
 
-def time_device(args: argparse.Namespace, device: torch.device) -> dict[str, float]:
+def time_device(args: argparse.Namespace, device: torch.device) -> dict[str, dict[str, float]]:
+    """Epochs of each loop asked for, interleaved (legacy, batched, legacy, ...) so a machine
+    shared with other jobs slows both alike; the first epoch of each warms up and is dropped."""
     cohort = build_cohort(args, device)
     settings = MilSettings(epochs=args.epochs, ranking_loss=not args.no_ranking_loss)
-    run = new_run(settings, cohort.feature_dim, device)
-    train_pos, train_neg, val = (
-        cohort.indices("train", 1),
-        cohort.indices("train", 0),
-        cohort.indices("val"),
-    )
-    weights = class_weights(settings, len(train_pos), len(train_neg))
-    train_times, val_times = [], []
+    split = (cohort.indices("train", 1), cohort.indices("train", 0), cohort.indices("val"))
+    loops = {"batched": (train_epoch, validate)}
+    if not args.no_legacy:
+        loops = {"legacy": (reference_train_epoch, reference_validate)} | loops
+    runs = {name: new_run(settings, cohort.feature_dim, device) for name in loops}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in loops}
     for epoch in range(args.epochs):
-        _sync(device)
-        started = time.perf_counter()
-        loss = train_epoch(run, cohort, settings, train_pos, train_neg, weights)
-        run.scheduler.step()
-        _sync(device)
-        trained = time.perf_counter()
-        validate(run.model, cohort, val, settings)
-        _sync(device)
-        train_times.append(trained - started)
-        val_times.append(time.perf_counter() - trained)
-        print(
-            f"  {device.type} epoch {epoch}: train {train_times[-1]:.2f} s "
-            f"(loss {loss:.3f}), val {val_times[-1]:.2f} s",
-            flush=True,
-        )
-    keep = slice(1, None) if args.epochs > 1 else slice(None)  # the first epoch warms up
+        for name, (train, check) in loops.items():
+            times[name].append(_time_epoch(runs[name], train, check, cohort, settings, split))
+            train_s, val_s = times[name][-1]
+            print(
+                f"  {device.type} {name} epoch {epoch}: train {train_s:.2f} s, val {val_s:.2f} s",
+                flush=True,
+            )
+    keep = slice(1, None) if args.epochs > 1 else slice(None)
     return {
-        "train_s": float(np.mean(train_times[keep])),
-        "val_s": float(np.mean(val_times[keep])),
-        "epoch_s": float(np.mean(np.add(train_times, val_times)[keep])),
-        "patches": int(cohort.features.shape[0]),
-        "train_bags": int(len(train_pos) + len(train_neg)),
-        "val_bags": int(len(val)),
-        "threads": torch.get_num_threads(),
+        name: {
+            "train_s": float(np.mean([t for t, _ in rows[keep]])),
+            "val_s": float(np.mean([v for _, v in rows[keep]])),
+            "epoch_s": float(np.mean([t + v for t, v in rows[keep]])),
+            "patches": int(cohort.features.shape[0]),
+            "train_bags": int(len(split[0]) + len(split[1])),
+            "train_pairs": int(min(len(split[0]), len(split[1]))),
+            "val_bags": int(len(split[2])),
+            "threads": torch.get_num_threads(),
+        }
+        for name, rows in times.items()
     }
+
+
+def _time_epoch(run, train, check, cohort, settings, split) -> tuple[float, float]:  # noqa: ANN001
+    """(train seconds, validation seconds) of one epoch of one loop."""
+    train_pos, train_neg, val = split
+    weights = class_weights(settings, len(train_pos), len(train_neg))
+    device = cohort.features.device
+    _sync(device)
+    started = time.perf_counter()
+    train(run, cohort, settings, train_pos, train_neg, weights)
+    run.scheduler.step()
+    _sync(device)
+    trained = time.perf_counter()
+    check(run.model, cohort, val, settings)
+    _sync(device)
+    return trained - started, time.perf_counter() - trained
+
+
+def choose_threads(args: argparse.Namespace) -> int:
+    """`default`: torch's own count (or --threads); `sized`: hnm.core.threads' policy for bags
+    of the mean size, within a budget of --threads (0: all usable cores)."""
+    if args.thread_policy == "sized":
+        return intra_op_threads(args.threads, args.mean_patches * args.dim * QUERY_DIM)
+    return args.threads or torch.get_num_threads()
+
+
+def matrix_product_floor(rows: int, dim: int, device: torch.device, repeats: int = 5) -> float:
+    """Seconds of the matrix products alone of one DSMIL pair step on bags of `rows` patches:
+    forward h W1^T (rows x d x 128) and hidden W2^T (rows x 128 x 128), backward dW1, dW2 and
+    d hidden, twice (two bags). No loop can make a step cheaper than this without changing the
+    arithmetic, so step time / floor bounds what removing overhead can gain."""
+    h = torch.randn(rows, dim, device=device)
+    hidden = torch.randn(rows, QUERY_DIM, device=device)
+    grad = torch.randn(rows, QUERY_DIM, device=device)
+    w1 = torch.randn(QUERY_DIM, dim, device=device)
+    w2 = torch.randn(QUERY_DIM, QUERY_DIM, device=device)
+
+    def products() -> None:
+        for _ in range(2):
+            h @ w1.T, hidden @ w2.T, grad.T @ h, grad.T @ hidden, grad @ w2
+
+    products()
+    _sync(device)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        products()
+    _sync(device)
+    return (time.perf_counter() - started) / repeats
 
 
 def _sync(device: torch.device) -> None:
@@ -111,21 +168,41 @@ def main() -> int:
         "--devices", default="auto", help="comma list: cpu, cuda; auto = cpu (+cuda)"
     )
     parser.add_argument("--img-per-s", type=float, required=True, help="extraction rate, patches/s")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="the job's CPU thread budget (0: torch's default)"
+    )
+    parser.add_argument(
+        "--thread-policy",
+        choices=("default", "sized"),
+        default="sized",
+        help="default: --threads as given; sized: hnm.core.threads.intra_op_threads (train-mil's)",
+    )
+    parser.add_argument("--no-legacy", action="store_true", help="time the batched loop only")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(choose_threads(args))
     names = (
         args.devices.split(",")
         if args.devices != "auto"
         else (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     )
-    results = {}
+    results, floors = {}, {}
     for name in names:
         print(f"timing {name} ...", flush=True)
         results[name] = time_device(args, torch.device(name))
+        floor = matrix_product_floor(args.mean_patches, args.dim, torch.device(name))
+        batched = results[name]["batched"]
+        if args.no_ranking_loss:  # one bag per step: half a pair's products
+            floor, step = floor / 2, batched["train_s"] / max(batched["train_bags"], 1)
+        else:
+            step = batched["train_s"] / max(batched["train_pairs"], 1)
+        floors[name] = {"matrix_products_per_pair_s": floor, "pair_step_s": step}
+        print(
+            f"  {name}: training step {step * 1e3:.1f} ms, of which matrix products alone "
+            f"{floor * 1e3:.1f} ms ({floor / step:.0%}): removing all other work gains at most "
+            f"{step / floor:.2f}x"
+        )
     mean_cohort_patches = args.mean_patches * (args.bags + args.test_bags)
     extraction_s = mean_cohort_patches / args.img_per_s
     print(
@@ -136,14 +213,19 @@ def main() -> int:
         f"extraction of ~{mean_cohort_patches:,} patches at {args.img_per_s:,.0f} img/s: "
         f"{extraction_s:,.0f} s per round"
     )
-    for name, result in results.items():
-        full = result["epoch_s"] * args.mil_epochs
-        print(
-            f"{name}: MIL epoch {result['epoch_s']:.2f} s (train {result['train_s']:.2f} s on "
-            f"{result['train_bags']} bags, val {result['val_s']:.2f} s on {result['val_bags']}; "
-            f"{result['patches']:,} patches; {result['threads']} threads); "
-            f"{args.mil_epochs} epochs {full:,.0f} s = {full / extraction_s:.2f} x extraction"
-        )
+    for name, by_loop in results.items():
+        for loop, result in by_loop.items():
+            full = result["epoch_s"] * args.mil_epochs
+            print(
+                f"{name} {loop}: MIL epoch {result['epoch_s']:.2f} s (train "
+                f"{result['train_s']:.2f} s on {result['train_bags']} bags, val "
+                f"{result['val_s']:.2f} s on {result['val_bags']}; {result['patches']:,} patches; {result['threads']} "
+                f"threads); {args.mil_epochs} epochs {full:,.0f} s = {full / extraction_s:.2f} x "
+                "extraction"
+            )
+        if "legacy" in by_loop:
+            ratio = by_loop["legacy"]["epoch_s"] / by_loop["batched"]["epoch_s"]
+            print(f"{name}: batched epoch is {ratio:.2f}x faster than the legacy per-bag loop")
     if args.json:
         args.json.write_text(
             json.dumps(
@@ -151,6 +233,7 @@ def main() -> int:
                     "args": vars(args) | {"json": str(args.json)},
                     "extraction_s": extraction_s,
                     "results": results,
+                    "matrix_product_floor": floors,
                 },
                 indent=2,
             )

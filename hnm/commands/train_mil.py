@@ -26,18 +26,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--threads",
         type=int,
         default=0,
-        help="CPU threads for torch (0: torch's default); set it to the job's cores when shared",
+        help="the job's CPU thread budget (0: the cores it may use); torch gets as many as the "
+        "bag size makes useful, often 1 (oversubscribed cores stall small ops)",
     )
     MilSettings.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from hnm.mil.train import train_mil
 
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
     train_mil(
         args.sheet,
         args.features,
@@ -45,5 +42,6 @@ def run(args: argparse.Namespace) -> int:
         args.checkpoint_dir,
         MilSettings.from_args(args, seed=args.seed),
         device=args.device,
+        threads=args.threads,
     )
     return 0

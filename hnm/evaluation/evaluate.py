@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from hnm.core.atomic import atomic_path, write_json
+from hnm.core.formatting import fmt_metric
 from hnm.core.errors import CheckpointError, HnmError
 from hnm.evaluation.metrics import average_precision, best_f1, binary_metrics, roc_auc
 from hnm.io.h5io import files_by_slide, read_tiles_or_fail, slide_file
@@ -128,9 +129,9 @@ def evaluate(
     log.info(
         "%s: slide AUC %s, accuracy %s, F1 %s at val threshold %.4f; patch metrics for %s",
         split,
-        _fmt(slide_metrics["auc"]),
-        _fmt(slide_metrics["accuracy"]),
-        _fmt(slide_metrics["f1"]),
+        fmt_metric(slide_metrics["auc"]),
+        fmt_metric(slide_metrics["accuracy"]),
+        fmt_metric(slide_metrics["f1"]),
         threshold,
         ", ".join(patch_metrics) or "no split (no annotations)",
     )
@@ -270,7 +271,3 @@ def _read_parquet(path: Path) -> pd.DataFrame:
     if not path.exists():
         raise CheckpointError(f"MIL output {path} is missing; run train-mil first")
     return pd.read_parquet(path)
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"

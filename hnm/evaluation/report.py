@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import re
 import shutil
@@ -21,6 +20,7 @@ import pandas as pd
 
 from hnm.core.atomic import atomic_path, write_json
 from hnm.core.errors import HnmError
+from hnm.core.formatting import fmt_metric
 
 log = logging.getLogger(__name__)
 
@@ -136,13 +136,7 @@ def write_report(
     for row in table.to_dict("records"):
         log.info(
             "round %d: val AUC %s, test AUC %s, test patch AUC %s, hard negatives %s",
-            row["round"], _fmt(row["val_slide_auc"]), _fmt(row["test_slide_auc"]),
-            _fmt(row["test_patch_auc"]), row["hard_negatives"],
+            row["round"], fmt_metric(row["val_slide_auc"]), fmt_metric(row["test_slide_auc"]),
+            fmt_metric(row["test_patch_auc"]), row["hard_negatives"],
         )
     return table
-
-
-def _fmt(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    return f"{value:.4f}" if isinstance(value, float) else str(value)

@@ -1,7 +1,9 @@
 """MIL aggregators and their training: DSMIL (the paper's) and gated-attention ABMIL (comparison).
 
-Every aggregator maps one bag of patch features h (N, d) to (bag logit (), instance logits (N,)),
-so losses, training and scoring never need to know which one they hold.
+Every aggregator maps one bag of patch features h (N, d) to (bag logit (), instance logits (N,))
+with `forward`, and a BagBatch of B bags (hnm.mil.batch) to (bag logits (B,), instance logits
+(B, Lmax) with -inf on padding) with `forward_batch`, which training and scoring use; so losses,
+training and scoring never need to know which one they hold.
 """
 
 from __future__ import annotations

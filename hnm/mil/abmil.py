@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from hnm.mil.batch import NEG_INF, BagBatch, map_rows, masked_softmax, pad, pool
+
 ATTENTION_DIM = 128
 
 
@@ -26,7 +28,17 @@ class GatedABMIL(nn.Module):
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(bag logit (), attention logits (N,)) for one bag h (N, d)."""
-        gate = torch.tanh(self.attention_v(h)) * torch.sigmoid(self.attention_u(h))
-        attention_logits = self.attention_w(gate).squeeze(-1)
+        attention_logits = self._attention_logits(h)
         pooled = torch.softmax(attention_logits, dim=0) @ h
         return self.classifier(pooled).view(()), attention_logits
+
+    def forward_batch(self, batch: BagBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(bag logits (B,), attention logits (B, Lmax) with -inf on padding) of B bags at once."""
+        attention_logits = pad(map_rows(self._attention_logits, batch), NEG_INF)
+        pooled = pool(masked_softmax(attention_logits, batch.mask), batch)
+        return self.classifier(pooled).view(-1), attention_logits
+
+    def _attention_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """(N,) gated-attention logits of the rows of h."""
+        gate = torch.tanh(self.attention_v(h)) * torch.sigmoid(self.attention_u(h))
+        return self.attention_w(gate).squeeze(-1)

@@ -9,7 +9,7 @@ The tensor is preallocated from the files' shapes so peak host memory is one sli
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,10 +20,11 @@ import pandas as pd
 import torch
 
 from hnm.core.errors import HnmError
+from hnm.mil.batch import BagBatch, make_batch
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
+
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class Cohort:
     bags: list[Bag]
     excluded: list[dict[str, str]] = field(default_factory=list)
     identities: list[dict[str, Any]] = field(default_factory=list)
+    _ones_row: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def feature_dim(self) -> int:
@@ -53,6 +55,17 @@ class Cohort:
     def bag_features(self, index: int) -> torch.Tensor:
         bag = self.bags[index]
         return self.features[bag.start : bag.stop]
+
+    def batch(self, indices: Sequence[int]) -> BagBatch:
+        """The given bags as one BagBatch of views: no feature row is copied."""
+        return make_batch([self.bag_features(int(i)) for i in indices], self._ones())
+
+    def _ones(self) -> torch.Tensor:
+        """A device row of True as long as the largest bag, made once: masks are views of it."""
+        if self._ones_row is None:
+            longest = max((bag.size for bag in self.bags), default=1)
+            self._ones_row = torch.ones(longest, dtype=torch.bool, device=self.features.device)
+        return self._ones_row
 
     def indices(self, split: str, label: int | None = None) -> np.ndarray:
         return np.array(

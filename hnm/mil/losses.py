@@ -7,8 +7,23 @@ pushes tumour patches above the hardest normal patches instead of only above 0.5
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Protocol
+
 import torch
 import torch.nn.functional as F
+
+from hnm.mil.batch import masked_max, masked_top_k_mean
+
+
+class MilLossWeights(Protocol):
+    """The loss fields of MilSettings (a Protocol, so losses need not import the settings)."""
+
+    w_bag: float
+    w_instance: float
+    w_rank: float
+    top_k: int
+    margin: float
 
 
 def bce(logit: torch.Tensor, target: float) -> torch.Tensor:
@@ -59,3 +74,37 @@ def pair_loss(
     if w_rank:
         loss = loss + w_rank * ranking_loss(inst_p, inst_n, k, margin)
     return loss
+
+
+def batch_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(B,) BCE of each logit against its 0/1 target."""
+    return F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+
+
+def pair_loss_batch(
+    bag_logits: torch.Tensor,
+    instance_logits: torch.Tensor,
+    lengths: Sequence[int],
+    targets: torch.Tensor,
+    settings: MilLossWeights,
+) -> torch.Tensor:
+    """`pair_loss` of a batch of 2 bags (positive first): bag logits (2,), instance logits
+    (2, Lmax) with -inf padding, targets the tensor [1, 0] made once per run (not per step)."""
+    loss = settings.w_bag * batch_bce(bag_logits, targets).mean()
+    loss = loss + settings.w_instance * batch_bce(masked_max(instance_logits), targets).mean()
+    if settings.w_rank:
+        top = masked_top_k_mean(instance_logits, lengths, settings.top_k)
+        loss = loss + settings.w_rank * torch.clamp(settings.margin - (top[0] - top[1]), min=0.0)
+    return loss
+
+
+def bag_loss_batch(
+    bag_logits: torch.Tensor,
+    instance_logits: torch.Tensor,
+    targets: torch.Tensor,
+    settings: MilLossWeights,
+) -> torch.Tensor:
+    """(B,) `bag_loss` of each bag of a batch (instance logits padded with -inf)."""
+    return settings.w_bag * batch_bce(bag_logits, targets) + settings.w_instance * batch_bce(
+        masked_max(instance_logits), targets
+    )

@@ -19,26 +19,28 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 
 from hnm import __version__
-from hnm.core.atomic import atomic_path, write_json
 from hnm.core.checkpoint import Checkpointer, fingerprint
 from hnm.core.device import resolve_device
 from hnm.core.errors import CheckpointError, HnmError
-from hnm.evaluation.metrics import binary_metrics, choose_threshold, roc_auc
+from hnm.core.formatting import fmt_metric
+from hnm.core.threads import intra_op_threads, torch_threads
+from hnm.evaluation.metrics import binary_metrics, roc_auc
 from hnm.mil import build_aggregator
-from hnm.mil.data import SPLITS, Cohort, load_cohort
-from hnm.mil.losses import bag_loss, pair_loss
+from hnm.mil.data import Cohort, load_cohort
+from hnm.mil.losses import bag_loss_batch, pair_loss_batch
+from hnm.mil.outputs import TrainedModel, write_outputs
 from hnm.mil.pairing import EpochOrder
+from hnm.mil.scoring import score_bags
 from hnm.mil.settings import MilSettings
 from hnm.io.h5io import files_by_slide
 from hnm.io.sheet import read_normalised_sheet
 
 log = logging.getLogger(__name__)
 
-EPOCH_COLUMNS = ["epoch", "train_loss", "val_loss", "val_auc", "val_f1", "lr", "seconds"]
+PROJECTION_DIM = 128  # output width of the largest per-row product of DSMIL and ABMIL
 
 
 @dataclass
@@ -115,9 +117,13 @@ def train_mil(
     settings: MilSettings,
     device: str = "auto",
     on_epoch_end: Callable[[int], None] | None = None,
+    threads: int = 0,
 ) -> dict[str, Any]:
     """Train, select on val, write OUT/{model.pt, epochs.csv, metrics.json, slides.parquet,
     scores/}.
+
+    `threads` is the job's CPU thread budget (0: the cores this process may use); torch gets as
+    many of them as the bags' size makes useful (hnm.core.threads), restored on return.
 
     `on_epoch_end(epoch)` runs after each epoch's checkpoint; tests raise from it to simulate a
     kill.
@@ -171,6 +177,43 @@ def train_mil(
         start_epoch = run.restore(saved, torch_device)
         log.info("continuing MIL training at epoch %d of %d", start_epoch, settings.epochs)
 
+    intra_op = mil_threads(threads, cohort, torch_device)
+    log.info("torch intra-op threads: %d (job budget %s)", intra_op, threads or "all cores")
+    with torch_threads(intra_op):
+        _train_epochs(run, cohort, settings, metric_used, checkpointer, start_epoch, on_epoch_end)
+        assert run.selection.state is not None and run.selection.epoch is not None
+        run.model.load_state_dict(run.selection.state)
+        trained = TrainedModel(run.model, run.rows, run.selection.epoch)
+        metrics = write_outputs(
+            Path(out_dir), trained, cohort, settings, metric_used, notes, torch_device
+        )
+    checkpointer.clear()
+    return metrics
+
+
+def mil_threads(job_threads: int, cohort: Cohort, device: torch.device) -> int:
+    """Intra-op threads for MIL on `device`, sized to the largest product of a median bag
+    (rows x d x 128, the query/attention projection); torch's own count on a GPU, where host
+    threads only launch kernels."""
+    if device.type != "cpu":
+        return job_threads if job_threads > 0 else torch.get_num_threads()
+    median_rows = float(np.median([bag.size for bag in cohort.bags])) if cohort.bags else 0.0
+    return intra_op_threads(job_threads, median_rows * cohort.feature_dim * PROJECTION_DIM)
+
+
+def _train_epochs(
+    run: TrainingRun,
+    cohort: Cohort,
+    settings: MilSettings,
+    metric_used: str,
+    checkpointer: Checkpointer,
+    start_epoch: int,
+    on_epoch_end: Callable[[int], None] | None,
+) -> None:
+    """Epochs start_epoch.., each logged, offered to the selection and checkpointed on schedule."""
+    train_pos, train_neg = cohort.indices("train", 1), cohort.indices("train", 0)
+    val = cohort.indices("val")
+
     weights = class_weights(settings, len(train_pos), len(train_neg))
     for epoch in range(start_epoch, settings.epochs):
         started = time.perf_counter()
@@ -202,9 +245,9 @@ def train_mil(
             epoch,
             settings.epochs - 1,
             train_loss,
-            _fmt(val_loss),
-            _fmt(val_auc),
-            _fmt(val_f1),
+            fmt_metric(val_loss),
+            fmt_metric(val_auc),
+            fmt_metric(val_f1),
             lr,
             seconds,
         )
@@ -212,12 +255,6 @@ def train_mil(
             checkpointer.save(run.state(epoch))
         if on_epoch_end is not None:
             on_epoch_end(epoch)
-
-    assert run.selection.state is not None and run.selection.epoch is not None
-    run.model.load_state_dict(run.selection.state)
-    metrics = _write_outputs(Path(out_dir), run, cohort, settings, metric_used, notes, torch_device)
-    checkpointer.clear()
-    return metrics
 
 
 def new_run(settings: MilSettings, feature_dim: int, device: torch.device) -> TrainingRun:
@@ -255,59 +292,40 @@ def train_epoch(
     train_neg: np.ndarray,
     weights: dict[int, float],
 ) -> float:
-    """One pass; the loss sum stays on the device so a GPU is not synchronised every step."""
-    model, optimizer = run.model, run.optimizer
-    model.train()
-    total = torch.zeros((), device=cohort.features.device)
-    steps = 0
+    """One pass with one optimizer step per pair (or per bag in bag mode), as the method steps.
+
+    Each step is one batched forward of its bags (hnm.mil.batch); targets are made once per epoch
+    and the loss sum stays on the device, so a step neither creates host tensors nor waits for a
+    GPU, which is read once, at the end of the epoch.
+    """
+    run.model.train()
+    device = cohort.features.device
+    total = torch.zeros((), device=device)
     if settings.ranking_loss:
-        for p, n in run.order.pairs(train_pos, train_neg):
-            loss = pair_loss(
-                model(cohort.bag_features(p)),
-                model(cohort.bag_features(n)),
-                settings.w_bag,
-                settings.w_instance,
-                settings.w_rank,
-                settings.top_k,
-                settings.margin,
-            )
-            _step(optimizer, loss)
-            total += loss.detach()
-            steps += 1
-    else:
-        for index in run.order.bags(np.concatenate([train_pos, train_neg])):
-            label = cohort.bags[index].label
-            bag_logit, instance_logits = model(cohort.bag_features(index))
-            loss = weights[label] * bag_loss(
-                bag_logit, instance_logits, float(label), settings.w_bag, settings.w_instance
-            )
-            _step(optimizer, loss)
-            total += loss.detach()
-            steps += 1
-    return float(total.item()) / max(steps, 1)
+        pairs = run.order.pairs(train_pos, train_neg)
+        targets = torch.tensor([1.0, 0.0], device=device)
+        for pair in pairs:
+            batch = cohort.batch(pair)
+            bag_logits, instance_logits = run.model.forward_batch(batch)
+            loss = pair_loss_batch(bag_logits, instance_logits, batch.lengths, targets, settings)
+            total += _step(run.optimizer, loss)
+        return float(total.item()) / max(len(pairs), 1)
+    order = run.order.bags(np.concatenate([train_pos, train_neg]))
+    labels = torch.tensor([float(bag.label) for bag in cohort.bags], device=device)
+    for index in order:
+        bag_logits, instance_logits = run.model.forward_batch(cohort.batch([index]))
+        target = labels[index : index + 1]
+        bag_losses = bag_loss_batch(bag_logits, instance_logits, target, settings)
+        total += _step(run.optimizer, weights[cohort.bags[index].label] * bag_losses.sum())
+    return float(total.item()) / max(len(order), 1)
 
 
-def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> torch.Tensor:
+    """One optimizer step on `loss`; returns it detached, for the epoch's sum."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-
-
-@torch.no_grad()
-def _forward_bags(
-    model: torch.nn.Module, cohort: Cohort, indices: np.ndarray
-) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """(bag logits (B,), instance logits per bag), on the device, in eval mode."""
-    model.eval()
-    bag_logits: list[torch.Tensor] = []
-    instance_logits: list[torch.Tensor] = []
-    for index in indices:
-        bag_logit, instance = model(cohort.bag_features(int(index)))
-        bag_logits.append(bag_logit)
-        instance_logits.append(instance)
-    if not bag_logits:
-        return torch.zeros(0, device=cohort.features.device), []
-    return torch.stack(bag_logits), instance_logits
+    return loss.detach()
 
 
 def validate(
@@ -316,14 +334,13 @@ def validate(
     """(val loss, val AUC, val F1 at probability 0.5); the loss is the unweighted bag-mode loss."""
     if len(val) == 0:
         return None, None, None
-    bag_logits, instance_logits = _forward_bags(model, cohort, val)
-    labels = torch.tensor([float(cohort.bags[i].label) for i in val], device=bag_logits.device)
-    max_instance = torch.stack([logits.max() for logits in instance_logits])
-    loss = settings.w_bag * torch.nn.functional.binary_cross_entropy_with_logits(bag_logits, labels)
-    loss = loss + settings.w_instance * torch.nn.functional.binary_cross_entropy_with_logits(
-        max_instance, labels
-    )
-    probs = torch.sigmoid(bag_logits).cpu().numpy()
+    scored = score_bags(model, cohort, val)
+    device = scored.bag_logits.device
+    labels = torch.tensor([float(cohort.bags[i].label) for i in val], device=device)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    loss = settings.w_bag * bce(scored.bag_logits, labels)
+    loss = loss + settings.w_instance * bce(scored.max_instance, labels)
+    probs = torch.sigmoid(scored.bag_logits).cpu().numpy()
     y = labels.cpu().numpy()
     f1 = binary_metrics(y, probs >= 0.5)["f1"] if y.any() else None
     return float(loss.item()), roc_auc(y, probs), f1
@@ -340,137 +357,6 @@ def _selection_key(
     return (value if value is not None else -math.inf, -loss)
 
 
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
-
-
-def _write_outputs(
-    out_dir: Path,
-    run: TrainingRun,
-    cohort: Cohort,
-    settings: MilSettings,
-    metric_used: str,
-    notes: list[str],
-    device: torch.device,
-) -> dict[str, Any]:
-    """Score every slide with the selected model and write all outputs, each atomically."""
-    slide_rows: list[dict[str, Any]] = []
-    for split in SPLITS:
-        indices = cohort.indices(split)
-        bag_logits, instance_logits = _forward_bags(run.model, cohort, indices)
-        bag_logits_np = bag_logits.cpu().numpy().astype(np.float64)
-        frames = []
-        for index, bag_logit, instance in zip(indices, bag_logits_np, instance_logits):
-            bag = cohort.bags[int(index)]
-            slide_rows.append(
-                {
-                    "slide_id": bag.slide_id,
-                    "split": split,
-                    "label": bag.label,
-                    "bag_logit": float(bag_logit),
-                    "bag_prob": float(_sigmoid(bag_logit)),
-                }
-            )
-            logits = instance.cpu().numpy().astype(np.float32)
-            frames.append(
-                pd.DataFrame(
-                    {
-                        "slide_id": bag.slide_id,
-                        "idx": np.arange(bag.size, dtype=np.int64),
-                        "logit": logits,
-                        "score": _sigmoid(logits).astype(np.float32),
-                    }
-                )
-            )
-        scores = pd.concat(frames, ignore_index=True) if frames else _empty_scores()
-        _write_parquet(out_dir / "scores" / f"{split}.parquet", scores)
-    slides = pd.DataFrame(
-        slide_rows, columns=["slide_id", "split", "label", "bag_logit", "bag_prob"]
-    )
-    _write_parquet(out_dir / "slides.parquet", slides)
-
-    val_slides = slides[slides["split"] == "val"]
-    threshold, threshold_f1, threshold_accuracy = 0.5, None, None
-    if val_slides["label"].nunique() == 2:
-        threshold, _ = choose_threshold(
-            val_slides["label"], val_slides["bag_prob"], settings.threshold_method
-        )
-    else:
-        notes.append("validation split lacks a class; the decision threshold is 0.5")
-        log.warning(notes[-1])
-    if len(val_slides):
-        at_threshold = binary_metrics(val_slides["label"], val_slides["bag_prob"] >= threshold)
-        threshold_f1, threshold_accuracy = at_threshold["f1"], at_threshold["accuracy"]
-
-    selected = run.selection.epoch
-    assert selected is not None
-    chosen_row = next(row for row in run.rows if row["epoch"] == selected)
-    seconds = [float(row["seconds"]) for row in run.rows]
-    metrics: dict[str, Any] = {
-        "aggregator": settings.aggregator,
-        "device": device.type,
-        "settings": settings.as_dict(),
-        "selected_epoch": selected,
-        "selection": {
-            "mode": settings.select,
-            "metric": settings.select_metric,
-            "metric_used": metric_used if settings.select == "best_val" else None,
-        },
-        # val.f1 / val.accuracy are at the val-chosen threshold; f1_at_0.5 is the epoch log's F1
-        "val": {
-            "n_slides": int(len(val_slides)),
-            "auc": chosen_row["val_auc"],
-            "loss": chosen_row["val_loss"],
-            "f1": threshold_f1,
-            "accuracy": threshold_accuracy,
-            "f1_at_0.5": chosen_row["val_f1"],
-        },
-        "threshold": threshold,
-        "threshold_method": settings.threshold_method,
-        "n_slides": {split: int((slides["split"] == split).sum()) for split in SPLITS},
-        "excluded_slides": cohort.excluded,
-        "extraction": {
-            "patches": int(sum(item["patches"] for item in cohort.identities)),
-            "seconds": float(sum(item["extract_seconds"] for item in cohort.identities)),
-        },
-        "notes": notes,
-        "timing": {
-            "epoch_seconds": seconds,
-            "epoch_seconds_mean": float(np.mean(seconds)) if seconds else None,
-            "total_seconds": float(np.sum(seconds)),
-        },
-        "code_version": __version__,
-    }
-    with atomic_path(out_dir / "model.pt") as temporary:
-        torch.save(
-            {
-                "state_dict": {k: v.cpu() for k, v in run.model.state_dict().items()},
-                "aggregator": settings.aggregator,
-                "feature_dim": cohort.feature_dim,
-                "settings": settings.as_dict(),
-                "selected_epoch": selected,
-                "threshold": threshold,
-                "code_version": __version__,
-            },
-            temporary,
-        )
-    with atomic_path(out_dir / "epochs.csv") as temporary:
-        pd.DataFrame(run.rows, columns=EPOCH_COLUMNS).to_csv(temporary, index=False)
-    write_json(out_dir / "metrics.json", metrics)
-    log.info(
-        "selected epoch %d (val auc %s, val loss %s); threshold %.4f (%s), val F1 there %s; "
-        "mean epoch %.2f s",
-        selected,
-        _fmt(chosen_row["val_auc"]),
-        _fmt(chosen_row["val_loss"]),
-        threshold,
-        settings.threshold_method,
-        _fmt(threshold_f1),
-        metrics["timing"]["epoch_seconds_mean"] or 0.0,
-    )
-    return metrics
-
-
 def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> torch.nn.Module:
     """The selected aggregator saved in model.pt, in eval mode."""
     try:
@@ -480,24 +366,3 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
     except (OSError, KeyError, RuntimeError) as error:
         raise CheckpointError(f"MIL model {path} cannot be loaded ({error}); retrain it") from error
     return model.to(device).eval()
-
-
-def _sigmoid(x: Any) -> Any:
-    x = np.asarray(x, dtype=np.float64)
-    return 0.5 * (1.0 + np.tanh(0.5 * x))  # overflow-free logistic
-
-
-def _empty_scores() -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "slide_id": pd.Series(dtype=str),
-            "idx": pd.Series(dtype=np.int64),
-            "logit": pd.Series(dtype=np.float32),
-            "score": pd.Series(dtype=np.float32),
-        }
-    )
-
-
-def _write_parquet(path: Path, frame: pd.DataFrame) -> None:
-    with atomic_path(path) as temporary:
-        frame.to_parquet(temporary, index=False)
