@@ -585,11 +585,25 @@ child = subprocess.Popen([sys.executable, "-c", {child!r}])
 print(child.pid, flush=True)
 child.wait()
 """
+# As Snakemake starts a stage: through a bash wrapper that outlives Snakemake (the trailing
+# command keeps bash from exec-ing python, so bash stays the stage's parent).
+PARENT_VIA_SHELL = """
+import shlex, subprocess, sys, time
+code = {child!r}
+command = shlex.quote(sys.executable) + " -c " + shlex.quote(code) + " & echo $! ; wait ; true"
+shell = subprocess.Popen(["bash", "-c", command])
+shell.wait()
+"""
 # A stage started through the real CLI entry (main() with no argument list), kept busy.
 CHILD = (
     "import sys, time; import hnm.cli, hnm.commands.check_sheet as stage; "
     "stage.run = lambda args: (print('ready', flush=True), time.sleep(60)); "
     "sys.argv = ['hnm', 'check-sheet', '--sheet', 'x.tsv']; hnm.cli.main()"
+)
+# The same without the kernel's death signal: the watcher thread alone must notice.
+CHILD_WATCHER_ONLY = (
+    "import hnm.core.lifetime as lifetime; lifetime._request_death_signal = lambda: False; "
+    "lifetime.WATCH_SECONDS = 0.2; lifetime.exit_with_parent.__defaults__ = (0.2,); " + CHILD
 )
 
 
@@ -603,10 +617,15 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
-def test_42_a_stage_ends_when_its_parent_is_killed(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("parent_code", "child"),
+    [(PARENT, CHILD), (PARENT, CHILD_WATCHER_ONLY), (PARENT_VIA_SHELL, CHILD)],
+    ids=["death-signal", "watcher", "through-a-shell"],
+)
+def test_42_a_stage_ends_when_its_parent_is_killed(parent_code: str, child: str) -> None:
     """Was: after kill -9 of snakemake, stages ran on and kept writing checkpoints."""
     parent = subprocess.Popen(
-        [sys.executable, "-c", PARENT.format(child=CHILD)],
+        [sys.executable, "-c", parent_code.format(child=child)],
         stdout=subprocess.PIPE, text=True, cwd=REPO,
     )
     child_pid = int(parent.stdout.readline())
