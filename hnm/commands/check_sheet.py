@@ -34,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hnm.io.sheet import demo_sheet, validate_sheet, write_normalised_sheet
+    from hnm.io.slide import level0_dimensions
 
     if args.sheet:
         labels = json.loads(args.labels) if args.labels else None
@@ -43,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
             labels=labels,
             annotation_classes=classes,
             allow_one_class_eval_splits=args.allow_one_class_eval_splits,
+            slide_dimensions=level0_dimensions,
         )
     else:
         sheet = demo_sheet(

@@ -14,7 +14,9 @@ log = logging.getLogger("hnm.failures")
 
 # Tiles files written before the skip path stored the bare reason still carry the fail-mode hint,
 # which tells the reader of this report to do what was already done.
-_SKIP_HINT = re.compile(r"[;,.]?\s*(or )?set on_slide_error: skip to exclude (it|such slides)", re.I)
+_SKIP_HINT = re.compile(
+    r"[;,.]?\s*(or )?set on_slide_error: skip to exclude (it|such slides)", re.IGNORECASE
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -18,7 +18,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import torch
 
@@ -59,7 +59,7 @@ class Checkpointer:
             self._lock.close()
             self._lock = None
 
-    def __enter__(self) -> Checkpointer:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -97,8 +97,9 @@ class Checkpointer:
                 torch.save({**state, "fingerprint": self.fingerprint}, temporary)
         except DiskFullError as error:
             raise DiskFullError(
-                f"saving the checkpoint of epoch {state.get('epoch')} failed: {error} The previous "
-                f"checkpoint in {self.directory}, if any, is intact, and the rerun continues from it."
+                f"saving the checkpoint of epoch {state.get('epoch')} failed: {error} The "
+                f"previous checkpoint in {self.directory}, if any, is intact, and the rerun "
+                "continues from it."
             ) from error
 
     def clear(self) -> None:
@@ -114,7 +115,8 @@ def _lock_folder(directory: Path) -> Any:
     process (a traceback can keep one alive) is collected before giving up.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    handle = open(directory / Checkpointer.LOCK_NAME, "a+")  # noqa: SIM115 - held for the job's life
+    # Not a `with` block: the handle, and so the lock, is held for the job's life.
+    handle = open(directory / Checkpointer.LOCK_NAME, "a+")  # noqa: SIM115
     for attempt in range(2):
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

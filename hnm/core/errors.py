@@ -46,8 +46,8 @@ class CheckpointError(HnmError):
 
 
 class DiskFullError(HnmError):
-    """A write failed because the disk (or quota) is full; says where, how much is free, and how to go on."""
+    """A write failed for lack of space; says where, how much is free, and how to go on."""
 
 
 class CheckpointBusyError(CheckpointError):
-    """Another running job holds a checkpoint folder: two writers would corrupt each other's state."""
+    """Another running job holds a checkpoint folder: two writers would corrupt its state."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -19,6 +19,9 @@ import pandas as pd
 from hnm.core.errors import HnmError, SheetError
 
 log = logging.getLogger(__name__)
+
+# Level-0 (width, height) of a slide file, or None when it cannot be read.
+SlideDimensions = Callable[[Path], "tuple[int, int] | None"]
 
 REQUIRED_COLUMNS = ("slide_id", "path", "label", "split")
 OPTIONAL_COLUMNS = ("mpp", "annotation")
@@ -99,12 +102,15 @@ def validate_sheet(
     check_files: bool = True,
     annotation_classes: list[str] | None = None,
     allow_one_class_eval_splits: bool = False,
+    slide_dimensions: SlideDimensions | None = None,
 ) -> pd.DataFrame:
     """Check every row and return the normalised sheet, or raise SheetError listing all problems.
 
     `annotation_classes` are the class names annotation files may use (default: Tumor only);
     `allow_one_class_eval_splits` turns a val or test split without both classes from an error
-    into a warning.
+    into a warning; `slide_dimensions` (hnm.io.slide.level0_dimensions), when given, lets
+    annotation coordinates be checked against the slide. It is passed in rather than imported so
+    that the stages that only read sheets do not need a slide reader.
     """
     path = Path(path)
     table = read_table(path)
@@ -116,6 +122,7 @@ def validate_sheet(
         check_files,
         annotation_classes,
         allow_one_class_eval_splits,
+        slide_dimensions,
     )
 
 
@@ -127,6 +134,7 @@ def normalise(
     check_files: bool = True,
     annotation_classes: list[str] | None = None,
     allow_one_class_eval_splits: bool = False,
+    slide_dimensions: SlideDimensions | None = None,
 ) -> pd.DataFrame:
     label_map = {str(k).lower(): int(v) for k, v in (labels or DEFAULT_LABELS).items()}
     missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
@@ -180,7 +188,9 @@ def normalise(
             problems.append(f"{where}: annotation file not found: {annotation_path}")
         elif annotation_path is not None and check_files:
             problems.extend(
-                _annotation_problems(annotation_path, slide_path, annotation_classes, where)
+                _annotation_problems(
+                    annotation_path, slide_path, annotation_classes, slide_dimensions, where
+                )
             )
         rows.append(
             {
@@ -242,24 +252,18 @@ def _check_same_file(
 
 
 def _annotation_problems(
-    annotation: Path, slide_path: Path, classes: list[str] | None, where: str
+    annotation: Path,
+    slide_path: Path,
+    classes: list[str] | None,
+    slide_dimensions: SlideDimensions | None,
+    where: str,
 ) -> list[str]:
     """The annotation file parsed and checked now, not after all training (see annotations.py)."""
     from hnm.io.annotations import annotation_problems
 
-    dimensions = _slide_dimensions(slide_path)
-    return [f"{where}: {problem}" for problem in annotation_problems(annotation, classes, dimensions)]
-
-
-def _slide_dimensions(path: Path) -> tuple[int, int] | None:
-    """Level-0 width and height when openslide can tell; an unreadable slide is tiling's matter."""
-    try:
-        import openslide
-
-        with openslide.OpenSlide(str(path)) as osr:
-            return tuple(osr.dimensions)
-    except Exception:  # noqa: BLE001 - any reader failure just leaves the extent unchecked
-        return None
+    dimensions = slide_dimensions(slide_path) if slide_dimensions else None
+    problems = annotation_problems(annotation, classes, dimensions)
+    return [f"{where}: {problem}" for problem in problems]
 
 
 def _eval_split_problems(sheet: pd.DataFrame, allow_one_class: bool) -> list[str]:

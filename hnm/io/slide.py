@@ -47,6 +47,19 @@ def open_slide(path: str | os.PathLike[str], slide_id: str) -> openslide.OpenSli
         ) from error
 
 
+def level0_dimensions(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """Level-0 width and height, or None when openslide cannot open the file.
+
+    For checks made before tiling (annotation extents at sheet validation): an unreadable slide is
+    reported by tiling, with the reader's message, so it is not an error here.
+    """
+    try:
+        with openslide.OpenSlide(os.fspath(path)) as osr:
+            return tuple(osr.dimensions)
+    except (openslide.OpenSlideError, OSError):
+        return None
+
+
 def slide_mpp(
     osr: openslide.OpenSlide, slide_id: str, path: str, override: float | None = None
 ) -> tuple[float, str]:
