@@ -375,12 +375,21 @@ def test_26_missing_slide_file_at_tiling(tmp_path: Path, capsys) -> None:
     assert "gone.svs" in err and "file not found" in err and "Check the path" in err
 
 
-def test_27_nonsense_resolution_metadata_and_sheet_mpp(test_slides: Path, tmp_path, capsys):
-    assert tile(test_slides / "boxes.tiff", tmp_path) == 2
+def test_27_missing_or_nonsense_resolution_and_sheet_mpp(test_slides: Path, tmp_path, capsys):
+    no_resolution = tmp_path / "no_mpp.tiff"
+    tifffile.imwrite(no_resolution, np.full((512, 512, 3), 200, np.uint8), tile=(256, 256),
+                     photometric="rgb")
+    out = tmp_path / "out"
+    assert tile(no_resolution, out) == 2
+    err = capsys.readouterr().err
+    assert "has no resolution" in err and "Give it in the sheet's 'mpp' column" in err
+    assert tile(test_slides / "boxes.tiff", out) == 2
     err = capsys.readouterr().err
     assert "352.8 um/px" in err and "'mpp' column" in err
-    assert tile(test_slides / "cmu-1-small-region.svs", tmp_path, "--mpp", "1000") == 2
-    assert "the sheet's mpp 1000.0 is outside" in capsys.readouterr().err
+    assert tile(test_slides / "cmu-1-small-region.svs", out, "--mpp", "1000") == 2
+    err = capsys.readouterr().err
+    assert "the sheet's mpp 1000.0 is outside" in err and "Give level-0 microns per pixel" in err
+    assert not out.exists() or not list(out.iterdir())
 
 
 def test_28_slide_smaller_than_one_patch(test_slides: Path, tmp_path: Path, capsys) -> None:

@@ -67,7 +67,11 @@ def slide_mpp(
     if override is not None and not np.isnan(override):
         if not PLAUSIBLE_MPP[0] <= override <= PLAUSIBLE_MPP[1]:
             raise SlideError(
-                slide_id, path, f"the sheet's mpp {override} is outside {PLAUSIBLE_MPP} um/px"
+                slide_id,
+                path,
+                f"the sheet's mpp {override} is outside {PLAUSIBLE_MPP} um/px",
+                "give level-0 microns per pixel in the sheet's 'mpp' column (about 0.25 for a "
+                "40x scan, 0.5 for 20x)",
             )
         return float(override), "sheet"
     raw_x = osr.properties.get(openslide.PROPERTY_NAME_MPP_X)
