@@ -61,8 +61,6 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 def is_disk_full(error: BaseException) -> bool:
     """Whether a write failed for lack of space, however the writing library reported it."""
-    if isinstance(error, DiskFullError):
-        return False  # already explained by an inner writer
     if isinstance(error, OSError) and error.errno in _DISK_FULL_ERRNOS:
         return True
     if isinstance(error, (OSError, RuntimeError)):

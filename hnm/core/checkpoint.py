@@ -18,7 +18,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Self
+from typing import IO, Any, Self
 
 import torch
 
@@ -108,7 +108,7 @@ class Checkpointer:
             self.path.unlink()
 
 
-def _lock_folder(directory: Path) -> Any:
+def _lock_folder(directory: Path) -> IO[str]:
     """An open lock file in `directory` holding an exclusive flock, or CheckpointBusyError.
 
     A Checkpointer of a finished or failed job that is merely not yet garbage-collected in this
@@ -117,13 +117,9 @@ def _lock_folder(directory: Path) -> Any:
     directory.mkdir(parents=True, exist_ok=True)
     # Not a `with` block: the handle, and so the lock, is held for the job's life.
     handle = open(directory / Checkpointer.LOCK_NAME, "a+")  # noqa: SIM115
-    for attempt in range(2):
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if attempt == 0:
-                gc.collect()
-                continue
+    if not _try_lock(handle):
+        gc.collect()
+        if not _try_lock(handle):
             handle.seek(0)
             holder = handle.read().strip() or "unknown"
             handle.close()
@@ -132,10 +128,17 @@ def _lock_folder(directory: Path) -> Any:
                 "jobs writing one folder would overwrite each other's state. If that job is an "
                 "orphan of a killed Snakemake run, stop it (kill that process id), then rerun "
                 "this command."
-            ) from None
-        break
+            )
     handle.seek(0)
     handle.truncate()
     handle.write(f"{os.getpid()}\n")
     handle.flush()
     return handle
+
+
+def _try_lock(handle: IO[str]) -> bool:
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
