@@ -3,6 +3,8 @@
 Each stage's argparse definition and heavy imports live in hnm/commands/<stage>.py and are imported
 only when that stage runs, so `--help` is instant and a stage never pays for another's imports.
 Errors the user can fix (HnmError) print as one line without a traceback and exit with status 2.
+Run as a program (not called from Python with an argument list), a stage ends when its parent
+dies (hnm.core.lifetime), so a killed Snakemake leaves no orphaned jobs behind.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sys
 
 from hnm import __version__
 from hnm.core.errors import HnmError
+from hnm.core.lifetime import exit_with_parent
 
 # stage name -> (module under hnm.commands, one-line help)
 STAGES: dict[str, tuple[str, str]] = {
@@ -42,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        exit_with_parent()
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     known, rest = parser.parse_known_args(argv[: _stage_position(argv) + 1])

@@ -146,7 +146,7 @@ def test_cmu1_patches_lie_on_tissue(test_slides, tmp_path) -> None:
         assert qc.mode == "RGB" and 600 <= max(qc.size) <= 1024 + 200
 
 
-def test_blank_slide_gives_zero_patches_not_a_failure(tmp_path, caplog) -> None:
+def test_blank_slide_is_a_named_failure_or_skipped_on_request(tmp_path, capsys) -> None:
     slide = tmp_path / "blank.tiff"
     rng = np.random.default_rng(3)
     glass = np.clip(rng.normal(241, 3, (1024, 1024, 3)), 0, 255).astype(np.uint8)
@@ -160,11 +160,20 @@ def test_blank_slide_gives_zero_patches_not_a_failure(tmp_path, caplog) -> None:
         resolutionunit="CENTIMETER",
     )
     out = tmp_path / "out"
-    assert _tile(slide, "blank", out, "--patch-size", "64", "--target-mpp", "1.0") == 0
+    assert _tile(slide, "blank", out, "--patch-size", "64", "--target-mpp", "1.0") == 2
+    err = capsys.readouterr().err
+    assert "slide 'blank'" in err and str(slide) in err and "no patch has 50% tissue" in err
+    assert "64 grid cells" in err and "on_slide_error: skip" in err
+    assert not out.exists() or not list(out.iterdir())
+    assert (
+        _tile(slide, "blank", out, "--patch-size", "64", "--target-mpp", "1.0",
+              "--on-slide-error", "skip")
+        == 0
+    )
     coords, attrs = read_tiles(out / "blank.h5")
-    assert coords.shape == (0, 2) and attrs["failed"] is False and attrs["n_grid"] == 64
-    assert attrs["mpp"] == pytest.approx(0.5)
-    assert "no patch" in caplog.text and (out / "blank.png").exists()
+    assert coords.shape == (0, 2) and attrs["failed"] is True
+    assert "no patch has 50% tissue" in attrs["error"] and "on_slide_error" not in attrs["error"]
+    assert (out / "blank.png").exists()
 
 
 def test_boxes_refused_without_mpp(test_slides, tmp_path, capsys) -> None:
@@ -231,7 +240,8 @@ def test_bad_slide_skipped_on_request(test_slides, tmp_path, caplog, name, reade
     assert _tile(slide, "bad_one", tmp_path, "--on-slide-error", "skip") == 0
     coords, attrs = read_tiles(tmp_path / "bad_one.h5")
     assert coords.shape == (0, 2) and attrs["failed"] is True and attrs["n_patches"] == 0
-    assert reader_message in attrs["error"] and "bad_one" in attrs["error"]
+    assert reader_message in attrs["error"] and attrs["slide_id"] == "bad_one"
+    assert "on_slide_error" not in attrs["error"]  # the slide is skipped already
     assert attrs["slide_path"] == str(slide)
     with Image.open(tmp_path / "bad_one.png") as qc:
         assert qc.size[0] >= 600

@@ -49,9 +49,13 @@ def run(args: argparse.Namespace) -> int:
     except SlideError as error:
         if settings.on_slide_error == "fail":
             raise
-        log.warning("skipping slide (on_slide_error skip): %s", error)
-        attrs = failed_attrs(args.slide_id, str(args.slide), str(error), grid, tissue_params)
-        qc.write_png(args.qc, qc.render_failed(args.slide_id, str(args.slide), str(error)))
+        # The reason alone: the hint (often "set on_slide_error: skip") is moot for a skipped slide.
+        reason = error.problem
+        log.warning(
+            "skipping slide '%s' (%s) (on_slide_error skip): %s", args.slide_id, args.slide, reason
+        )
+        attrs = failed_attrs(args.slide_id, str(args.slide), reason, grid, tissue_params)
+        qc.write_png(args.qc, qc.render_failed(args.slide_id, str(args.slide), reason))
         write_tiles_file(args.out, [], attrs, tissue_fraction=[])
         return 0
 

@@ -25,7 +25,7 @@ class SlideError(HnmError):
         self.hint = hint
         message = f"slide '{slide_id}' ({path}): {problem}"
         if hint:
-            message += f". {hint}"
+            message += f". {hint[:1].upper()}{hint[1:]}"
         super().__init__(message)
 
 
@@ -43,3 +43,11 @@ class SheetError(HnmError):
 
 class CheckpointError(HnmError):
     """A checkpoint or model file is missing, truncated or does not match what is asked of it."""
+
+
+class DiskFullError(HnmError):
+    """A write failed for lack of space; says where, how much is free, and how to go on."""
+
+
+class CheckpointBusyError(CheckpointError):
+    """Another running job holds a checkpoint folder: two writers would corrupt its state."""

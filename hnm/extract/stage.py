@@ -343,9 +343,9 @@ def extract_slide(
         log.error(
             "%s: %s; on_slide_error=skip: writing an empty features file marked failed",
             slide_id,
-            error,
+            error.problem,
         )
-        attrs.update(failed=True, error=str(error))
+        attrs.update(failed=True, error=error.problem)
         _write_empty(
             out_path,
             attrs,
@@ -355,7 +355,7 @@ def extract_slide(
             throughput_img_s=0.0,
             seconds=0.0,
         )
-        return ExtractResult(0, "none", 0.0, 0.0, True, str(error))
+        return ExtractResult(0, "none", 0.0, 0.0, True, error.problem)
 
 
 def _run(

@@ -73,17 +73,7 @@ def load_polygons_by_class(
 ) -> dict[str, list[np.ndarray]]:
     """`load_polygons` for several classes from one read of the file (QuPath exports can be large)."""
     path = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8") as handle:
-            document = json.load(handle)
-    except FileNotFoundError as error:
-        raise HnmError(
-            f"annotation file {path} not found; check the sheet's annotation column"
-        ) from error
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise HnmError(
-            f"annotation file {path} is not readable JSON ({error}); export it as GeoJSON"
-        ) from error
+    document = _read_document(path)
     polygons: dict[str, list[np.ndarray]] = {name: [] for name in class_names}
     wanted: dict[str, list[str]] = {}  # case-folded name -> the names asked for with it
     for name in polygons:
@@ -100,6 +90,92 @@ def load_polygons_by_class(
     except ValueError as error:
         raise HnmError(f"annotation file {path} is not valid GeoJSON: {error}") from error
     return polygons
+
+
+def _read_document(path: str) -> Any:
+    """The parsed JSON of an annotation file, or an HnmError naming the file and the fix."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except FileNotFoundError as error:
+        raise HnmError(
+            f"annotation file {path} not found; check the sheet's annotation column"
+        ) from error
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise HnmError(
+            f"annotation file {path} is not readable JSON ({error}); export it as GeoJSON"
+        ) from error
+
+
+def annotation_problems(
+    path: str | os.PathLike[str],
+    known_classes: list[str] | None = None,
+    dimensions: tuple[int, int] | None = None,
+) -> list[str]:
+    """Everything wrong with one annotation file, found when the sheet is validated.
+
+    The file is otherwise read only at evaluation, after all training, which is too late to learn
+    that it is not GeoJSON, marks regions with points, names a class nobody scores (a typo such as
+    'Tumour' leaves the slide without tumor ground truth) or is in another level's pixels.
+    """
+    path = os.fspath(path)
+    try:
+        document = _read_document(path)
+    except HnmError as error:
+        return [str(error)]
+    known = {name.strip().lower(): name for name in (known_classes or [DEFAULT_CLASS])}
+    problems: list[str] = []
+    unknown: set[str] = set()
+    rings: list[np.ndarray] = []
+    try:
+        for number, feature in enumerate(_features(document)):
+            name = _class_name(feature.get("properties")) or DEFAULT_CLASS
+            if name.strip().lower() not in known:
+                unknown.add(name)
+                continue
+            problems.extend(_geometry_problems(path, number, name, feature.get("geometry")))
+            for polygon in _polygon_rings(feature.get("geometry"), where=f"feature {number}"):
+                rings.extend(polygon)
+    except ValueError as error:
+        return [f"annotation file {path} is not valid GeoJSON: {error}; export it again as GeoJSON"]
+    if unknown:
+        problems.append(
+            f"annotation file {path} has class(es) {', '.join(sorted(unknown))}, which are not "
+            f"scored (known: {', '.join(known.values())}); rename them in QuPath, or name them "
+            "in evaluation.versus_classes to score them"
+        )
+    if dimensions is not None and rings:
+        problems.extend(_extent_problems(path, np.concatenate(rings), dimensions))
+    return problems
+
+
+def _geometry_problems(path: str, number: int, name: str, geometry: Any) -> list[str]:
+    """A feature of a scored class must mark a region: points and lines have no area."""
+    kind = geometry.get("type") if isinstance(geometry, dict) else None
+    if kind in {"Polygon", "MultiPolygon", "GeometryCollection"}:
+        return []
+    found = "no geometry" if geometry is None else f"a {kind or type(geometry).__name__} geometry"
+    return [
+        f"annotation file {path}: feature {number} (class {name}) has {found}; draw {name} "
+        "regions as polygons (Polygon or MultiPolygon)"
+    ]
+
+
+def _extent_problems(path: str, points: np.ndarray, dimensions: tuple[int, int]) -> list[str]:
+    """Polygons must lie on the slide (level-0 pixels); 1 % slack for regions drawn to the edge."""
+    width, height = dimensions
+    low = points.min(axis=0)
+    high = points.max(axis=0)
+    slack_x, slack_y = 1 + 0.01 * width, 1 + 0.01 * height
+    if low[0] >= -slack_x and low[1] >= -slack_y and high[0] <= width + slack_x and (
+        high[1] <= height + slack_y
+    ):
+        return []
+    return [
+        f"annotation file {path}: polygons span x {low[0]:.0f}..{high[0]:.0f}, y "
+        f"{low[1]:.0f}..{high[1]:.0f}, beyond the slide's {width} x {height} level-0 pixels; "
+        "export the annotations in level-0 (full resolution) pixel coordinates of this slide"
+    ]
 
 
 def _features(document: Any) -> Iterator[dict[str, Any]]:

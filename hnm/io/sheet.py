@@ -8,20 +8,39 @@ should not fail one typo per run. Stages read the normalised copy the workflow w
 
 from __future__ import annotations
 
+import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pandas as pd
 
 from hnm.core.errors import HnmError, SheetError
 
+log = logging.getLogger(__name__)
+
+# Level-0 (width, height) of a slide file, or None when it cannot be read.
+SlideDimensions = Callable[[Path], "tuple[int, int] | None"]
+
 REQUIRED_COLUMNS = ("slide_id", "path", "label", "split")
 OPTIONAL_COLUMNS = ("mpp", "annotation")
 SPLITS = ("train", "val", "test")  # the sheet's split values; stages import them from here
+# The same range as hnm.io.slide.PLAUSIBLE_MPP (not imported: that module loads openslide).
+PLAUSIBLE_MPP = (0.05, 50.0)
 # File-name safe and wildcard safe: no separators, spaces or leading dots.
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+SAVE_AS_TEXT = "save it as UTF-8 TSV (tab-separated) or CSV (in Excel: Save As, 'CSV UTF-8')"
+# Zip (xlsx, ods) and OLE2 (xls) containers: spreadsheets saved in their own format.
+_WORKBOOK_MAGIC = (b"PK\x03\x04", b"\xd0\xcf\x11\xe0")
+_WORKBOOK_SUFFIXES = (".xlsx", ".xlsm", ".xls", ".ods", ".numbers")
+_OTHER_SEPARATORS = {";": "semicolons", "|": "'|'", "\t": "tabs", ",": "commas"}
+# Why the val and test splits need both classes, and what a run without them would lose.
+_EVAL_SPLITS = {
+    "val": "the decision threshold and the MIL model are chosen on it (with one class the "
+    "threshold silently stays 0.5)",
+    "test": "the reported slide AUC needs both (with one class it is blank)",
+}
 DEFAULT_LABELS: dict[str, int] = {
     "0": 0,
     "1": 1,
@@ -38,26 +57,73 @@ def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise SheetError(str(path), ["the sheet file does not exist"])
+    _refuse_workbook(path)
     separator = {".tsv": "\t", ".csv": ","}.get(path.suffix.lower())
     try:
         table = pd.read_csv(
-            path, sep=separator, engine="python", dtype=str, keep_default_na=False, comment=None
+            path,
+            sep=separator,
+            engine="python",
+            dtype=str,
+            keep_default_na=False,
+            comment=None,
+            encoding="utf-8-sig",  # Excel's "CSV UTF-8" starts with a byte-order mark
         )
-    except (pd.errors.ParserError, UnicodeDecodeError) as error:
-        raise SheetError(str(path), [f"cannot be parsed as TSV/CSV: {error}"]) from error
+    except UnicodeDecodeError as error:
+        raise SheetError(
+            str(path),
+            [
+                f"the file is not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset "
+                f"{error.start}; Latin-1, Windows-1252 and UTF-16 files look like this): "
+                f"{SAVE_AS_TEXT}"
+            ],
+        ) from error
+    except pd.errors.ParserError as error:
+        raise SheetError(
+            str(path), [f"cannot be parsed as TSV/CSV ({error}); {SAVE_AS_TEXT}"]
+        ) from error
     table.columns = [str(column).strip() for column in table.columns]
     return table.apply(lambda column: column.str.strip())
+
+
+def _refuse_workbook(path: Path) -> None:
+    """A spreadsheet in its own format would parse as gibberish columns; say how to save it."""
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    if path.suffix.lower() in _WORKBOOK_SUFFIXES or head.startswith(_WORKBOOK_MAGIC):
+        raise SheetError(
+            str(path), [f"the file is a spreadsheet workbook, not a text table: {SAVE_AS_TEXT}"]
+        )
 
 
 def validate_sheet(
     path: str | os.PathLike[str],
     labels: Mapping[str, int] | None = None,
     check_files: bool = True,
+    annotation_classes: list[str] | None = None,
+    allow_one_class_eval_splits: bool = False,
+    slide_dimensions: SlideDimensions | None = None,
 ) -> pd.DataFrame:
-    """Check every row and return the normalised sheet, or raise SheetError listing all problems."""
+    """Check every row and return the normalised sheet, or raise SheetError listing all problems.
+
+    `annotation_classes` are the class names annotation files may use (default: Tumor only);
+    `allow_one_class_eval_splits` turns a val or test split without both classes from an error
+    into a warning; `slide_dimensions` (hnm.io.slide.level0_dimensions), when given, lets
+    annotation coordinates be checked against the slide. It is passed in rather than imported so
+    that the stages that only read sheets do not need a slide reader.
+    """
     path = Path(path)
     table = read_table(path)
-    return normalise(table, str(path), path.resolve().parent, labels, check_files)
+    return normalise(
+        table,
+        str(path),
+        path.resolve().parent,
+        labels,
+        check_files,
+        annotation_classes,
+        allow_one_class_eval_splits,
+        slide_dimensions,
+    )
 
 
 def normalise(
@@ -66,19 +132,26 @@ def normalise(
     base: Path,
     labels: Mapping[str, int] | None = None,
     check_files: bool = True,
+    annotation_classes: list[str] | None = None,
+    allow_one_class_eval_splits: bool = False,
+    slide_dimensions: SlideDimensions | None = None,
 ) -> pd.DataFrame:
     label_map = {str(k).lower(): int(v) for k, v in (labels or DEFAULT_LABELS).items()}
     missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
     if missing:
         raise SheetError(
             source,
-            [f"missing column(s) {', '.join(missing)}; required: {', '.join(REQUIRED_COLUMNS)}"],
+            [
+                f"missing column(s) {', '.join(missing)}; required: {', '.join(REQUIRED_COLUMNS)}"
+                + _separator_hint(list(table.columns))
+            ],
         )
     if table.empty:
         raise SheetError(source, ["the sheet has no rows"])
     problems: list[str] = []
     rows = []
     seen: dict[str, int] = {}
+    seen_files: dict[tuple[int, int], str] = {}
     for position, record in enumerate(table.to_dict("records")):
         line = position + 2  # the header is line 1
         where = f"row {line} (slide_id '{record['slide_id']}')"
@@ -97,6 +170,8 @@ def normalise(
             problems.append(f"{where}: empty path")
         elif check_files and not slide_path.is_file():
             problems.append(f"{where}: slide file not found: {slide_path}")
+        elif check_files:
+            _check_same_file(slide_path, where, seen_files, problems)
         label = label_map.get(record["label"].lower())
         if label is None:
             problems.append(
@@ -111,6 +186,12 @@ def normalise(
         annotation_path = _resolve(annotation, base) if annotation else None
         if annotation_path is not None and check_files and not annotation_path.is_file():
             problems.append(f"{where}: annotation file not found: {annotation_path}")
+        elif annotation_path is not None and check_files:
+            problems.extend(
+                _annotation_problems(
+                    annotation_path, slide_path, annotation_classes, slide_dimensions, where
+                )
+            )
         rows.append(
             {
                 "slide_id": slide_id,
@@ -131,10 +212,79 @@ def normalise(
             f"the train split has only label(s) {present}: it needs both normal (0) and tumor (1) "
             "slides"
         )
+    problems.extend(_eval_split_problems(sheet, allow_one_class_eval_splits))
     if problems:
         raise SheetError(source, problems)
     sheet["label"] = sheet["label"].astype(int)
     return sheet
+
+
+def _separator_hint(columns: list[str]) -> str:
+    """When the header holds the required names joined by another separator, name it."""
+    for separator, name in _OTHER_SEPARATORS.items():
+        names = {part.strip() for column in columns for part in str(column).split(separator)}
+        if len(names) > len(columns) and set(REQUIRED_COLUMNS) <= names:
+            return (
+                f". The header looks separated by {name}, which this file's extension does not "
+                "use: save the sheet tab-separated as .tsv or comma-separated as .csv"
+            )
+    return ""
+
+
+def _check_same_file(
+    slide_path: Path, where: str, seen_files: dict[tuple[int, int], str], problems: list[str]
+) -> None:
+    """One slide file under two ids (by a link or another spelling of its path) is refused.
+
+    It would count twice in training, or sit in train and test at once (leakage); comparing
+    device and inode catches symlinks, hard links and '..' spellings alike.
+    """
+    status = slide_path.stat()
+    key = (status.st_dev, status.st_ino)
+    if key in seen_files:
+        problems.append(
+            f"{where}: the slide file {os.path.realpath(slide_path)} is the same file as "
+            f"{seen_files[key]}; one slide under two ids counts twice and can leak between "
+            "splits, so keep one row per slide"
+        )
+    else:
+        seen_files[key] = where
+
+
+def _annotation_problems(
+    annotation: Path,
+    slide_path: Path,
+    classes: list[str] | None,
+    slide_dimensions: SlideDimensions | None,
+    where: str,
+) -> list[str]:
+    """The annotation file parsed and checked now, not after all training (see annotations.py)."""
+    from hnm.io.annotations import annotation_problems
+
+    dimensions = slide_dimensions(slide_path) if slide_dimensions else None
+    problems = annotation_problems(annotation, classes, dimensions)
+    return [f"{where}: {problem}" for problem in problems]
+
+
+def _eval_split_problems(sheet: pd.DataFrame, allow_one_class: bool) -> list[str]:
+    """A val or test split without both classes degrades the results silently; refuse it."""
+    problems = []
+    for split, why in _EVAL_SPLITS.items():
+        labels = sheet.loc[sheet["split"] == split, "label"]
+        present = sorted(int(v) for v in set(labels.dropna()))
+        if present == [0, 1] or (not present and labels.isna().any()):
+            continue  # both classes, or rows whose bad labels are reported already
+        has = f"only label(s) {present}" if present else "no slides"
+        message = (
+            f"the {split} split has {has}: it needs both normal (0) and tumor (1) slides, since "
+            f"{why}. Add slides of the missing class, or set allow_one_class_eval_splits: true "
+            "to run anyway"
+        )
+        if allow_one_class:
+            log.warning("%s (allowed by allow_one_class_eval_splits)", message)
+        else:
+            problems.append(message)
+    return problems
 
 
 def _resolve(value: str, base: Path) -> Path:
@@ -154,11 +304,21 @@ def _parse_mpp(value: str, where: str, problems: list[str]) -> float | None:
     if not mpp > 0:
         problems.append(f"{where}: mpp must be positive, got {value}")
         return None
+    if not PLAUSIBLE_MPP[0] <= mpp <= PLAUSIBLE_MPP[1]:
+        problems.append(
+            f"{where}: mpp {value} um/px is outside the plausible range {PLAUSIBLE_MPP[0]}-"
+            f"{PLAUSIBLE_MPP[1]} for a microscope slide; give level-0 microns per pixel (about "
+            "0.25 for a 40x scan, 0.5 for 20x), not a magnification or a dpi"
+        )
+        return None
     return mpp
 
 
 def demo_sheet(
-    counts: Mapping[str, Mapping[str, int]], slides_dir: str, annotations_dir: str
+    counts: Mapping[str, Mapping[str, int]],
+    slides_dir: str,
+    annotations_dir: str,
+    allow_one_class_eval_splits: bool = False,
 ) -> pd.DataFrame:
     """The built-in demo cohort: ids, labels and splits from the config's counts per split/class.
 
@@ -180,7 +340,13 @@ def demo_sheet(
                     }
                 )
     table = pd.DataFrame(rows).astype({"label": str})
-    return normalise(table, "demo cohort (config: demo.slides)", Path.cwd(), check_files=False)
+    return normalise(
+        table,
+        "demo cohort (config: demo.slides)",
+        Path.cwd(),
+        check_files=False,
+        allow_one_class_eval_splits=allow_one_class_eval_splits,
+    )
 
 
 def write_normalised_sheet(sheet: pd.DataFrame, path: str | os.PathLike[str]) -> None:

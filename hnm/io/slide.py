@@ -47,6 +47,19 @@ def open_slide(path: str | os.PathLike[str], slide_id: str) -> openslide.OpenSli
         ) from error
 
 
+def level0_dimensions(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """Level-0 width and height, or None when openslide cannot open the file.
+
+    For checks made before tiling (annotation extents at sheet validation): an unreadable slide is
+    reported by tiling, with the reader's message, so it is not an error here.
+    """
+    try:
+        with openslide.OpenSlide(os.fspath(path)) as osr:
+            return tuple(osr.dimensions)
+    except (openslide.OpenSlideError, OSError):
+        return None
+
+
 def slide_mpp(
     osr: openslide.OpenSlide, slide_id: str, path: str, override: float | None = None
 ) -> tuple[float, str]:
@@ -54,7 +67,11 @@ def slide_mpp(
     if override is not None and not np.isnan(override):
         if not PLAUSIBLE_MPP[0] <= override <= PLAUSIBLE_MPP[1]:
             raise SlideError(
-                slide_id, path, f"the sheet's mpp {override} is outside {PLAUSIBLE_MPP} um/px"
+                slide_id,
+                path,
+                f"the sheet's mpp {override} is outside {PLAUSIBLE_MPP} um/px",
+                "give level-0 microns per pixel in the sheet's 'mpp' column (about 0.25 for a "
+                "40x scan, 0.5 for 20x)",
             )
         return float(override), "sheet"
     raw_x = osr.properties.get(openslide.PROPERTY_NAME_MPP_X)

@@ -297,9 +297,15 @@ def should_refresh(val_f1: float, previous_best: float | None, gate: bool) -> bo
 
 
 def describe(
-    sets: pd.DataFrame, scored: pd.DataFrame, expected_slides: list[str]
+    sets: pd.DataFrame,
+    scored: pd.DataFrame,
+    expected_slides: list[str],
+    sheet_labels: dict[str, int] | None = None,
 ) -> dict[str, Any]:
-    """Counts per set and per slide, and score quantiles per slide class, for the summary."""
+    """Counts per set and per slide, and score quantiles per slide class, for the summary.
+
+    A slide without scored patches takes its label from `sheet_labels` (the sheet), so the summary
+    and the log show its class rather than None."""
     counts = {name: int((sets["set"] == name).sum()) for name in SETS}
     per_slide: dict[str, dict[str, Any]] = {}
     labels = scored.groupby("slide_id")["label"].first()
@@ -309,7 +315,9 @@ def describe(
         row = {name: int(table.at[slide, name]) if slide in table.index and name in table.columns
                else 0 for name in SETS}
         row["n_patches"] = int(patches.get(slide, 0))
-        row["label"] = int(labels[slide]) if slide in labels.index else None
+        row["label"] = (
+            int(labels[slide]) if slide in labels.index else (sheet_labels or {}).get(slide)
+        )
         per_slide[slide] = row
     quantiles = {}
     for label, name in ((0, "negative_slides"), (1, "positive_slides")):
@@ -369,13 +377,17 @@ def run_mining(
         "refreshed": refresh,
         "sets_from_round": sets_from_round,
         **thresholds,
-        **describe(sets, scored, expected),
+        **describe(sets, scored, expected, _sheet_labels(sheet)),
         "settings": asdict(settings),
     }
     summary["excluded_slides"] = [
         slide for slide, row in summary["slides"].items() if row["n_patches"] == 0
     ]
     return sets, summary
+
+
+def _sheet_labels(sheet: pd.DataFrame) -> dict[str, int]:
+    return {str(slide): int(label) for slide, label in zip(sheet["slide_id"], sheet["label"])}
 
 
 def _previous_best(previous_summary: dict[str, Any] | None) -> float | None:

@@ -185,6 +185,15 @@ def tile_slide(
 
     started = time.perf_counter()
     candidates = grid_coords(info.dimensions, plan.step_level0, plan.stride_level0)
+    if len(candidates) == 0:
+        osr.close()
+        raise SlideError(
+            slide_id,
+            path,
+            f"the slide ({info.dimensions[0]} x {info.dimensions[1]} level-0 px) is smaller than "
+            f"one patch ({plan.step_level0} level-0 px at {grid.target_mpp:g} um/px)",
+            "leave it out of the sheet, or set on_slide_error: skip to exclude such slides",
+        )
     fractions = tissue_fractions(tissue.mask, tissue.downsample, candidates, plan.step_level0)
     keep = fractions >= grid.min_tissue_fraction
     coords, kept_fractions = candidates[keep], fractions[keep]
@@ -219,25 +228,25 @@ def tile_slide(
         "error": "",
     }
     if len(coords) == 0:
-        log.warning(
-            "%s (%s): no patch has %.0f%% tissue or more (%d grid cells, %.1f%% of the slide "
-            "detected as tissue); the slide gets 0 patches and will be excluded downstream",
+        osr.close()
+        raise SlideError(
             slide_id,
             path,
-            100 * grid.min_tissue_fraction,
-            len(candidates),
-            100 * attrs["tissue_area_fraction"],
+            f"no patch has {100 * grid.min_tissue_fraction:.0f}% tissue or more ({len(candidates)} "
+            f"grid cells, {100 * attrs['tissue_area_fraction']:.1f}% of the slide detected as "
+            "tissue), so the slide would have 0 patches",
+            "check that it is the right file; lower tiling.min_tissue_fraction or the tissue "
+            "settings if it does hold tissue, or set on_slide_error: skip to exclude it",
         )
-    else:
-        log.info(
-            "%s: %d of %d grid patches kept (%d level-0 px each, read %d px at level %d)",
-            slide_id,
-            len(coords),
-            len(candidates),
-            plan.step_level0,
-            plan.read_size,
-            plan.level,
-        )
+    log.info(
+        "%s: %d of %d grid patches kept (%d level-0 px each, read %d px at level %d)",
+        slide_id,
+        len(coords),
+        len(candidates),
+        plan.step_level0,
+        plan.read_size,
+        plan.level,
+    )
     return TilingResult(coords, kept_fractions, attrs, tissue, info.dimensions, osr)
 
 
