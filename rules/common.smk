@@ -14,6 +14,7 @@ sys.path.insert(0, workflow.basedir)
 
 from hnm.core.cliflags import to_flags
 from hnm.core.errors import SheetError
+from hnm.core.gpu_slots import command_prefix
 from hnm.core.overrides import typed_overrides
 from hnm.extract.batches import extraction_batches
 from hnm.io.sheet import demo_sheet, validate_sheet
@@ -29,15 +30,30 @@ shell.prefix(
     f"set -euo pipefail; export PYTHONPATH={shlex.quote(str(REPO))}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
 )
 DEMO = not config["sheet"]
+# Classes annotation files may use: the tumor class and those scored against it.
+ANNOTATION_CLASSES = [
+    config["evaluation"]["annotation_class"],
+    *config["evaluation"]["versus_classes"],
+]
+# Workstation GPU slots (resources.gpus): each GPU job takes one GPU's lock for its lifetime.
+GPU_SLOT = command_prefix(config["resources"]["gpus"])
 ROUNDS = int(config["rounds"])
 
 try:
     if DEMO:
         SHEET = demo_sheet(
-            config["demo"]["slides"], "results/demo/slides", "results/demo/annotations"
+            config["demo"]["slides"],
+            "results/demo/slides",
+            "results/demo/annotations",
+            allow_one_class_eval_splits=config["allow_one_class_eval_splits"],
         )
     else:
-        SHEET = validate_sheet(config["sheet"], labels=config["labels"])
+        SHEET = validate_sheet(
+            config["sheet"],
+            labels=config["labels"],
+            annotation_classes=ANNOTATION_CLASSES,
+            allow_one_class_eval_splits=config["allow_one_class_eval_splits"],
+        )
 except SheetError as error:
     raise WorkflowError(str(error)) from None
 

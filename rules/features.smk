@@ -26,7 +26,7 @@ rule init_encoder:
 
 EXTRACT_SETTINGS = flags("extraction", skip=["slides_per_job"])
 EXTRACT_SHELL = (
-    "python -m hnm extract --slide {input.slides:q} --slide-id {params.slide_ids} "
+    "{params.gpu_slot}python -m hnm extract --slide {input.slides:q} --slide-id {params.slide_ids} "
     "--tiles {input.tiles:q} --encoder {input.encoder:q} --round {wildcards.round} "
     "--device {params.device} --threads {threads} {params.settings} --out {output:q} "
     "> {log:q} 2>&1"
@@ -57,13 +57,12 @@ if config["extraction"]["slides_per_job"] == 1:
             slide_ids=lambda wildcards: wildcards.slide,
             settings=EXTRACT_SETTINGS,
             device=config["device"],
+            gpu_slot=GPU_SLOT,
         shell:
             EXTRACT_SHELL
 
 else:
-    for batch, members in slide_batches(
-        config["extraction"]["slides_per_job"]
-    ).items():
+    for batch, members in slide_batches(config["extraction"]["slides_per_job"]).items():
 
         rule:
             name:
@@ -90,5 +89,6 @@ else:
                 slide_ids=" ".join(members),
                 settings=EXTRACT_SETTINGS,
                 device=config["device"],
+                gpu_slot=GPU_SLOT,
             shell:
                 EXTRACT_SHELL

@@ -28,8 +28,9 @@ rule finetune:
         checkpoints="results/checkpoints/r{round}/finetune",
         seed=config["seed"],
         device=config["device"],
+        gpu_slot=GPU_SLOT,
     shell:
-        "python -m hnm finetune --sheet {input.sheet:q} --sets {input.sets:q} --tiles {input.tiles:q} "
+        "{params.gpu_slot}python -m hnm finetune --sheet {input.sheet:q} --sets {input.sets:q} --tiles {input.tiles:q} "
         "--encoder-in {input.encoder:q} --out {output:q} --checkpoint-dir {params.checkpoints:q} "
         "--rounds {params.rounds} --seed {params.seed} "
         "--device {params.device} --threads {threads} {params.settings} > {log:q} 2>&1"

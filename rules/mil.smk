@@ -24,8 +24,9 @@ rule train_mil:
         checkpoints="results/checkpoints/r{round}/mil",
         seed=config["seed"],
         device=config["device"],
+        gpu_slot=GPU_SLOT,
     shell:
-        "python -m hnm train-mil --sheet {input.sheet:q} --features {input.features:q} "
+        "{params.gpu_slot}python -m hnm train-mil --sheet {input.sheet:q} --features {input.features:q} "
         "--out-dir {params.folder:q} --checkpoint-dir {params.checkpoints:q} --seed {params.seed} "
         "--device {params.device} --threads {threads} {params.settings} > {log:q} 2>&1"
 

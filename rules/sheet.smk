@@ -18,7 +18,14 @@ rule sheet:
             f"--demo-counts {shlex.quote(json.dumps(config['demo']['slides']))}"
             if DEMO
             else f"--sheet {shlex.quote(config['sheet'])} "
-            f"--labels {shlex.quote(json.dumps(config['labels']))}"
+            f"--labels {shlex.quote(json.dumps(config['labels']))} "
+            f"--annotation-classes {shlex.quote(json.dumps(ANNOTATION_CLASSES))}"
+        ),
+        one_class=(
+            "--allow-one-class-eval-splits"
+            if config["allow_one_class_eval_splits"]
+            else ""
         ),
     shell:
-        "python -m hnm check-sheet {params.source} --out {output:q} > {log:q} 2>&1"
+        "python -m hnm check-sheet {params.source} {params.one_class} --out {output:q} "
+        "> {log:q} 2>&1"

@@ -86,6 +86,11 @@ def workflow_properties() -> dict[str, dict[str, Any]]:
             "description": "label names in the sheet -> class (1 = tumor / positive, 0 = normal)",
             "additionalProperties": {"type": "integer", "enum": [0, 1]},
         },
+        "allow_one_class_eval_splits": {
+            "type": "boolean",
+            "description": "let a val or test split without both classes run (with a warning)",
+            "default": False,
+        },
         "seed": {
             "type": "integer",
             "description": "seed for everything random",
@@ -110,6 +115,13 @@ def workflow_properties() -> dict[str, dict[str, Any]]:
             "additionalProperties": False,
             "properties": {
                 "gpu_model": {"type": "string", "default": ""},
+                "gpus": {
+                    "description": "workstation GPU ids for one-job-per-GPU slots ('all' or a "
+                    "list); empty: no slots (SLURM assigns GPUs itself)",
+                    "type": ["string", "array"],
+                    "items": {"type": "integer", "minimum": 0},
+                    "default": "",
+                },
                 "tile": _rule_resources("per slide"),
                 "extract": _rule_resources("runtime per slide of the job"),
                 "train_mil": _rule_resources("per round"),
@@ -123,7 +135,10 @@ def workflow_properties() -> dict[str, dict[str, Any]]:
 def build_schema() -> dict[str, Any]:
     """The whole config schema: workflow keys first, then one section per stage."""
     workflow = workflow_properties()
-    properties = {key: workflow[key] for key in ("sheet", "labels", "seed", "device", "rounds")}
+    properties = {
+        key: workflow[key]
+        for key in ("sheet", "labels", "allow_one_class_eval_splits", "seed", "device", "rounds")
+    }
     properties.update({cls.section: cls.json_schema() for cls in section_classes()})
     properties["resources"] = workflow["resources"]
     return {

@@ -37,14 +37,17 @@ def typed_overrides(value: Any, schema: dict[str, Any], root: dict[str, Any] | N
             for key, item in value.items()
         }
     wanted = schema.get("type")
-    if isinstance(value, str) and wanted in _TYPES:
-        try:
-            parsed = yaml.safe_load(value)
-        except yaml.YAMLError:
-            return value
-        if isinstance(parsed, _TYPES[wanted]) and not (
-            wanted in ("number", "integer") and isinstance(parsed, bool)
-        ):
+    kinds = wanted if isinstance(wanted, list) else [wanted]
+    if not isinstance(value, str) or "string" in kinds:
+        return value
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+    for kind in kinds:
+        if kind in _TYPES and isinstance(parsed, _TYPES[kind]):
+            if kind in ("number", "integer") and isinstance(parsed, bool):
+                continue
             return parsed
     return value
 
