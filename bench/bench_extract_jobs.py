@@ -30,8 +30,13 @@ from hnm.io.h5io import read_features  # noqa: E402
 
 
 def hnm(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "hnm", *args], cwd=REPO, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "hnm", *args],
+        cwd=REPO,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def make_slides(root: Path, count: int, side: int) -> list[tuple[str, Path, Path]]:
@@ -40,12 +45,42 @@ def make_slides(root: Path, count: int, side: int) -> list[tuple[str, Path, Path
     for index in range(count):
         slide_id = f"s{index:03d}"
         slide, tiles = root / f"{slide_id}.tiff", root / f"{slide_id}.h5"
-        hnm("synth", "--slide-id", slide_id, "--label", str(index % 2), "--out", str(slide),
-            "--annotation", str(root / f"{slide_id}.geojson"), "--width", str(side),
-            "--height", str(side), "--tumor-regions", "2", "--mimic-regions", "2",
-            "--tumor-size-um", "200")
-        hnm("tile", "--slide", str(slide), "--slide-id", slide_id, "--out", str(tiles),
-            "--qc", str(root / f"{slide_id}.png"), "--patch-size", "32", "--target-mpp", "2.0")
+        hnm(
+            "synth",
+            "--slide-id",
+            slide_id,
+            "--label",
+            str(index % 2),
+            "--out",
+            str(slide),
+            "--annotation",
+            str(root / f"{slide_id}.geojson"),
+            "--width",
+            str(side),
+            "--height",
+            str(side),
+            "--tumor-regions",
+            "2",
+            "--mimic-regions",
+            "2",
+            "--tumor-size-um",
+            "200",
+        )
+        hnm(
+            "tile",
+            "--slide",
+            str(slide),
+            "--slide-id",
+            slide_id,
+            "--out",
+            str(tiles),
+            "--qc",
+            str(root / f"{slide_id}.png"),
+            "--patch-size",
+            "32",
+            "--target-mpp",
+            "2.0",
+        )
         made.append((slide_id, slide, tiles))
     return made
 
@@ -68,17 +103,50 @@ def main() -> None:
         root = Path(folder)
         slides = make_slides(root, args.slides, args.side)
         encoder = root / "encoder.pt"
-        save_encoder_file(encoder, build_encoder(args.arch, {"norm": "batch"}, seed=0),
-                          source="random:0")
-        common = ["--encoder", str(encoder), "--round", "0", "--device", args.device,
-                  "--workers", "1", "--batch-size", "128"]
-        one_each = [["extract", "--slide", str(slide), "--slide-id", slide_id, "--tiles",
-                     str(tiles), "--out", str(root / "each" / f"{slide_id}.h5"), *common]
-                    for slide_id, slide, tiles in slides]
-        together = [["extract", "--slide", *(str(s) for _, s, _ in slides),
-                     "--slide-id", *(i for i, _, _ in slides),
-                     "--tiles", *(str(t) for _, _, t in slides),
-                     "--out", *(str(root / "all" / f"{i}.h5") for i, _, _ in slides), *common]]
+        save_encoder_file(
+            encoder, build_encoder(args.arch, {"norm": "batch"}, seed=0), source="random:0"
+        )
+        common = [
+            "--encoder",
+            str(encoder),
+            "--round",
+            "0",
+            "--device",
+            args.device,
+            "--workers",
+            "1",
+            "--batch-size",
+            "128",
+        ]
+        one_each = [
+            [
+                "extract",
+                "--slide",
+                str(slide),
+                "--slide-id",
+                slide_id,
+                "--tiles",
+                str(tiles),
+                "--out",
+                str(root / "each" / f"{slide_id}.h5"),
+                *common,
+            ]
+            for slide_id, slide, tiles in slides
+        ]
+        together = [
+            [
+                "extract",
+                "--slide",
+                *(str(s) for _, s, _ in slides),
+                "--slide-id",
+                *(i for i, _, _ in slides),
+                "--tiles",
+                *(str(t) for _, _, t in slides),
+                "--out",
+                *(str(root / "all" / f"{i}.h5") for i, _, _ in slides),
+                *common,
+            ]
+        ]
         per_slide = timed(one_each)
         batched = timed(together)
         patches = 0
@@ -87,11 +155,20 @@ def main() -> None:
             b, _, _ = read_features(root / "all" / f"{slide_id}.h5")
             np.testing.assert_array_equal(a, b)
             patches += len(a)
-    print(json.dumps({
-        "slides": args.slides, "patches": patches, "arch": args.arch, "device": args.device,
-        "one_process_per_slide_s": round(per_slide, 2), "one_process_for_all_s": round(batched, 2),
-        "speedup": round(per_slide / batched, 2),
-    }, indent=1))
+    print(
+        json.dumps(
+            {
+                "slides": args.slides,
+                "patches": patches,
+                "arch": args.arch,
+                "device": args.device,
+                "one_process_per_slide_s": round(per_slide, 2),
+                "one_process_for_all_s": round(batched, 2),
+                "speedup": round(per_slide / batched, 2),
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -52,8 +52,13 @@ def _write_slide(path: Path, slide_px: int, tumour: bool, rng: np.random.Generat
         texture[..., 0] = np.maximum(texture[..., 0], 170)
     repeats = -(-slide_px // side)
     image = np.tile(texture, (repeats, repeats, 1))[:slide_px, :slide_px]
-    tifffile.imwrite(path, image, tile=(256, 256) if slide_px >= 256 else (16, 16),
-                     photometric="rgb", compression="jpeg")
+    tifffile.imwrite(
+        path,
+        image,
+        tile=(256, 256) if slide_px >= 256 else (16, 16),
+        photometric="rgb",
+        compression="jpeg",
+    )
 
 
 def make_cohort(
@@ -75,23 +80,49 @@ def make_cohort(
     for number in range(slides):
         label = number % 2
         slide = f"{'tumor' if label else 'normal'}_{number:03d}"
-        write_tiles(root / "tiles" / f"{slide}.h5", coords,
-                    {"slide_id": slide, "slide_path": str(files[label]), "patch_size": patch,
-                     "target_mpp": 1.0, "mpp": 1.0, "mpp_source": "sheet", "level": 0,
-                     "level_downsample": 1.0, "read_size": patch, "step_level0": patch,
-                     "failed": False, "error": ""})
-        rows.append({"slide_id": slide, "path": str(files[label]), "label": label,
-                     "split": "train", "mpp": 1.0, "annotation": ""})
+        write_tiles(
+            root / "tiles" / f"{slide}.h5",
+            coords,
+            {
+                "slide_id": slide,
+                "slide_path": str(files[label]),
+                "patch_size": patch,
+                "target_mpp": 1.0,
+                "mpp": 1.0,
+                "mpp_source": "sheet",
+                "level": 0,
+                "level_downsample": 1.0,
+                "read_size": patch,
+                "step_level0": patch,
+                "failed": False,
+                "error": "",
+            },
+        )
+        rows.append(
+            {
+                "slide_id": slide,
+                "path": str(files[label]),
+                "label": label,
+                "split": "train",
+                "mpp": 1.0,
+                "annotation": "",
+            }
+        )
         count = len(coords)
-        score = rng.beta(1, 6, count) if not label else np.where(
-            rng.random(count) < 0.3, rng.beta(6, 1, count), rng.beta(1, 4, count))
-        scores.append(pd.DataFrame({"slide_id": slide, "idx": np.arange(count), "logit": 0.0,
-                                    "score": score}))
+        score = (
+            rng.beta(1, 6, count)
+            if not label
+            else np.where(rng.random(count) < 0.3, rng.beta(6, 1, count), rng.beta(1, 4, count))
+        )
+        scores.append(
+            pd.DataFrame({"slide_id": slide, "idx": np.arange(count), "logit": 0.0, "score": score})
+        )
     return pd.DataFrame(rows), pd.concat(scores, ignore_index=True)
 
 
-def augment_vs_step(arch: str, patch: int, batch: int, device: torch.device, precision: str,
-                    repeats: int) -> dict[str, float]:
+def augment_vs_step(
+    arch: str, patch: int, batch: int, device: torch.device, precision: str, repeats: int
+) -> dict[str, float]:
     """Views/s of the batched augmentation against views/s of one SupCon update (fwd+bwd+SGD).
 
     Both run on `device` from uint8 patches already there, so this isolates the augmentation's
@@ -123,11 +154,14 @@ def augment_vs_step(arch: str, patch: int, batch: int, device: torch.device, pre
 
     views = make_views(augment, images, generator, channels_last)
     augment_s = timed(lambda: make_views(augment, images, generator, channels_last))
-    step_s = timed(lambda: contrastive_update(model, optimizer, views, labels, "negative",
-                                              settings, precision))
-    return {"augment_views_per_s": 2 * batch / augment_s,
-            "update_views_per_s": 2 * batch / step_s,
-            "augment_share_of_step": augment_s / (augment_s + step_s)}
+    step_s = timed(
+        lambda: contrastive_update(model, optimizer, views, labels, "negative", settings, precision)
+    )
+    return {
+        "augment_views_per_s": 2 * batch / augment_s,
+        "update_views_per_s": 2 * batch / step_s,
+        "augment_share_of_step": augment_s / (augment_s + step_s),
+    }
 
 
 def main() -> int:
@@ -138,19 +172,35 @@ def main() -> int:
     parser.add_argument("--slide-px", type=int, default=512)
     parser.add_argument("--patch", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=0,
-                        help="loader processes (0: reading in this process, so the CPU seconds "
-                             "cover all of the work)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="loader processes (0: reading in this process, so the CPU seconds "
+        "cover all of the work)",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--timed-epochs", type=int, default=2,
-                        help="epochs timed per ratio after one untimed epoch (minimum reported)")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="timed repeats of the augmentation/update throughput check")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (0 = torch's default); 1 keeps CPU seconds honest "
-                             "on a shared machine, where idle worker threads spin")
+    parser.add_argument(
+        "--timed-epochs",
+        type=int,
+        default=2,
+        help="epochs timed per ratio after one untimed epoch (minimum reported)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="timed repeats of the augmentation/update throughput check",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (0 = torch's default); 1 keeps CPU seconds honest "
+        "on a shared machine, where idle worker threads spin",
+    )
     parser.add_argument("--json-out", default="")
     args = parser.parse_args()
     device = resolve_device(args.device)
@@ -162,9 +212,12 @@ def main() -> int:
         root = Path(folder)
         started = time.perf_counter()
         sheet, scores = make_cohort(root, args.slides, args.slide_px, args.patch, args.seed)
-        print(f"cohort: {args.slides} slides, {len(scores)} patches "
-              f"({int((scores.slide_id.str.startswith('normal')).sum())} in negative slides), "
-              f"{args.patch} px, made in {time.perf_counter() - started:.1f} s", flush=True)
+        print(
+            f"cohort: {args.slides} slides, {len(scores)} patches "
+            f"({int((scores.slide_id.str.startswith('normal')).sum())} in negative slides), "
+            f"{args.patch} px, made in {time.perf_counter() - started:.1f} s",
+            flush=True,
+        )
         encoder = root / "encoder.pt"
         save_encoder_file(encoder, build_encoder(args.arch, seed=args.seed), source="random")
         # The first epoch carries one-off costs (first kernels of each batch shape, slide handles
@@ -173,41 +226,70 @@ def main() -> int:
         # One round inside a schedule of about 100 epochs, as the paper's: the timed epochs run at
         # the base learning rate.
         epochs = 1 + args.timed_epochs
-        settings = FinetuneSettings(epochs_per_round=epochs, rounds=-(-100 // epochs), warmup=0,
-                                    batch_size=args.batch_size, seed=args.seed,
-                                    precision=args.precision)
+        settings = FinetuneSettings(
+            epochs_per_round=epochs,
+            rounds=-(-100 // epochs),
+            warmup=0,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            precision=args.precision,
+        )
         results = []
         for ratio in ratios:
-            sets, summary = run_mining(sheet, scores, "synthetic", 0.8, 1,
-                                       MiningSettings(neg_ratio=ratio))
+            sets, summary = run_mining(
+                sheet, scores, "synthetic", 0.8, 1, MiningSettings(neg_ratio=ratio)
+            )
             sets_path = root / f"sets_{ratio}.parquet"
             sets.to_parquet(sets_path)
-            extra = finetune(sheet, sets_path, sorted((root / "tiles").glob("*.h5")), encoder, root / "out.pt", None,
-                             settings, device, args.workers)
-            results.append({"neg_ratio": ratio, "hard_negatives": extra["hard_negatives"],
-                            "steps": extra["steps_per_epoch"],
-                            "epoch_seconds": min(extra["epoch_seconds"][1:]),
-                            "epoch_cpu_seconds": min(extra["epoch_cpu_seconds"][1:]),
-                            "all_epoch_seconds": extra["epoch_seconds"]})
+            extra = finetune(
+                sheet,
+                sets_path,
+                sorted((root / "tiles").glob("*.h5")),
+                encoder,
+                root / "out.pt",
+                None,
+                settings,
+                device,
+                args.workers,
+            )
+            results.append(
+                {
+                    "neg_ratio": ratio,
+                    "hard_negatives": extra["hard_negatives"],
+                    "steps": extra["steps_per_epoch"],
+                    "epoch_seconds": min(extra["epoch_seconds"][1:]),
+                    "epoch_cpu_seconds": min(extra["epoch_cpu_seconds"][1:]),
+                    "all_epoch_seconds": extra["epoch_seconds"],
+                }
+            )
     full = next((r for r in results if r["neg_ratio"] == 1.0), None)
     print(f"\ndevice {device}, arch {args.arch}, batch {args.batch_size}, workers {args.workers}")
-    print(f"{'neg_ratio':>9} {'|H|':>7} {'steps':>6} {'wall s':>8} {'vs 1.0':>7} {'saving':>7} "
-          f"{'cpu s':>8} {'vs 1.0':>7}")
+    print(
+        f"{'neg_ratio':>9} {'|H|':>7} {'steps':>6} {'wall s':>8} {'vs 1.0':>7} {'saving':>7} "
+        f"{'cpu s':>8} {'vs 1.0':>7}"
+    )
     for row in results:
         row["vs_full"] = row["epoch_seconds"] / full["epoch_seconds"] if full else float("nan")
-        row["cpu_vs_full"] = (row["epoch_cpu_seconds"] / full["epoch_cpu_seconds"] if full
-                              else float("nan"))
-        print(f"{row['neg_ratio']:>9.2f} {row['hard_negatives']:>7d} {row['steps']:>6d} "
-              f"{row['epoch_seconds']:>8.2f} {row['vs_full']:>7.3f} {1 - row['vs_full']:>7.1%} "
-              f"{row['epoch_cpu_seconds']:>8.2f} {row['cpu_vs_full']:>7.3f}")
-    rates = augment_vs_step(args.arch, args.patch, args.batch_size, device, args.precision,
-                            args.repeats)
-    print(f"\naugmentation {rates['augment_views_per_s']:.0f} views/s, SupCon update "
-          f"{rates['update_views_per_s']:.0f} views/s: augmentation is "
-          f"{rates['augment_share_of_step']:.1%} of (augmentation + update)")
+        row["cpu_vs_full"] = (
+            row["epoch_cpu_seconds"] / full["epoch_cpu_seconds"] if full else float("nan")
+        )
+        print(
+            f"{row['neg_ratio']:>9.2f} {row['hard_negatives']:>7d} {row['steps']:>6d} "
+            f"{row['epoch_seconds']:>8.2f} {row['vs_full']:>7.3f} {1 - row['vs_full']:>7.1%} "
+            f"{row['epoch_cpu_seconds']:>8.2f} {row['cpu_vs_full']:>7.3f}"
+        )
+    rates = augment_vs_step(
+        args.arch, args.patch, args.batch_size, device, args.precision, args.repeats
+    )
+    print(
+        f"\naugmentation {rates['augment_views_per_s']:.0f} views/s, SupCon update "
+        f"{rates['update_views_per_s']:.0f} views/s: augmentation is "
+        f"{rates['augment_share_of_step']:.1%} of (augmentation + update)"
+    )
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps(
-            {"args": vars(args), "results": results, "throughput": rates}, indent=2))
+        Path(args.json_out).write_text(
+            json.dumps({"args": vars(args), "results": results, "throughput": rates}, indent=2)
+        )
     return 0
 
 

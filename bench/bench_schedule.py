@@ -234,8 +234,10 @@ def report(schedule: Schedule, rates: Rates, projection: dict[str, float]) -> No
     print(f"MIL val bag      {rates.mil_val_bag_s * 1e3:10.1f} ms")
     print(f"MIL epoch        {p['mil_epoch_s']:10.2f} s ({p['mil_pairs_per_epoch']} pairs)")
     print(f"\nper round ({s.patches:,} patches, {p['hard_negatives']:,.0f} hard negatives):")
-    print(f"  fine-tuning    {_human(p['finetune_s_per_round']):>12} ({s.finetune_epochs} epochs x "
-          f"{p['finetune_steps_per_epoch']} steps x {s.updates_per_step} updates)")
+    print(
+        f"  fine-tuning    {_human(p['finetune_s_per_round']):>12} ({s.finetune_epochs} epochs x "
+        f"{p['finetune_steps_per_epoch']} steps x {s.updates_per_step} updates)"
+    )
     print(f"  extraction     {_human(p['extraction_s_per_round']):>12}")
     print(f"  MIL            {_human(p['mil_s_per_round']):>12} ({s.mil_epochs} epochs)")
     print(f"  round          {_human(p['round_s']):>12}")

@@ -18,7 +18,9 @@ TEST_SLIDES = REPO / "tests" / "data" / "slides"
 @pytest.fixture(scope="session")
 def test_slides() -> Path:
     """The folder of real slide files shipped with the tests."""
-    assert (TEST_SLIDES / "cmu-1-small-region.svs").exists(), f"test slides missing in {TEST_SLIDES}"
+    assert (TEST_SLIDES / "cmu-1-small-region.svs").exists(), (
+        f"test slides missing in {TEST_SLIDES}"
+    )
     return TEST_SLIDES
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hnm.core.errors import HnmError
 from hnm.io.annotations import (
     Polygon,
     load_polygons,
@@ -15,7 +16,6 @@ from hnm.io.annotations import (
     patch_labels,
     patch_tumor_fraction,
 )
-from hnm.core.errors import HnmError
 
 
 def _square(x0: float, y0: float, x1: float, y1: float) -> list[list[float]]:
@@ -109,7 +109,10 @@ def test_class_matching_and_unclassified_features(tmp_path: Path) -> None:
     assert load_polygons(path, "Mimic") == []
     by_class = load_polygons_by_class(path, ["Tumor", "tissue", "Mimic", "tumor"])
     assert {name: len(found) for name, found in by_class.items()} == {
-        "Tumor": 3, "tissue": 1, "Mimic": 0, "tumor": 3
+        "Tumor": 3,
+        "tissue": 1,
+        "Mimic": 0,
+        "tumor": 3,
     }
     single = _write(tmp_path / "c.geojson", square)  # a bare geometry counts as Tumor
     assert len(load_polygons(single)) == 1

@@ -272,8 +272,9 @@ def annotated_sheet(folder: Path, document: object | str, slide: str = "te_t.svs
 
 
 def test_18_a_good_annotation_passes(cohort: Path, capsys) -> None:
-    status, _ = check_sheet(annotated_sheet(cohort, feature_collection(polygon_feature(SQUARE))),
-                            capsys)
+    status, _ = check_sheet(
+        annotated_sheet(cohort, feature_collection(polygon_feature(SQUARE))), capsys
+    )
     assert status == 0
 
 
@@ -282,11 +283,16 @@ def test_18_a_good_annotation_passes(cohort: Path, capsys) -> None:
     [
         ('{"type": "FeatureCollection", "features": [', "is not readable JSON"),
         ({"regions": []}, "is not valid GeoJSON"),
-        (feature_collection({"type": "Feature", "geometry": {"type": "Polygon",
-                                                             "coordinates": [[[0, 0], [1]]]}}),
-         "is not valid GeoJSON"),
-        (feature_collection({"type": "Feature", "geometry": {"type": "Circle"}}),
-         "unknown geometry type"),
+        (
+            feature_collection(
+                {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [1]]]}}
+            ),
+            "is not valid GeoJSON",
+        ),
+        (
+            feature_collection({"type": "Feature", "geometry": {"type": "Circle"}}),
+            "unknown geometry type",
+        ),
     ],
 )
 def test_19_malformed_geojson_is_found_with_the_sheet(
@@ -299,8 +305,11 @@ def test_19_malformed_geojson_is_found_with_the_sheet(
 
 
 def test_20_points_instead_of_polygons(cohort: Path, capsys) -> None:
-    point = {"type": "Feature", "geometry": {"type": "Point", "coordinates": [5, 5]},
-             "properties": {"classification": {"name": "Tumor"}}}
+    point = {
+        "type": "Feature",
+        "geometry": {"type": "Point", "coordinates": [5, 5]},
+        "properties": {"classification": {"name": "Tumor"}},
+    }
     status, err = check_sheet(annotated_sheet(cohort, feature_collection(point)), capsys)
     assert status == 2 and "feature 0 (class Tumor) has a Point geometry" in err
     assert "draw Tumor regions as polygons" in err
@@ -349,15 +358,29 @@ def test_24_annotation_checks_need_no_cli(cohort: Path) -> None:
 
 
 def tile(slide: Path, out: Path, *extra: str) -> int:
-    return main(["tile", "--slide", str(slide), "--slide-id", "s1", "--out", str(out / "s1.h5"),
-                 "--qc", str(out / "s1.png"), *extra])
+    return main(
+        [
+            "tile",
+            "--slide",
+            str(slide),
+            "--slide-id",
+            "s1",
+            "--out",
+            str(out / "s1.h5"),
+            "--qc",
+            str(out / "s1.png"),
+            *extra,
+        ]
+    )
 
 
 @pytest.mark.parametrize(
     ("name", "reader_message"),
-    [("broken.svs", "Unsupported or missing image file"),
-     ("unopenable.tiff", "Unsupported TIFF compression"),
-     ("unreadable.svs", "Bogus marker length")],
+    [
+        ("broken.svs", "Unsupported or missing image file"),
+        ("unopenable.tiff", "Unsupported TIFF compression"),
+        ("unreadable.svs", "Bogus marker length"),
+    ],
 )
 def test_25_corrupt_or_unopenable_slides(
     test_slides: Path, tmp_path: Path, capsys, name: str, reader_message: str
@@ -377,8 +400,9 @@ def test_26_missing_slide_file_at_tiling(tmp_path: Path, capsys) -> None:
 
 def test_27_missing_or_nonsense_resolution_and_sheet_mpp(test_slides: Path, tmp_path, capsys):
     no_resolution = tmp_path / "no_mpp.tiff"
-    tifffile.imwrite(no_resolution, np.full((512, 512, 3), 200, np.uint8), tile=(256, 256),
-                     photometric="rgb")
+    tifffile.imwrite(
+        no_resolution, np.full((512, 512, 3), 200, np.uint8), tile=(256, 256), photometric="rgb"
+    )
     out = tmp_path / "out"
     assert tile(no_resolution, out) == 2
     err = capsys.readouterr().err
@@ -403,8 +427,14 @@ def test_28_slide_smaller_than_one_patch(test_slides: Path, tmp_path: Path, caps
 def test_29_slide_without_tissue(tmp_path: Path, capsys) -> None:
     slide = tmp_path / "glass.tiff"
     glass = np.full((512, 512, 3), 242, np.uint8)
-    tifffile.imwrite(slide, glass, tile=(256, 256), photometric="rgb",
-                     resolution=(1e4 / 0.5, 1e4 / 0.5), resolutionunit="CENTIMETER")
+    tifffile.imwrite(
+        slide,
+        glass,
+        tile=(256, 256),
+        photometric="rgb",
+        resolution=(1e4 / 0.5, 1e4 / 0.5),
+        resolutionunit="CENTIMETER",
+    )
     out = tmp_path / "out"
     assert tile(slide, out, "--patch-size", "64") == 2
     err = capsys.readouterr().err
@@ -420,8 +450,11 @@ def test_30_upsampling_refused(test_slides: Path, tmp_path: Path, capsys) -> Non
 
 @pytest.mark.parametrize(
     ("flag", "value", "setting"),
-    [("--overlap", "1.0", "overlap"), ("--patch-size", "0", "patch_size"),
-     ("--min-tissue-fraction", "1.5", "min_tissue_fraction")],
+    [
+        ("--overlap", "1.0", "overlap"),
+        ("--patch-size", "0", "patch_size"),
+        ("--min-tissue-fraction", "1.5", "min_tissue_fraction"),
+    ],
 )
 def test_31_out_of_range_tiling_settings(
     test_slides: Path, tmp_path: Path, capsys, flag: str, value: str, setting: str
@@ -439,12 +472,16 @@ def test_32_failed_slides_report_does_not_say_to_skip(test_slides: Path, tmp_pat
     from hnm.tiling.grid import write_tiles_file
 
     _coords, attrs = read_tiles(tmp_path / "s1.h5")
-    attrs.update(slide_id="old", error="openslide failed: X. The slide's data is probably "
-                 "corrupt; set on_slide_error: skip to exclude it")
+    attrs.update(
+        slide_id="old",
+        error="openslide failed: X. The slide's data is probably "
+        "corrupt; set on_slide_error: skip to exclude it",
+    )
     write_tiles_file(old, np.zeros((0, 2), np.int64), attrs, tissue_fraction=[])
     report = tmp_path / "failed_slides.tsv"
-    assert main(["failures", "--tiles", str(tmp_path / "s1.h5"), str(old), "--out",
-                 str(report)]) == 0
+    assert (
+        main(["failures", "--tiles", str(tmp_path / "s1.h5"), str(old), "--out", str(report)]) == 0
+    )
     rows = [line.split("\t") for line in report.read_text().splitlines()[1:]]
     assert [row[0] for row in rows] == ["s1", "old"]
     assert "Unsupported or missing image file" in rows[0][2]
@@ -461,8 +498,12 @@ class NotAllowed:
 
 @pytest.mark.parametrize(
     ("kind", "expected"),
-    [("missing", "not found"), ("truncated", "may be truncated"), ("text", "may be truncated"),
-     ("pickled", "need code to unpickle")],
+    [
+        ("missing", "not found"),
+        ("truncated", "may be truncated"),
+        ("text", "may be truncated"),
+        ("pickled", "need code to unpickle"),
+    ],
 )
 def test_33_unreadable_weights_files(tmp_path: Path, kind: str, expected: str) -> None:
     path = tmp_path / "weights.pt"
@@ -480,11 +521,11 @@ def test_33_unreadable_weights_files(tmp_path: Path, kind: str, expected: str) -
 
 def test_34_wrong_weights_through_the_cli(tmp_path: Path, capsys) -> None:
     path = tmp_path / "other.pt"
-    torch.save({"encoder.blocks.0.weight": torch.zeros(3), "decoder.weight": torch.zeros(2)},
-               path)
+    torch.save({"encoder.blocks.0.weight": torch.zeros(3), "decoder.weight": torch.zeros(2)}, path)
     out = tmp_path / "encoder.pt"
-    status = main(["init-encoder", "--arch", "resnet_mini", "--weights", str(path),
-                   "--out", str(out)])
+    status = main(
+        ["init-encoder", "--arch", "resnet_mini", "--weights", str(path), "--out", str(out)]
+    )
     err = capsys.readouterr().err
     assert status == 2 and str(path) in err and not out.exists()
 
@@ -573,10 +614,15 @@ def test_40_two_writers_never_share_a_checkpoint_folder(tmp_path: Path) -> None:
 def test_41_a_checkpoint_folder_held_by_another_process(tmp_path: Path) -> None:
     folder = tmp_path / "ckpt"
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time; from hnm.core.checkpoint import Checkpointer; "
-         f"c = Checkpointer({str(folder)!r}, 'abc'); print('held', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True, cwd=REPO,
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from hnm.core.checkpoint import Checkpointer; "
+            f"c = Checkpointer({str(folder)!r}, 'abc'); print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
     )
     try:
         assert holder.stdout.readline().strip() == "held"
@@ -635,7 +681,9 @@ def test_42_a_stage_ends_when_its_parent_is_killed(parent_code: str, child: str)
     """Was: after kill -9 of snakemake, stages ran on and kept writing checkpoints."""
     parent = subprocess.Popen(
         [sys.executable, "-c", parent_code.format(child=child)],
-        stdout=subprocess.PIPE, text=True, cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
     )
     child_pid = int(parent.stdout.readline())
     try:
@@ -669,12 +717,24 @@ def test_43_out_of_range_and_unknown_settings() -> None:
 
 def test_44_an_empty_training_slide_is_logged_with_its_label(caplog) -> None:
     """Was: 'slide empty (label None)' in the mining log."""
-    sheet = pd.DataFrame({
-        "slide_id": ["n1", "p1", "empty", "v1"], "path": "", "label": [0, 1, 1, 0],
-        "split": ["train", "train", "train", "val"], "mpp": np.nan, "annotation": "",
-    })
-    scores = pd.DataFrame({"slide_id": ["n1", "n1", "p1", "p1"], "idx": [0, 1, 0, 1],
-                           "logit": 0.0, "score": [0.2, 0.7, 0.9, 0.4]})
+    sheet = pd.DataFrame(
+        {
+            "slide_id": ["n1", "p1", "empty", "v1"],
+            "path": "",
+            "label": [0, 1, 1, 0],
+            "split": ["train", "train", "train", "val"],
+            "mpp": np.nan,
+            "annotation": "",
+        }
+    )
+    scores = pd.DataFrame(
+        {
+            "slide_id": ["n1", "n1", "p1", "p1"],
+            "idx": [0, 1, 0, 1],
+            "logit": 0.0,
+            "score": [0.2, 0.7, 0.9, 0.4],
+        }
+    )
     _sets, summary = run_mining(sheet, scores, "train.parquet", 0.8, 0, MiningSettings())
     assert summary["slides"]["empty"]["label"] == 1 and summary["excluded_slides"] == ["empty"]
 

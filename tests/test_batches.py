@@ -37,9 +37,7 @@ def test_new_slides_change_only_the_batches_they_fall_into(where: str) -> None:
     unchanged = {name for name, batch in after.items() if before.get(name) == batch}
     moved = {slide for name, batch in after.items() if name not in unchanged for slide in batch}
     # the old batches the new slides land in: every leaf whose prefix starts one of them
-    touched = {
-        name for name in before for slide in new if hash_bits(slide).startswith(name[1:])
-    }
+    touched = {name for name in before for slide in new if hash_bits(slide).startswith(name[1:])}
     may_move = {slide for name in touched for slide in before[name]} | set(new)
     assert moved <= may_move
     assert len(unchanged) >= len(before) - len(new)

@@ -31,9 +31,9 @@ from tests.cluster.slurm import (
     ClusterUnavailable,
     JobRecorder,
     SlurmCluster,
-    pid_alive,
     client_env,
     cluster_fixture,
+    pid_alive,
 )
 
 pytestmark = [pytest.mark.cluster, pytest.mark.workflow, pytest.mark.timeout(1200)]
@@ -424,7 +424,9 @@ def test_cancelled_job_is_redone_on_rerun_and_finished_work_is_kept(
     assert "Nothing to be done" in dry.stdout + dry.stderr, "the rerun left work undone"
     litter = leftover_temporaries(copy)
     if litter:
-        warnings.warn(f"scancel left temporary files of hnm.core.atomic behind: {litter}", stacklevel=1)
+        warnings.warn(
+            f"scancel left temporary files of hnm.core.atomic behind: {litter}", stacklevel=1
+        )
     print(
         f"cancelled SLURM job {cancelled} (extract); kept {len(finished)} finished outputs "
         f"({len(features)} feature files); rerun submitted {len(rerun_ids)} jobs; "

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from hnm.cli import main
+from hnm.core.errors import CheckpointError, ConfigError
 from hnm.encoders import (
     build_encoder,
     load_encoder_file,
@@ -17,7 +18,6 @@ from hnm.encoders import (
     save_encoder_file,
     weights_digest,
 )
-from hnm.core.errors import CheckpointError, ConfigError
 
 
 def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:

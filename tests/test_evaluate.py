@@ -15,8 +15,14 @@ from sklearn import metrics as sk
 
 from hnm.cli import main as cli_main
 from hnm.evaluation.evaluate import MilFiles, evaluate
+from hnm.evaluation.metrics import (
+    average_precision,
+    best_f1,
+    binary_metrics,
+    choose_threshold,
+    roc_auc,
+)
 from hnm.io.h5io import write_tiles
-from hnm.evaluation.metrics import average_precision, best_f1, binary_metrics, choose_threshold, roc_auc
 
 LABELS = np.array([1, 0, 1, 1, 0, 0, 1, 0, 0, 1, 0, 0])
 SCORES = np.array([0.9, 0.8, 0.8, 0.7, 0.6, 0.55, 0.5, 0.5, 0.3, 0.2, 0.2, 0.1])  # with ties
@@ -225,14 +231,21 @@ def test_tumor_against_another_annotated_class(mil_run: dict[str, Any]) -> None:
     root = mil_run["root"]
     sheet = pd.read_csv(mil_run["sheet"], sep="\t", keep_default_na=False)
     files = {
-        "t_pos": _write_geojson(root / "t_pos2.geojson", -10, -10, 210, 110,
-                                boxes={"Mimic": (190, -10, 310, 110)}),
+        "t_pos": _write_geojson(
+            root / "t_pos2.geojson", -10, -10, 210, 110, boxes={"Mimic": (190, -10, 310, 110)}
+        ),
         "t_neg": _write_geojson(root / "t_neg.geojson", boxes={"Mimic": (-10, -10, 110, 110)}),
     }
     sheet["annotation"] = [files.get(s, a) for s, a in zip(sheet["slide_id"], sheet["annotation"])]
     sheet.to_csv(mil_run["sheet"], sep="\t", index=False)
-    metrics = evaluate(mil_run["sheet"], mil_run["mil"], mil_run["tiles"], root / "e.json",
-                       root / "p.csv", versus_classes=["Mimic", "Necrosis"])
+    metrics = evaluate(
+        mil_run["sheet"],
+        mil_run["mil"],
+        mil_run["tiles"],
+        root / "e.json",
+        root / "p.csv",
+        versus_classes=["Mimic", "Necrosis"],
+    )
     test = metrics["patch"]["test"]
     assert test["overall"]["auc"] == pytest.approx(6 / 8)  # the Mimic boxes change nothing here
     assert test["versus"]["Mimic"] == {"n_tumour_patches": 2, "n_class_patches": 2, "auc": 0.5}

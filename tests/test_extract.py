@@ -307,12 +307,42 @@ def test_cli_extracts_several_slides_in_one_call(setup, caplog, monkeypatch):
     common = ["--encoder", str(encoder), "--round", "0", "--batch-size", "16", "--workers", "0"]
     common += ["--device", "cpu"]
     alone = folder / "alone.h5"
-    assert main(["extract", "--slide", slide, "--slide-id", "a", "--tiles", str(tiles),
-                 "--out", str(alone), *common]) == 0
+    assert (
+        main(
+            [
+                "extract",
+                "--slide",
+                slide,
+                "--slide-id",
+                "a",
+                "--tiles",
+                str(tiles),
+                "--out",
+                str(alone),
+                *common,
+            ]
+        )
+        == 0
+    )
     outs = [str(folder / "a.h5"), str(folder / "b.h5")]
     with caplog.at_level("INFO"):
-        code = main(["extract", "--slide", slide, slide, "--slide-id", "a", "b",
-                     "--tiles", str(tiles), str(tiles), "--out", *outs, *common])
+        code = main(
+            [
+                "extract",
+                "--slide",
+                slide,
+                slide,
+                "--slide-id",
+                "a",
+                "b",
+                "--tiles",
+                str(tiles),
+                str(tiles),
+                "--out",
+                *outs,
+                *common,
+            ]
+        )
     assert code == 0
     assert len(loads) == 2  # the single-slide call, then one for the two-slide call
     expected, _, _ = read_features(alone)
@@ -325,9 +355,28 @@ def test_cli_extracts_several_slides_in_one_call(setup, caplog, monkeypatch):
 
 def test_cli_several_slides_need_one_value_of_each_option_per_slide(setup, capsys):
     root, slide, tiles, encoder = setup
-    code = main(["extract", "--slide", slide, slide, "--slide-id", "a", "b", "--tiles", str(tiles),
-                 "--encoder", str(encoder), "--round", "0", "--out", str(root / "x.h5"),
-                 str(root / "y.h5"), "--device", "cpu"])
+    code = main(
+        [
+            "extract",
+            "--slide",
+            slide,
+            slide,
+            "--slide-id",
+            "a",
+            "b",
+            "--tiles",
+            str(tiles),
+            "--encoder",
+            str(encoder),
+            "--round",
+            "0",
+            "--out",
+            str(root / "x.h5"),
+            str(root / "y.h5"),
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 2
     assert "--slide 2, --slide-id 2, --tiles 1, --out 2" in capsys.readouterr().err
     assert not (root / "x.h5").exists()

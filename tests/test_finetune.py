@@ -16,8 +16,8 @@ from hnm.encoders import build_encoder, load_encoder_file, save_encoder_file
 from hnm.finetune.plan import Pools, plan_epoch, steps_per_epoch
 from hnm.finetune.train import FinetuneSettings, finetune
 from hnm.io.h5io import write_tiles
-from hnm.mining.sets import MiningSettings, run_mining
 from hnm.mining.schedule import learning_rate
+from hnm.mining.sets import MiningSettings, run_mining
 
 PATCH = 32
 SLIDES = {"n1": 0, "n2": 0, "p1": 1, "p2": 1}
@@ -44,35 +44,78 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         path = root / f"{slide}.tiff"
         coords = _write_slide(path, label, seed)
         write_tiles(
-            root / "tiles" / f"{slide}.h5", coords,
-            {"slide_id": slide, "slide_path": str(path), "patch_size": PATCH, "target_mpp": 1.0,
-             "mpp": 1.0, "mpp_source": "sheet", "level": 0, "level_downsample": 1.0,
-             "read_size": PATCH, "step_level0": PATCH, "failed": False, "error": ""},
+            root / "tiles" / f"{slide}.h5",
+            coords,
+            {
+                "slide_id": slide,
+                "slide_path": str(path),
+                "patch_size": PATCH,
+                "target_mpp": 1.0,
+                "mpp": 1.0,
+                "mpp_source": "sheet",
+                "level": 0,
+                "level_downsample": 1.0,
+                "read_size": PATCH,
+                "step_level0": PATCH,
+                "failed": False,
+                "error": "",
+            },
         )
-        rows.append({"slide_id": slide, "path": str(path), "label": label, "split": "train",
-                     "mpp": 1.0, "annotation": ""})
+        rows.append(
+            {
+                "slide_id": slide,
+                "path": str(path),
+                "label": label,
+                "split": "train",
+                "mpp": 1.0,
+                "annotation": "",
+            }
+        )
         for idx in range(len(coords)):
             score = rng.uniform(0.4, 1.0) if label and idx % 2 == 0 else rng.uniform(0, 0.3)
             scores.append({"slide_id": slide, "idx": idx, "logit": 0.0, "score": score})
     sheet = pd.DataFrame(rows)
     sheet.to_csv(root / "sheet.tsv", sep="\t", index=False)
-    sets, _ = run_mining(sheet, pd.DataFrame(scores), "scores", 0.8, 0,
-                         MiningSettings(neg_ratio=0.5))
+    sets, _ = run_mining(
+        sheet, pd.DataFrame(scores), "scores", 0.8, 0, MiningSettings(neg_ratio=0.5)
+    )
     sets.to_parquet(root / "sets.parquet")
     save_encoder_file(root / "encoder.pt", build_encoder("resnet_mini", seed=0), source="random:0")
-    return {"root": root, "sheet": root / "sheet.tsv", "sets": root / "sets.parquet",
-            "tiles": sorted((root / "tiles").glob("*.h5")), "encoder": root / "encoder.pt"}
+    return {
+        "root": root,
+        "sheet": root / "sheet.tsv",
+        "sets": root / "sets.parquet",
+        "tiles": sorted((root / "tiles").glob("*.h5")),
+        "encoder": root / "encoder.pt",
+    }
 
 
-SETTINGS = FinetuneSettings(epochs_per_round=2, rounds=2, warmup=1, batch_size=8,
-                            cosine_after=1, lr=0.05, seed=3)
+SETTINGS = FinetuneSettings(
+    epochs_per_round=2, rounds=2, warmup=1, batch_size=8, cosine_after=1, lr=0.05, seed=3
+)
 
 
-def run(cohort: dict[str, Path], out: Path, checkpoints: Path | None, workers: int = 0,
-        settings: FinetuneSettings = SETTINGS, **kwargs) -> dict:  # noqa: ANN003
+def run(
+    cohort: dict[str, Path],
+    out: Path,
+    checkpoints: Path | None,
+    workers: int = 0,
+    settings: FinetuneSettings = SETTINGS,
+    **kwargs,
+) -> dict:  # noqa: ANN003
     sheet = pd.read_csv(cohort["sheet"], sep="\t")
-    return finetune(sheet, cohort["sets"], cohort["tiles"], cohort["encoder"], out, checkpoints,
-                    settings, torch.device("cpu"), workers, **kwargs)
+    return finetune(
+        sheet,
+        cohort["sets"],
+        cohort["tiles"],
+        cohort["encoder"],
+        out,
+        checkpoints,
+        settings,
+        torch.device("cpu"),
+        workers,
+        **kwargs,
+    )
 
 
 def _pools(hardneg: int, positives: int = 5) -> Pools:
@@ -153,8 +196,13 @@ def test_resume_equals_uninterrupted(cohort, tmp_path, caplog) -> None:  # noqa:
             raise Killed
 
     with pytest.raises(Killed):
-        run(cohort, tmp_path / "resumed.pt", tmp_path / "ckpt", workers=1,
-            on_epoch_end=kill_after_first)
+        run(
+            cohort,
+            tmp_path / "resumed.pt",
+            tmp_path / "ckpt",
+            workers=1,
+            on_epoch_end=kill_after_first,
+        )
     assert not (tmp_path / "resumed.pt").exists() and (tmp_path / "ckpt" / "state.pt").exists()
     with caplog.at_level(logging.INFO, logger="hnm.finetune.train"):
         run(cohort, tmp_path / "resumed.pt", tmp_path / "ckpt", workers=1)
@@ -168,13 +216,28 @@ def test_resume_equals_uninterrupted(cohort, tmp_path, caplog) -> None:  # noqa:
 
 def test_next_round_continues_the_global_epoch(cohort, tmp_path) -> None:  # noqa: ANN001
     first = tmp_path / "r1.pt"
-    run(cohort, first, None, settings=FinetuneSettings(
-        epochs_per_round=1, rounds=4, warmup=1, batch_size=8, seed=3, max_steps_per_epoch=1))
+    run(
+        cohort,
+        first,
+        None,
+        settings=FinetuneSettings(
+            epochs_per_round=1, rounds=4, warmup=1, batch_size=8, seed=3, max_steps_per_epoch=1
+        ),
+    )
     sheet = pd.read_csv(cohort["sheet"], sep="\t")
-    finetune(sheet, cohort["sets"], cohort["tiles"], first, tmp_path / "r2.pt", None,
-             FinetuneSettings(epochs_per_round=1, rounds=4, warmup=1, batch_size=8, seed=3,
-                              max_steps_per_epoch=1),
-             torch.device("cpu"), 0)
+    finetune(
+        sheet,
+        cohort["sets"],
+        cohort["tiles"],
+        first,
+        tmp_path / "r2.pt",
+        None,
+        FinetuneSettings(
+            epochs_per_round=1, rounds=4, warmup=1, batch_size=8, seed=3, max_steps_per_epoch=1
+        ),
+        torch.device("cpu"),
+        0,
+    )
     _, meta = load_encoder_file(tmp_path / "r2.pt")
     assert meta.epoch == 2 and meta.round == 2
     assert meta.extra["losses"][0]["loss_positive"] > 0  # global epoch 1 >= warm-up
@@ -182,11 +245,31 @@ def test_next_round_continues_the_global_epoch(cohort, tmp_path) -> None:  # noq
 
 def test_cli(cohort, tmp_path) -> None:  # noqa: ANN001
     out = tmp_path / "encoder.pt"
-    argv = ["finetune", "--sheet", str(cohort["sheet"]), "--sets", str(cohort["sets"]),
-            "--tiles", *map(str, cohort["tiles"]), "--encoder-in", str(cohort["encoder"]),
-            "--out", str(out), "--checkpoint-dir", str(tmp_path / "ckpt"),
-            "--epochs-per-round", "1", "--batch-size", "8", "--device", "cpu", "--workers", "0",
-            "--max-steps-per-epoch", "1"]
+    argv = [
+        "finetune",
+        "--sheet",
+        str(cohort["sheet"]),
+        "--sets",
+        str(cohort["sets"]),
+        "--tiles",
+        *map(str, cohort["tiles"]),
+        "--encoder-in",
+        str(cohort["encoder"]),
+        "--out",
+        str(out),
+        "--checkpoint-dir",
+        str(tmp_path / "ckpt"),
+        "--epochs-per-round",
+        "1",
+        "--batch-size",
+        "8",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--max-steps-per-epoch",
+        "1",
+    ]
     assert main(argv) == 0 and out.exists()
     missing = argv.copy()
     missing[missing.index("--tiles") + 1] = str(tmp_path / "nowhere" / "a.h5")
@@ -197,7 +280,16 @@ def test_cli(cohort, tmp_path) -> None:  # noqa: ANN001
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_bf16_epoch(cohort, tmp_path) -> None:  # noqa: ANN001
     sheet = pd.read_csv(cohort["sheet"], sep="\t")
-    extra = finetune(sheet, cohort["sets"], cohort["tiles"], cohort["encoder"],
-                     tmp_path / "gpu.pt", None, SETTINGS, torch.device("cuda"), 1)
+    extra = finetune(
+        sheet,
+        cohort["sets"],
+        cohort["tiles"],
+        cohort["encoder"],
+        tmp_path / "gpu.pt",
+        None,
+        SETTINGS,
+        torch.device("cuda"),
+        1,
+    )
     assert extra["settings"]["precision"] == "bf16"
     assert all(np.isfinite(v) for loss in extra["losses"] for v in loss.values())

@@ -432,7 +432,9 @@ def test_gpu_source_matches_cpu_reference(which, vips_pyramid, vips_rgb_pyramid)
     args = (level, coords, 1.0, 112, 112)
 
     def patches(device: str, decode) -> torch.Tensor:
-        source = gd.JpegPatchSource(*args, batch_size=16, device=torch.device(device), decode=decode)
+        source = gd.JpegPatchSource(
+            *args, batch_size=16, device=torch.device(device), decode=decode
+        )
         return torch.cat([x for _, x in source]).cpu()
 
     decode, why = gpu_decoder(level, which, torch.device("cuda"))
@@ -451,9 +453,18 @@ def _tiles(tmp_path, slide: str, size: tuple[int, int], step: int):
     write_tiles(
         tmp_path / "t.h5",
         coords,
-        dict(slide_id="s", slide_path=slide, patch_size=step // 2 if step > 112 else step,
-             target_mpp=1.0, mpp=0.5, level=0, level_downsample=1.0, read_size=step,
-             failed=False, error=""),
+        dict(
+            slide_id="s",
+            slide_path=slide,
+            patch_size=step // 2 if step > 112 else step,
+            target_mpp=1.0,
+            mpp=0.5,
+            level=0,
+            level_downsample=1.0,
+            read_size=step,
+            failed=False,
+            error="",
+        ),
     )
     return coords
 
@@ -477,7 +488,11 @@ def test_stage_features_equal_the_cpu_path(
     out, paths = {}, {}
     for decode in ("gpu", "cpu"):
         result = extract_slide(
-            slide, "s", str(tmp_path / "t.h5"), str(tmp_path / "e.pt"), 0,
+            slide,
+            "s",
+            str(tmp_path / "t.h5"),
+            str(tmp_path / "e.pt"),
+            0,
             str(tmp_path / f"{decode}.h5"),
             ExtractSettings(batch_size=64, device="cuda", precision="fp32", decode=decode),
         )

@@ -14,11 +14,11 @@ import torch
 
 from hnm.cli import main as cli_main
 from hnm.core.errors import ConfigError, HnmError
-from hnm.io.h5io import FeatureWriter
 from hnm.evaluation.metrics import choose_threshold, roc_auc
+from hnm.io.h5io import FeatureWriter
 from hnm.mil.settings import MilSettings
-from tests.mil_cohort import SyntheticBag, make_bags, write_cohort
 from hnm.mil.train import class_weights, load_model, train_mil
+from tests.mil_cohort import SyntheticBag, make_bags, write_cohort
 
 COUNTS = {"train": (12, 12), "val": (6, 6), "test": (8, 8)}
 FAST = MilSettings(epochs=30, lr=2e-3, select="best_val", checkpoint_every=2)

@@ -11,6 +11,7 @@ import pytest
 
 from hnm.cli import main
 from hnm.core.errors import ConfigError, HnmError
+from hnm.mining.schedule import EncoderSchedule, curriculum_ratio
 from hnm.mining.sets import (
     MiningSettings,
     read_val_f1,
@@ -18,7 +19,6 @@ from hnm.mining.sets import (
     should_refresh,
     top_fraction_threshold,
 )
-from hnm.mining.schedule import EncoderSchedule, curriculum_ratio
 
 # Hand-made cohort: two negative slides, two positive slides (and one train slide without patches).
 NEGATIVE = {"n1": [0.1, 0.5, 0.9, 0.9], "n2": [0.2, 0.3]}
@@ -56,12 +56,21 @@ def members(sets: pd.DataFrame, name: str) -> set[tuple[str, int]]:
     return set(zip(chosen["slide_id"], chosen["idx"].astype(int)))
 
 
-def mine(settings: MiningSettings, round_index: int = 0, scores: pd.DataFrame | None = None,
-         sheet: pd.DataFrame | None = None, **kwargs):  # noqa: ANN003, ANN201
+def mine(
+    settings: MiningSettings,
+    round_index: int = 0,
+    scores: pd.DataFrame | None = None,
+    sheet: pd.DataFrame | None = None,
+    **kwargs,
+):  # noqa: ANN003, ANN201
     return run_mining(
         make_sheet() if sheet is None else sheet,
         make_scores() if scores is None else scores,
-        "train.parquet", 0.8, round_index, settings, **kwargs,
+        "train.parquet",
+        0.8,
+        round_index,
+        settings,
+        **kwargs,
     )
 
 
@@ -86,8 +95,13 @@ def test_sets_by_hand_round_zero() -> None:
     assert members(sets, "curriculum") == {("p1", 0)}
     assert members(sets, "uncertain") == {("p1", 3), ("p1", 4), ("p2", 1)}
     assert members(sets, "confneg") == set()
-    assert summary["counts"] == {"hardneg": 3, "pos": 4, "curriculum": 1, "confneg": 0,
-                                 "uncertain": 3}
+    assert summary["counts"] == {
+        "hardneg": 3,
+        "pos": 4,
+        "curriculum": 1,
+        "confneg": 0,
+        "uncertain": 3,
+    }
     assert summary["slides"]["n2"]["hardneg"] == 0 and summary["slides"]["n2"]["n_patches"] == 2
     assert summary["slides"]["empty"]["n_patches"] == 0
     assert summary["excluded_slides"] == ["empty"]
@@ -174,8 +188,14 @@ def test_gated_refresh_keeps_the_previous_sets_and_recuts_the_curriculum() -> No
     settings = MiningSettings(neg_ratio=0.5, schedule=schedule)
     previous_sets, previous_summary = mine(settings, round_index=0)
     # Round 3's scores differ (everything shuffled), but its F1 is below the best (0.8).
-    changed = make_scores({"n1": [0.9, 0.1, 0.1, 0.1], "n2": [0.9, 0.9],
-                           "p1": [0.1, 0.2, 0.2, 0.9, 0.9], "p2": [0.9, 0.9]})
+    changed = make_scores(
+        {
+            "n1": [0.9, 0.1, 0.1, 0.1],
+            "n2": [0.9, 0.9],
+            "p1": [0.1, 0.2, 0.2, 0.9, 0.9],
+            "p2": [0.9, 0.9],
+        }
+    )
     sets, summary = run_mining(
         make_sheet(), changed, "train.parquet", 0.5, 3, settings, previous_sets, previous_summary
     )
@@ -227,13 +247,30 @@ def test_cli_two_rounds_with_gating(tmp_path) -> None:  # noqa: ANN001
     for round_index, f1 in ((0, 0.8), (1, 0.6)):
         metrics = tmp_path / f"metrics{round_index}.json"
         metrics.write_text(json.dumps({"val": {"f1": f1}}))
-        argv = ["mine", "--sheet", str(sheet), "--scores", str(scores), "--metrics", str(metrics),
-                "--round", str(round_index), "--neg-ratio", "0.5",
-                "--out", str(tmp_path / f"r{round_index}" / "sets.parquet"),
-                "--summary", str(tmp_path / f"r{round_index}" / "summary.json")]
+        argv = [
+            "mine",
+            "--sheet",
+            str(sheet),
+            "--scores",
+            str(scores),
+            "--metrics",
+            str(metrics),
+            "--round",
+            str(round_index),
+            "--neg-ratio",
+            "0.5",
+            "--out",
+            str(tmp_path / f"r{round_index}" / "sets.parquet"),
+            "--summary",
+            str(tmp_path / f"r{round_index}" / "summary.json"),
+        ]
         if round_index:
-            argv += ["--previous-sets", str(tmp_path / "r0" / "sets.parquet"),
-                     "--previous-summary", str(tmp_path / "r0" / "summary.json")]
+            argv += [
+                "--previous-sets",
+                str(tmp_path / "r0" / "sets.parquet"),
+                "--previous-summary",
+                str(tmp_path / "r0" / "summary.json"),
+            ]
         assert main(argv) == 0
     first = json.loads((tmp_path / "r0" / "summary.json").read_text())
     second = json.loads((tmp_path / "r1" / "summary.json").read_text())
@@ -243,7 +280,24 @@ def test_cli_two_rounds_with_gating(tmp_path) -> None:  # noqa: ANN001
     assert members(kept, "hardneg") == {("n1", 1), ("n1", 2), ("n1", 3)}
     # A missing metrics key is a one-line error with exit status 2.
     (tmp_path / "bad.json").write_text("{}")
-    assert main(["mine", "--sheet", str(sheet), "--scores", str(scores), "--metrics",
-                 str(tmp_path / "bad.json"), "--round", "0", "--out", str(tmp_path / "x.parquet"),
-                 "--summary", str(tmp_path / "x.json")]) == 2
+    assert (
+        main(
+            [
+                "mine",
+                "--sheet",
+                str(sheet),
+                "--scores",
+                str(scores),
+                "--metrics",
+                str(tmp_path / "bad.json"),
+                "--round",
+                "0",
+                "--out",
+                str(tmp_path / "x.parquet"),
+                "--summary",
+                str(tmp_path / "x.json"),
+            ]
+        )
+        == 2
+    )
     assert not (tmp_path / "x.parquet").exists()

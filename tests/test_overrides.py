@@ -50,9 +50,21 @@ def test_a_nested_setting_can_be_overridden_on_the_command_line(tmp_path, repo_r
 
     result = subprocess.run(
         [
-            sys.executable, "-m", "snakemake", "-s", str(repo_root / "Snakefile"),
-            "-d", str(tmp_path), "-n", "-p", "--configfile", str(repo_root / "config" / "paper.yaml"),
-            "--config", "mining={neg_ratio: 0.05}", "--", "results/r0/mining/sets.parquet",
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-s",
+            str(repo_root / "Snakefile"),
+            "-d",
+            str(tmp_path),
+            "-n",
+            "-p",
+            "--configfile",
+            str(repo_root / "config" / "paper.yaml"),
+            "--config",
+            "mining={neg_ratio: 0.05}",
+            "--",
+            "results/r0/mining/sets.parquet",
         ],
         capture_output=True,
         text=True,
@@ -69,4 +81,6 @@ def test_local_references_are_followed() -> None:
         "definitions": {"fraction": {"type": "number", "minimum": 0, "maximum": 1}},
         "properties": {"mining": {"properties": {"neg_ratio": {"$ref": "#/definitions/fraction"}}}},
     }
-    assert typed_overrides({"mining": {"neg_ratio": "0.2"}}, schema) == {"mining": {"neg_ratio": 0.2}}
+    assert typed_overrides({"mining": {"neg_ratio": "0.2"}}, schema) == {
+        "mining": {"neg_ratio": 0.2}
+    }

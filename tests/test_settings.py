@@ -59,8 +59,12 @@ def test_config_yaml_holds_the_workflow_defaults(repo_root) -> None:  # noqa: AN
 def test_every_config_file_names_known_settings(repo_root, name) -> None:  # noqa: ANN001
     config = load_yaml(repo_root, "config", name)
     for cls in SECTION_CLASSES:
-        cls.from_config({**load_yaml(repo_root, "config", "config.yaml")[cls.section],
-                         **config.get(cls.section, {})})
+        cls.from_config(
+            {
+                **load_yaml(repo_root, "config", "config.yaml")[cls.section],
+                **config.get(cls.section, {}),
+            }
+        )
 
 
 @pytest.mark.parametrize("cls", SECTION_CLASSES, ids=lambda c: c.section)
@@ -122,7 +126,9 @@ def test_generated_flags_parse_back() -> None:
     parser = argparse.ArgumentParser()
     MilSettings.add_arguments(parser)
     args = parser.parse_args(["--epochs", "7", "--no-ranking-loss", "--select", "best_val"])
-    assert MilSettings.from_args(args) == MilSettings(epochs=7, ranking_loss=False, select="best_val")
+    assert MilSettings.from_args(args) == MilSettings(
+        epochs=7, ranking_loss=False, select="best_val"
+    )
 
 
 def test_bounds_and_choices_are_checked_where_the_object_is_made() -> None:

@@ -85,9 +85,7 @@ def test_every_kind_of_bad_row_is_named(slide_files: Path) -> None:
 
 
 def test_a_training_split_with_one_class_is_refused(slide_files: Path) -> None:
-    path = write_sheet(
-        slide_files, ["s1\ta.svs\ttumor\ttrain\t\t", "s2\tb.svs\ttumor\ttrain\t\t"]
-    )
+    path = write_sheet(slide_files, ["s1\ta.svs\ttumor\ttrain\t\t", "s2\tb.svs\ttumor\ttrain\t\t"])
     (problem,) = problems_of(path)
     assert "train split has only label(s) [1]" in problem and "needs both" in problem
 
@@ -138,8 +136,11 @@ def test_normalised_sheet_round_trips(slide_files: Path) -> None:
 
 
 def test_demo_sheet_layout(tmp_path: Path) -> None:
-    counts = {"train": {"tumor": 2, "normal": 1}, "val": {"tumor": 1, "normal": 1},
-              "test": {"tumor": 0, "normal": 1}}
+    counts = {
+        "train": {"tumor": 2, "normal": 1},
+        "val": {"tumor": 1, "normal": 1},
+        "test": {"tumor": 0, "normal": 1},
+    }
     sheet = demo_sheet(
         counts, str(tmp_path / "slides"), str(tmp_path / "ann"), allow_one_class_eval_splits=True
     )

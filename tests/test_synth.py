@@ -16,14 +16,14 @@ import pytest
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from hnm.cli import main as cli_main
+from hnm.commands.synth import slide_seed
+from hnm.core.errors import ConfigError
 from hnm.demo import synth
 from hnm.demo.layout import make_layout
 from hnm.demo.pyramid import level_dimensions
 from hnm.demo.render import Scene
 from hnm.io.annotations import load_polygons, patch_tumor_fraction
-from hnm.cli import main as cli_main
-from hnm.commands.synth import slide_seed
-from hnm.core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 

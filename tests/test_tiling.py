@@ -166,8 +166,17 @@ def test_blank_slide_is_a_named_failure_or_skipped_on_request(tmp_path, capsys) 
     assert "64 grid cells" in err and "on_slide_error: skip" in err
     assert not out.exists() or not list(out.iterdir())
     assert (
-        _tile(slide, "blank", out, "--patch-size", "64", "--target-mpp", "1.0",
-              "--on-slide-error", "skip")
+        _tile(
+            slide,
+            "blank",
+            out,
+            "--patch-size",
+            "64",
+            "--target-mpp",
+            "1.0",
+            "--on-slide-error",
+            "skip",
+        )
         == 0
     )
     coords, attrs = read_tiles(out / "blank.h5")

@@ -7,7 +7,6 @@ import math
 import numpy as np
 import openslide
 import pytest
-
 from scipy import ndimage
 
 import hnm.tiling.tissue
@@ -201,7 +200,9 @@ def test_openslide_strips_match_one_whole_read(test_slides, monkeypatch) -> None
     """The fall-back reader for slides without a coarse level: strip by strip, bounded memory."""
     path = str(test_slides / "cmu-1-small-region.svs")
     osr = openslide.OpenSlide(path)
-    monkeypatch.setattr(hnm.tiling.tissue, "STRIP_PIXELS", 2220 * 100)  # 96-row strips (multiple of 16)
+    monkeypatch.setattr(
+        hnm.tiling.tissue, "STRIP_PIXELS", 2220 * 100
+    )  # 96-row strips (multiple of 16)
     monkeypatch.setattr(hnm.tiling.tissue, "PYVIPS_VENDORS", frozenset())
     lowres = read_downsampled(osr, path, "cmu1", 16.0)
     assert lowres.reader == "openslide" and lowres.downsample == 16.0

@@ -58,7 +58,9 @@ def rules_with_stages() -> dict[str, tuple[str, str]]:
         text = path.read_text()
         # Shell commands kept in a constant (shared by several rules): NAME = ("python -m hnm ...
         constants = dict(
-            re.findall(r"^(\w+) = \(\s*\n\s*\"(?:\{params\.gpu_slot\})?(python -m hnm [\w-]+)", text, re.M)
+            re.findall(
+                r"^(\w+) = \(\s*\n\s*\"(?:\{params\.gpu_slot\})?(python -m hnm [\w-]+)", text, re.M
+            )
         )
         for block in re.split(r"\n(?=\s*rule )", text):
             name = re.match(r"\s*rule (\w+):", block)
@@ -124,8 +126,10 @@ def test_lint_is_clean(tmp_path: Path) -> None:
     assert "Congratulations, your workflow is in a good condition" in result.stdout + result.stderr
 
 
-@pytest.mark.skipif(shutil.which("snakefmt") is None and not (Path(sys.executable).parent / "snakefmt").exists(),
-                    reason="snakefmt is not installed")
+@pytest.mark.skipif(
+    shutil.which("snakefmt") is None and not (Path(sys.executable).parent / "snakefmt").exists(),
+    reason="snakefmt is not installed",
+)
 def test_snakefmt_is_clean() -> None:
     snakefmt = shutil.which("snakefmt") or str(Path(sys.executable).parent / "snakefmt")
     result = subprocess.run(
@@ -140,7 +144,15 @@ def test_dry_run_with_each_profile(profile: str, tmp_path: Path) -> None:
         tmp_path, "-n", "--workflow-profile", str(REPO / "workflow" / "profiles" / profile)
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    for rule in ("synth_slide", "tile", r"extract_b[01]*", "train_mil", "mine", "finetune", "final"):
+    for rule in (
+        "synth_slide",
+        "tile",
+        r"extract_b[01]*",
+        "train_mil",
+        "mine",
+        "finetune",
+        "final",
+    ):
         assert re.search(rf"^{rule}\s+\d+", result.stdout, re.M), f"{rule} missing from the DAG"
 
 
@@ -152,8 +164,9 @@ def test_extraction_jobs_take_slides_per_job_slides(per_job: int, tmp_path: Path
     rounds = config["rounds"] + 1
     overlay = tmp_path / "batches.yaml"
     overlay.write_text(yaml.safe_dump({"extraction": {"slides_per_job": per_job}}))
-    result = snakemake(tmp_path, "-n", "--configfile", str(REPO / "config" / "config.yaml"),
-                       str(overlay))
+    result = snakemake(
+        tmp_path, "-n", "--configfile", str(REPO / "config" / "config.yaml"), str(overlay)
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     jobs = dict(re.findall(r"^(extract\S*)\s+(\d+)$", result.stdout, re.M))
     if per_job == 1:

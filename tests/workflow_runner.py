@@ -48,8 +48,18 @@ def write_config(folder: Path, extra: dict | None = None, base: dict | None = No
 
 def command(folder: Path, *args: str, cores: int = 2) -> list[str]:
     return [
-        sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(folder),
-        "--configfile", str(folder / "run.yaml"), "--cores", str(cores), "--rerun-incomplete",
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(folder),
+        "--configfile",
+        str(folder / "run.yaml"),
+        "--cores",
+        str(cores),
+        "--rerun-incomplete",
         *args,
     ]
 
@@ -74,8 +84,11 @@ def run_and_kill(
 ) -> None:
     """Start the workflow and SIGKILL snakemake and all its jobs `grace` s after `until()` holds."""
     process = subprocess.Popen(
-        command(folder, *args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True, env=_env(),
+        command(folder, *args),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env=_env(),
     )
     deadline = time.monotonic() + timeout
     try:

@@ -14,7 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--sheet", help="slide sheet (TSV/CSV)")
     source.add_argument(
         "--demo-counts",
-        help='JSON counts of the demo cohort (the demo settings\' slides), e.g. '
+        help="JSON counts of the demo cohort (the demo settings' slides), e.g. "
         '\'{"train": {"tumor": 3, "normal": 3}, "val": ..., "test": ...}\'',
     )
     parser.add_argument("--demo-slides-dir", default="results/demo/slides")

@@ -12,7 +12,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mil-metrics", required=True, help="train-mil metrics.json (threshold)")
     parser.add_argument("--mil-slides", required=True, help="train-mil slides.parquet")
     for split in ("train", "val", "test"):
-        parser.add_argument(f"--{split}-scores", default=None, help=f"train-mil {split} patch scores")
+        parser.add_argument(
+            f"--{split}-scores", default=None, help=f"train-mil {split} patch scores"
+        )
     parser.add_argument(
         "--tiles", nargs="+", default=[], help="tiles files <slide_id>.h5 of the annotated slides"
     )

@@ -16,8 +16,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--encoder-in", required=True, help="results/r{r}/encoder.pt")
     parser.add_argument("--out", required=True, help="results/r{r+1}/encoder.pt to write")
-    parser.add_argument("--checkpoint-dir", default="",
-                        help="resumable state (not a Snakemake output); empty = no checkpoints")
+    parser.add_argument(
+        "--checkpoint-dir",
+        default="",
+        help="resumable state (not a Snakemake output); empty = no checkpoints",
+    )
     EncoderSchedule.add_rounds_argument(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -38,7 +41,14 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     settings = FinetuneSettings.from_args(args, rounds=args.rounds, seed=args.seed)
     finetune(
-        read_normalised_sheet(args.sheet), args.sets, args.tiles, args.encoder_in, args.out,
-        args.checkpoint_dir or None, settings, resolve_device(args.device), settings.workers,
+        read_normalised_sheet(args.sheet),
+        args.sets,
+        args.tiles,
+        args.encoder_in,
+        args.out,
+        args.checkpoint_dir or None,
+        settings,
+        resolve_device(args.device),
+        settings.workers,
     )
     return 0

@@ -49,12 +49,17 @@ def run(args: argparse.Namespace) -> int:
         except (OSError, json.JSONDecodeError) as error:
             raise HnmError(f"previous summary {args.previous_summary}: {error}") from error
     sets, summary = run_mining(
-        read_normalised_sheet(args.sheet), scores, args.scores, read_val_f1(args.metrics),
-        args.round, settings, previous_sets, previous_summary,
+        read_normalised_sheet(args.sheet),
+        scores,
+        args.scores,
+        read_val_f1(args.metrics),
+        args.round,
+        settings,
+        previous_sets,
+        previous_summary,
     )
     log_summary(summary)
     with atomic_path(args.out) as temporary:
         sets.to_parquet(temporary, index=False)
     write_json(args.summary, json_safe(summary))
     return 0
-

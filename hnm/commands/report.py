@@ -28,9 +28,11 @@ def run(args: argparse.Namespace) -> int:
 
     rounds = len(args.mil_metrics)
     later = rounds - 1
-    if len(args.eval_metrics) != rounds or len(args.mining_summaries) != later or len(
-        args.encoders
-    ) != later:
+    if (
+        len(args.eval_metrics) != rounds
+        or len(args.mining_summaries) != later
+        or len(args.encoders) != later
+    ):
         raise HnmError(
             f"report needs one MIL and one evaluation metrics file per round and one mining "
             f"summary and fine-tuned encoder per round but the last; got {rounds} MIL, "

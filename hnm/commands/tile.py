@@ -33,8 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hnm.tiling import qc
     from hnm.core.errors import SlideError
+    from hnm.tiling import qc
     from hnm.tiling.grid import failed_attrs, tile_slide, write_tiles_file
 
     # Bad settings are the user's, not the slide's: they fail even with --on-slide-error skip.

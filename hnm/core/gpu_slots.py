@@ -94,7 +94,7 @@ def _try_lock(path: Path) -> int | None:
 
 
 def _holders(lock_dir: Path, gpus: Sequence[str]) -> str:
-    """"gpu<ID>: pid <PID>" for each slot, read from the lock files (written by their holders)."""
+    """ "gpu<ID>: pid <PID>" for each slot, read from the lock files (written by their holders)."""
     parts = []
     for gpu in gpus:
         try:

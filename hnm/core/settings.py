@@ -81,12 +81,16 @@ class StageSettings:
         problems = [
             p
             for f in self.fields()
-            if (p := _container_problem(f.name, types[f.name], getattr(self, f.name))
-                or _field_problem(f, getattr(self, f.name)))
+            if (
+                p := _container_problem(f.name, types[f.name], getattr(self, f.name))
+                or _field_problem(f, getattr(self, f.name))
+            )
         ]
         problems += self.check()
         if problems:
-            raise ConfigError(f"{self.section or type(self).__name__} settings: " + "; ".join(problems))
+            raise ConfigError(
+                f"{self.section or type(self).__name__} settings: " + "; ".join(problems)
+            )
 
     def check(self) -> list[str]:
         """Rules that tie several fields together; a subclass returns its problems as sentences."""

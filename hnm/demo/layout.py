@@ -143,4 +143,3 @@ def make_layout(
             f"at {mpp} um/px; use a smaller --tumor-size-um or a larger slide"
         )
     return Layout(tissue=tissue, tumor=placed["tumor"], mimic=placed["mimic"])
-

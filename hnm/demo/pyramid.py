@@ -216,4 +216,3 @@ def write_pyramid(
         lower.finish()
         for level in range(1, len(dims)):
             writer.write(lower.encoded(level), **options(level))
-

@@ -309,4 +309,3 @@ def _sample_windows(polygon: np.ndarray, side: int, most: int) -> list[_Window]:
         return windows
     pick = np.linspace(0, len(windows) - 1, most).round().astype(int)
     return [windows[i] for i in pick]
-

@@ -56,9 +56,7 @@ class DemoSettings(StageSettings):
     )
     tile_size: int = setting(256, "TIFF tile side in px, a multiple of 16", minimum=16)
     jpeg_quality: int = setting(90, "JPEG quality of the tiles", minimum=1, maximum=100)
-    workers: int = setting(
-        1, "threads rendering tiles; the file does not depend on it", minimum=1
-    )
+    workers: int = setting(1, "threads rendering tiles; the file does not depend on it", minimum=1)
 
     def check(self) -> list[str]:
         problems = []

@@ -98,4 +98,3 @@ def mimic_style(difficulty: float) -> NucleusStyle:
         for name in MIMIC_STYLE.__dataclass_fields__
     }
     return NucleusStyle(**fields)
-

@@ -100,4 +100,3 @@ def crop(bank: np.ndarray, x: int, y: int, width: int, height: int) -> np.ndarra
 
 def padded(bank: np.ndarray) -> np.ndarray:
     return np.pad(bank, ((0, _BANK_PAD), (0, _BANK_PAD)), mode="wrap")
-

@@ -17,10 +17,10 @@ from typing import Any
 import torch
 
 from hnm.core.atomic import atomic_path
+from hnm.core.errors import CheckpointError
 from hnm.encoders.registry import EncoderSpec, build_backbone
 from hnm.encoders.simclr import SimCLRModel
 from hnm.encoders.weights import read_checkpoint
-from hnm.core.errors import CheckpointError
 
 FORMAT_VERSION = 1
 _REQUIRED = (

@@ -14,8 +14,8 @@ from typing import Any
 
 from torch import nn
 
-from hnm.encoders import resnet
 from hnm.core.errors import ConfigError
+from hnm.encoders import resnet
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

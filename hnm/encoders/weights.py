@@ -30,8 +30,8 @@ from typing import Any
 import torch
 
 from hnm.core.checkpoint import file_digest
-from hnm.encoders.simclr import SimCLRModel
 from hnm.core.errors import CheckpointError
+from hnm.encoders.simclr import SimCLRModel
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +133,9 @@ def split_checkpoint(
     state = {_strip(k): v for k, v in _unwrap(raw, path).items()}
     keys = list(state)
     if any(k.startswith("encoder_q.") for k in keys):
-        layout, state = "moco", _take(
-            state, "encoder_q.", dropped, ("encoder_k.", "queue"), "MoCo key encoder/queue"
+        layout, state = (
+            "moco",
+            _take(state, "encoder_q.", dropped, ("encoder_k.", "queue"), "MoCo key encoder/queue"),
         )
         head_prefixes = {"fc.0.": "0.", "fc.2.": "2."}
     elif any(k.startswith("resnet.") for k in keys):

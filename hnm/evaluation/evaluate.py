@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 
 from hnm.core.atomic import atomic_path, write_json
-from hnm.core.formatting import fmt_metric
 from hnm.core.errors import CheckpointError, HnmError
+from hnm.core.formatting import fmt_metric
 from hnm.evaluation.metrics import average_precision, best_f1, binary_metrics, roc_auc
 from hnm.io.h5io import files_by_slide, read_tiles_or_fail, slide_file
 from hnm.io.sheet import SPLITS, read_normalised_sheet

@@ -54,7 +54,9 @@ class RoundFiles:
 
 def _read_json(path: Path) -> dict[str, Any]:
     if not path.exists():
-        raise HnmError(f"{path} is missing; the report reads every round's outputs (run them first)")
+        raise HnmError(
+            f"{path} is missing; the report reads every round's outputs (run them first)"
+        )
     return json.loads(path.read_text())
 
 
@@ -136,7 +138,10 @@ def write_report(
     for row in table.to_dict("records"):
         log.info(
             "round %d: val AUC %s, test AUC %s, test patch AUC %s, hard negatives %s",
-            row["round"], fmt_metric(row["val_slide_auc"]), fmt_metric(row["test_slide_auc"]),
-            fmt_metric(row["test_patch_auc"]), row["hard_negatives"],
+            row["round"],
+            fmt_metric(row["val_slide_auc"]),
+            fmt_metric(row["test_slide_auc"]),
+            fmt_metric(row["test_patch_auc"]),
+            row["hard_negatives"],
         )
     return table

@@ -32,7 +32,5 @@ class EvaluationSettings(StageSettings):
 
     def check(self) -> list[str]:
         if any(not isinstance(name, str) or not name.strip() for name in self.versus_classes):
-            return [
-                f"versus_classes must list non-empty class names (got {self.versus_classes})"
-            ]
+            return [f"versus_classes must list non-empty class names (got {self.versus_classes})"]
         return []

@@ -71,7 +71,6 @@ def assemble(
     return x
 
 
-
 def decode_pillow(streams: list[bytes], level: JpegTiledLevel) -> torch.Tensor:
     """CPU reference decoder (libjpeg-turbo through Pillow): (U, 3, th, tw) uint8."""
     from PIL import Image
@@ -129,7 +128,6 @@ def fit_tiles(images: torch.Tensor | list[torch.Tensor], level: JpegTiledLevel) 
         h, w = min(im.shape[1], th), min(im.shape[2], tw)
         out[i, : im.shape[0], :h, :w] = im[:3, :h, :w]
     return out
-
 
 
 def raw_planes_are_rgb(level: JpegTiledLevel) -> tuple[bool, str]:

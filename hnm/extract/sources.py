@@ -41,7 +41,6 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-
 class _ReadFailure:
     """A read error carried out of a worker intact (DataLoader would re-raise it as RuntimeError)."""
 

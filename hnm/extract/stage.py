@@ -90,6 +90,7 @@ class ExtractResult:
     failed: bool
     error: str
 
+
 # ---- encoder loop --------------------------------------------------------------------------------
 
 
@@ -172,12 +173,14 @@ class FeatureSink:
         while self.pending:
             self._drain_one()
 
+
 def precision_context(
     device: torch.device, precision: str
 ) -> contextlib.AbstractContextManager[Any]:
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
 
 # ---- the stage -----------------------------------------------------------------------------------
 

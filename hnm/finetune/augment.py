@@ -119,10 +119,16 @@ def _crop_boxes(
         fallback = (width, height)
     rows = torch.arange(batch)
     chosen = first.clamp(min=0)
-    w = torch.where(first >= 0, widths[rows, chosen], torch.full((batch,), float(fallback[0]),
-                                                                  dtype=torch.float64))
-    h = torch.where(first >= 0, heights[rows, chosen], torch.full((batch,), float(fallback[1]),
-                                                                   dtype=torch.float64))
+    w = torch.where(
+        first >= 0,
+        widths[rows, chosen],
+        torch.full((batch,), float(fallback[0]), dtype=torch.float64),
+    )
+    h = torch.where(
+        first >= 0,
+        heights[rows, chosen],
+        torch.full((batch,), float(fallback[1]), dtype=torch.float64),
+    )
     x0 = torch.where(first >= 0, offsets[:, 0] * (width - w), (width - w) / 2)
     y0 = torch.where(first >= 0, offsets[:, 1] * (height - h), (height - h) / 2)
     return torch.stack([x0, y0, w, h], dim=1)
@@ -152,8 +158,11 @@ def apply_params(
 
     for stage in range(4):
         for operation, function in enumerate((_brightness, _contrast, _saturation, _hue)):
-            on_subset(params.jitter & (params.order[:, stage] == operation), function,
-                      params.factors[:, operation])
+            on_subset(
+                params.jitter & (params.order[:, stage] == operation),
+                function,
+                params.factors[:, operation],
+            )
     on_subset(params.grayscale, lambda x, _: _gray(x).expand(-1, 3, -1, -1), params.sigma)
     kernel = _kernel_size(size, settings)
     on_subset(params.blur, lambda x, sigma: _gaussian_blur(x, sigma, kernel), params.sigma)
@@ -172,7 +181,8 @@ def _crop_resize_flip(
     theta[:, 1, 1] = h / height
     theta[:, 1, 2] = (2 * y0 + h) / height - 1
     grid = F.affine_grid(
-        theta.to(device=images.device, dtype=images.dtype), [batch, 3, size, size],
+        theta.to(device=images.device, dtype=images.dtype),
+        [batch, 3, size, size],
         align_corners=False,
     )
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)

@@ -42,10 +42,14 @@ class Pools:
             rows = np.unique(table[sets["set"].isin(names).to_numpy()], axis=0)  # sorted, unique
             return rows.reshape(-1, 2)
 
-        pools = cls(slides, pool("hardneg"), pool("pos"), pool("curriculum"),
-                    pool("hardneg", "confneg"))
-        for name, array in (("hardneg", pools.hardneg), ("pos", pools.positives),
-                            ("curriculum", pools.curriculum)):
+        pools = cls(
+            slides, pool("hardneg"), pool("pos"), pool("curriculum"), pool("hardneg", "confneg")
+        )
+        for name, array in (
+            ("hardneg", pools.hardneg),
+            ("pos", pools.positives),
+            ("curriculum", pools.curriculum),
+        ):
             if len(array) == 0:
                 raise HnmError(
                     f"sets file {sets_path} has no '{name}' patches; fine-tuning needs hard "

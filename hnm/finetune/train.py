@@ -44,10 +44,10 @@ from hnm.core.settings import setting
 from hnm.encoders.model_file import load_encoder_file, save_encoder_file
 from hnm.finetune.augment import SimCLRAugment
 from hnm.finetune.plan import Pools, StepPlan, plan_epoch, steps_per_epoch
-from hnm.mining.schedule import EncoderSchedule, learning_rate
 from hnm.finetune.supcon import supcon_loss
 from hnm.io.h5io import files_by_slide, read_tiles_or_fail, slide_file
 from hnm.io.patches import JpegTileReader, PatchReader, open_patch_reader
+from hnm.mining.schedule import EncoderSchedule, learning_rate
 from hnm.mining.sets import read_sets
 
 log = logging.getLogger(__name__)
@@ -236,8 +236,12 @@ def train_epoch(
     sums = torch.zeros(2, device=device)
     progress = Progress(len(plans), f"epoch {global_epoch}", log)
     for step, patches in zip(range(len(plans)), batches):
-        lr = learning_rate(global_epoch + step / len(plans), settings.lr, settings.cosine_after,
-                           settings.total_epochs)
+        lr = learning_rate(
+            global_epoch + step / len(plans),
+            settings.lr,
+            settings.cosine_after,
+            settings.total_epochs,
+        )
         for group in optimizer.param_groups:
             group["lr"] = lr
         patches = patches.to(device, non_blocking=True)
@@ -250,8 +254,13 @@ def train_epoch(
             if negatives + positives:
                 views = make_views(augment, images, generator, channels_last)
                 sums[which] += contrastive_update(
-                    model, optimizer, views, _labels(negatives, positives, device), mode,
-                    settings, precision,
+                    model,
+                    optimizer,
+                    views,
+                    _labels(negatives, positives, device),
+                    mode,
+                    settings,
+                    precision,
                 )
         progress.update(1)
     means = (sums / max(1, len(plans))).tolist()
@@ -267,15 +276,18 @@ def make_optimizer(
     otherwise override them silently).
     """
     optimizer = torch.optim.SGD(
-        model.parameters(), lr=settings.lr, momentum=settings.momentum,
+        model.parameters(),
+        lr=settings.lr,
+        momentum=settings.momentum,
         weight_decay=settings.weight_decay,
     )
     if state:
         try:
             optimizer.load_state_dict(state)
         except (ValueError, KeyError) as error:
-            log.warning("the input encoder's optimizer state does not fit (%s); starting afresh",
-                        error)
+            log.warning(
+                "the input encoder's optimizer state does not fit (%s); starting afresh", error
+            )
             return make_optimizer(model, settings, None)
         for group in optimizer.param_groups:
             group.update(momentum=settings.momentum, weight_decay=settings.weight_decay)
@@ -284,9 +296,13 @@ def make_optimizer(
 
 def scheduler_state(settings: FinetuneSettings, epoch: int) -> dict[str, Any]:
     """The schedule is a pure function of the global epoch; this records which function."""
-    return {"kind": "constant_then_cosine", "base_lr": settings.lr,
-            "cosine_after": settings.cosine_after, "total_epochs": settings.total_epochs,
-            "epoch": epoch}
+    return {
+        "kind": "constant_then_cosine",
+        "base_lr": settings.lr,
+        "cosine_after": settings.cosine_after,
+        "total_epochs": settings.total_epochs,
+        "epoch": epoch,
+    }
 
 
 def finetune(
@@ -330,39 +346,60 @@ def finetune(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         done, timing = state["done"], state["timing"]
-        log.info("resuming from epoch %d (global epoch %d) of %d", done, start_epoch + done,
-                 settings.epochs)
+        log.info(
+            "resuming from epoch %d (global epoch %d) of %d",
+            done,
+            start_epoch + done,
+            settings.epochs,
+        )
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
     patch_size = readers[0].patch_size
     if meta.patch_size != patch_size:
-        log.info("training at the tiles' patch size %d px (the encoder's nominal size is %d)",
-                 patch_size, meta.patch_size)
+        log.info(
+            "training at the tiles' patch size %d px (the encoder's nominal size is %d)",
+            patch_size,
+            meta.patch_size,
+        )
     augment = SimCLRAugment(patch_size, meta.mean, meta.std)
     log.info(
         "fine-tuning %s from global epoch %d for %d epoch(s): |H| = %d hard negatives, %d "
         "pseudo-positives, %d curriculum, %d negatives for the positive update; %d steps/epoch of "
         "batch %d; device %s, %s, %d loader worker(s)",
-        meta.arch, start_epoch, settings.epochs, len(pools.hardneg), len(pools.positives),
-        len(pools.curriculum), len(pools.negatives), steps_per_epoch(len(pools.hardneg), settings),
-        settings.batch_size, device, precision, workers,
+        meta.arch,
+        start_epoch,
+        settings.epochs,
+        len(pools.hardneg),
+        len(pools.positives),
+        len(pools.curriculum),
+        len(pools.negatives),
+        steps_per_epoch(len(pools.hardneg), settings),
+        settings.batch_size,
+        device,
+        precision,
+        workers,
     )
     # Every remaining epoch is planned up front and read through ONE loader, so the readers run
     # ahead across epoch boundaries (and checkpoint writes) instead of draining and refilling.
     epochs = {
-        local: plan_epoch(pools, settings, start_epoch + local,
-                          start_epoch + local >= settings.warmup)
+        local: plan_epoch(
+            pools, settings, start_epoch + local, start_epoch + local >= settings.warmup
+        )
         for local in range(done, settings.epochs)
     }
-    batches = iter(_loader(StepPatches([p for plans in epochs.values() for p in plans], readers),
-                           workers, device))
+    batches = iter(
+        _loader(
+            StepPatches([p for plans in epochs.values() for p in plans], readers), workers, device
+        )
+    )
     for local, plans in epochs.items():
         global_epoch = start_epoch + local
         positive_update = global_epoch >= settings.warmup
         started, cpu_started = time.perf_counter(), time.process_time()
-        epoch_losses = train_epoch(model, optimizer, augment, plans, batches, settings,
-                                   global_epoch, device, precision)
+        epoch_losses = train_epoch(
+            model, optimizer, augment, plans, batches, settings, global_epoch, device, precision
+        )
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - started
@@ -373,9 +410,15 @@ def finetune(
         log.info(
             "epoch %d (%d/%d of this round): %d steps, %s update(s), loss neg %.4f pos %.4f, "
             "lr %.5f, %.1f s, %.1f patches/s",
-            global_epoch, local + 1, settings.epochs, len(plans),
-            "both" if positive_update else "negative-anchor", epoch_losses["loss_negative"],
-            epoch_losses["loss_positive"], optimizer.param_groups[0]["lr"], seconds,
+            global_epoch,
+            local + 1,
+            settings.epochs,
+            len(plans),
+            "both" if positive_update else "negative-anchor",
+            epoch_losses["loss_negative"],
+            epoch_losses["loss_positive"],
+            optimizer.param_groups[0]["lr"],
+            seconds,
             patches / seconds if seconds else float("nan"),
         )
         checkpointer.save(
@@ -401,13 +444,21 @@ def finetune(
         "settings": {**asdict(settings), "precision": precision},
     }
     save_encoder_file(
-        out, model.to(memory_format=torch.contiguous_format),
-        source=os.fspath(encoder_in), source_sha256=file_digest(encoder_in),
+        out,
+        model.to(memory_format=torch.contiguous_format),
+        source=os.fspath(encoder_in),
+        source_sha256=file_digest(encoder_in),
         optimizer_state=optimizer.state_dict(),
         scheduler_state=scheduler_state(settings, end_epoch),
-        epoch=end_epoch, round=meta.round + 1, extra=extra,
+        epoch=end_epoch,
+        round=meta.round + 1,
+        extra=extra,
     )
     checkpointer.clear()
-    log.info("wrote %s (global epoch %d); epoch times %s s", out, end_epoch,
-             ", ".join(f"{s:.1f}" for s in timing["epoch_seconds"]))
+    log.info(
+        "wrote %s (global epoch %d); epoch times %s s",
+        out,
+        end_epoch,
+        ", ".join(f"{s:.1f}" for s in timing["epoch_seconds"]),
+    )
     return extra

@@ -167,8 +167,11 @@ def _extent_problems(path: str, points: np.ndarray, dimensions: tuple[int, int])
     low = points.min(axis=0)
     high = points.max(axis=0)
     slack_x, slack_y = 1 + 0.01 * width, 1 + 0.01 * height
-    if low[0] >= -slack_x and low[1] >= -slack_y and high[0] <= width + slack_x and (
-        high[1] <= height + slack_y
+    if (
+        low[0] >= -slack_x
+        and low[1] >= -slack_y
+        and high[0] <= width + slack_x
+        and (high[1] <= height + slack_y)
     ):
         return []
     return [

@@ -100,9 +100,10 @@ class FeatureWriter(AbstractContextManager["FeatureWriter"]):
         total = len(self.coords)
         chunk_rows = max(1, min(total, 4096))
         self._features = self._handle.create_dataset(
-            "features", shape=(total, self.dim), dtype=self.dtype, chunks=(chunk_rows, self.dim)
-            if total
-            else None,
+            "features",
+            shape=(total, self.dim),
+            dtype=self.dtype,
+            chunks=(chunk_rows, self.dim) if total else None,
         )
         self._handle.create_dataset("coords", data=self.coords)
         for key, value in {**self.attrs, "code_version": __version__}.items():
@@ -164,7 +165,9 @@ def files_by_slide(paths: Iterable[str | os.PathLike[str]], what: str) -> dict[s
     for path in map(Path, paths):
         slide_id = path.name[: -len(".h5")] if path.name.endswith(".h5") else path.stem
         if slide_id in mapping:
-            raise HnmError(f"two {what} files for slide '{slide_id}': {mapping[slide_id]} and {path}")
+            raise HnmError(
+                f"two {what} files for slide '{slide_id}': {mapping[slide_id]} and {path}"
+            )
         mapping[slide_id] = path
     return mapping
 

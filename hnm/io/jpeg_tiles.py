@@ -256,7 +256,6 @@ def plan_batch(
     )
 
 
-
 def assemble_numpy(
     decoded: list[np.ndarray], plan: TilePlan, level: JpegTiledLevel, read_size: int
 ) -> np.ndarray:
@@ -326,4 +325,3 @@ def component_sampling(stream: bytes) -> list[tuple[int, int]]:
             count = payload[5]
             return [(payload[7 + 3 * i] >> 4, payload[7 + 3 * i] & 15) for i in range(count)]
     return []
-

@@ -360,8 +360,9 @@ def read_normalised_sheet(path: str | os.PathLike[str]) -> pd.DataFrame:
     """The workflow's normalised sheet (results/sheet.tsv), as every stage reads it."""
     if not Path(path).exists():
         raise HnmError(f"slide sheet {path} does not exist; run the workflow's sheet step first")
-    sheet = pd.read_csv(path, sep="\t", dtype={"slide_id": str, "path": str, "split": str},
-                        keep_default_na=False)
+    sheet = pd.read_csv(
+        path, sep="\t", dtype={"slide_id": str, "path": str, "split": str}, keep_default_na=False
+    )
     sheet["label"] = sheet["label"].astype(int)
     sheet["mpp"] = pd.to_numeric(sheet["mpp"], errors="coerce")
     sheet["annotation"] = sheet["annotation"].fillna("").astype(str)

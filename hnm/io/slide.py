@@ -138,7 +138,9 @@ def read_rgb(
         region = osr.read_region(location, level, size)
     except openslide.OpenSlideError as error:
         raise SlideError(
-            slide_id, path, f"reading pixels at {location} (level {level}) failed: {error}",
+            slide_id,
+            path,
+            f"reading pixels at {location} (level {level}) failed: {error}",
             "the slide's tile data is probably corrupt; set on_slide_error: skip to exclude it",
         ) from error
     rgba = np.asarray(region)

@@ -25,8 +25,6 @@ from hnm.mil.batch import BagBatch, make_batch
 log = logging.getLogger(__name__)
 
 
-
-
 @dataclass(frozen=True)
 class Bag:
     slide_id: str

@@ -55,7 +55,8 @@ class MilSettings(StageSettings):
         -1, "with select fixed_epoch: 0-based epoch, negative counts from the end (-1 = last)"
     )
     threshold_method: str = setting(
-        "f1", "decision threshold chosen on validation: max F1 or Youden's J",
+        "f1",
+        "decision threshold chosen on validation: max F1 or Youden's J",
         choices=THRESHOLD_METHODS,
     )
     checkpoint_every: int = setting(10, "epochs between resumable checkpoints", minimum=1)

@@ -28,6 +28,8 @@ from hnm.core.errors import CheckpointError, HnmError
 from hnm.core.formatting import fmt_metric
 from hnm.core.threads import intra_op_threads, torch_threads
 from hnm.evaluation.metrics import binary_metrics, roc_auc
+from hnm.io.h5io import files_by_slide
+from hnm.io.sheet import read_normalised_sheet
 from hnm.mil import build_aggregator
 from hnm.mil.data import Cohort, load_cohort
 from hnm.mil.losses import bag_loss_batch, pair_loss_batch
@@ -35,8 +37,6 @@ from hnm.mil.outputs import TrainedModel, write_outputs
 from hnm.mil.pairing import EpochOrder
 from hnm.mil.scoring import score_bags
 from hnm.mil.settings import MilSettings
-from hnm.io.h5io import files_by_slide
-from hnm.io.sheet import read_normalised_sheet
 
 log = logging.getLogger(__name__)
 

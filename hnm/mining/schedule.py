@@ -33,7 +33,8 @@ class EncoderSchedule(StageSettings):
         2, "fine-tuning epochs between pseudo-label refreshes (paper: 5)", minimum=1
     )
     warmup: int = setting(
-        1, "global epoch from which the positive-anchor update runs and r(t) grows (paper: 5)",
+        1,
+        "global epoch from which the positive-anchor update runs and r(t) grows (paper: 5)",
         minimum=0,
     )
     rounds: int = 2

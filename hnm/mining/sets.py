@@ -182,10 +182,15 @@ def mine_sets(
         log.warning(
             "no positive-slide patch scores above eta=%s (max %.4f): using each positive slide's "
             "top-scoring patch as its pseudo-positive (%d patches)",
-            settings.eta, positive["score"].max(), len(pseudo),
+            settings.eta,
+            positive["score"].max(),
+            len(pseudo),
         )
     r_t = curriculum_ratio(
-        epoch, settings.r0, settings.r_final, settings.schedule.warmup,
+        epoch,
+        settings.r0,
+        settings.r_final,
+        settings.schedule.warmup,
         settings.schedule.total_epochs,
     )
     curriculum, tau_curriculum = _curriculum(pseudo, r_t)
@@ -200,8 +205,13 @@ def mine_sets(
     uncertain = low[~low.index.isin(confneg.index)]
 
     sets = _rows(
-        {"hardneg": hardneg, "pos": pseudo, "curriculum": curriculum, "confneg": confneg,
-         "uncertain": uncertain}
+        {
+            "hardneg": hardneg,
+            "pos": pseudo,
+            "curriculum": curriculum,
+            "confneg": confneg,
+            "uncertain": uncertain,
+        }
     )
     thresholds = {
         "tau_hardneg": tau,
@@ -279,7 +289,7 @@ def read_val_f1(metrics_path: str | os.PathLike[str]) -> float:
     if value == "missing" or not (value is None or isinstance(value, (int, float))):
         raise HnmError(
             f"MIL metrics file {metrics_path} has no numeric val.f1 (the gated refresh compares "
-            "validation F1 between rounds); expected {\"val\": {\"f1\": <float>, ...}}"
+            'validation F1 between rounds); expected {"val": {"f1": <float>, ...}}'
         )
     return float("nan") if value is None else float(value)
 
@@ -312,8 +322,12 @@ def describe(
     patches = scored.groupby("slide_id").size()
     table = sets.groupby(["slide_id", "set"]).size().unstack(fill_value=0)
     for slide in sorted(set(expected_slides) | set(patches.index) | set(table.index)):
-        row = {name: int(table.at[slide, name]) if slide in table.index and name in table.columns
-               else 0 for name in SETS}
+        row = {
+            name: int(table.at[slide, name])
+            if slide in table.index and name in table.columns
+            else 0
+            for name in SETS
+        }
         row["n_patches"] = int(patches.get(slide, 0))
         row["label"] = (
             int(labels[slide]) if slide in labels.index else (sheet_labels or {}).get(slide)
@@ -355,7 +369,10 @@ def run_mining(
     else:
         assert previous_sets is not None and previous_summary is not None
         r_t = curriculum_ratio(
-            epoch, settings.r0, settings.r_final, settings.schedule.warmup,
+            epoch,
+            settings.r0,
+            settings.r_final,
+            settings.schedule.warmup,
             settings.schedule.total_epochs,
         )
         sets, tau_curriculum = recut_curriculum(previous_sets, r_t)
@@ -409,24 +426,33 @@ def log_summary(summary: dict[str, Any]) -> None:
     counts = ", ".join(f"{name} {count}" for name, count in summary["counts"].items())
     log.info(
         "round %d (curriculum epoch %d, r(t)=%.3f): val F1 %.4f, best so far %.4f -> %s",
-        summary["round"], summary["epoch"], summary["r_t"], summary["val_f1"],
+        summary["round"],
+        summary["epoch"],
+        summary["r_t"],
+        summary["val_f1"],
         summary["best_val_f1"],
-        "sets refreshed" if summary["refreshed"]
+        "sets refreshed"
+        if summary["refreshed"]
         else f"kept the sets of round {summary['sets_from_round']} (F1 below the best)",
     )
     log.info("sets: %s; tau (hard negatives) %s", counts, summary["tau_hardneg"])
     for name, quantiles in summary["score_quantiles"].items():
-        log.info("score quantiles, %s: %s", name,
-                 ", ".join(f"{q} {v:.4f}" for q, v in quantiles.items()))
+        log.info(
+            "score quantiles, %s: %s", name, ", ".join(f"{q} {v:.4f}" for q, v in quantiles.items())
+        )
     for slide, row in summary["slides"].items():
         log.info(
-            "slide %s (label %s): %d patches; %s", slide, row["label"], row["n_patches"],
+            "slide %s (label %s): %d patches; %s",
+            slide,
+            row["label"],
+            row["n_patches"],
             ", ".join(f"{name} {row[name]}" for name in SETS if row[name]) or "in no set",
         )
     if summary["excluded_slides"]:
         log.warning(
             "%d training slide(s) have no scored patches and contribute nothing: %s",
-            len(summary["excluded_slides"]), ", ".join(summary["excluded_slides"]),
+            len(summary["excluded_slides"]),
+            ", ".join(summary["excluded_slides"]),
         )
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import asdict, dataclass
-
 from typing import TYPE_CHECKING
 
 import numpy as np
