@@ -17,7 +17,6 @@ rule synth_slide:
     params:
         label=lambda wildcards: SLIDE_ROWS[wildcards.slide]["label"],
         settings=flags("demo", skip=["slides"]),
-        seed=config["seed"],
     shell:
-        "python -m hnm synth --slide-id {wildcards.slide} --label {params.label} --seed {params.seed} "
+        "python -m hnm synth --slide-id {wildcards.slide} --label {params.label} "
         "{params.settings} --out {output.slide:q} --annotation {output.annotation:q} > {log:q} 2>&1"

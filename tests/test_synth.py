@@ -167,7 +167,7 @@ def test_cli_seeds_each_slide_id_and_writes_ground_truth(tmp_path: Path) -> None
                 slide_id,
                 "--label",
                 str(label),
-                "--seed",
+                "--cohort-seed",
                 "3",
                 "--out",
                 str(tmp_path / f"{name}.tiff"),

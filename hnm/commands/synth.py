@@ -1,7 +1,7 @@
 """`hnm synth`: write one synthetic demo slide (pyramidal JPEG BigTIFF) and its GeoJSON ground truth.
 
-The slide's random stream comes from (--seed, --slide-id), so every slide of a demo cohort differs,
-and the same cohort seed rebuilds the same files byte for byte. The flags and their defaults are the
+The slide's random stream comes from (--cohort-seed, --slide-id), so every slide of a demo cohort
+differs, and the same cohort seed rebuilds the same files byte for byte. The flags and their defaults are the
 `demo` settings (hnm.demo.settings.DemoSettings): a 2048 px square at 0.5 um/px, which the demo's
 tiling reads at 2.0 um/px (level 2) in 32 px patches.
 """
@@ -20,7 +20,9 @@ log = logging.getLogger("hnm.demo.synth")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--slide-id", required=True, help="slide id; with --seed it picks the slide's random stream"
+        "--slide-id",
+        required=True,
+        help="slide id; with --cohort-seed it picks the slide's random stream",
     )
     parser.add_argument(
         "--label",
@@ -29,7 +31,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         required=True,
         help="1 = tumor (has tumor regions), 0 = normal",
     )
-    parser.add_argument("--seed", type=int, default=0, help="cohort seed (default %(default)s)")
     parser.add_argument("--out", required=True, help="slide to write (.tiff)")
     parser.add_argument("--annotation", required=True, help="ground truth GeoJSON to write")
     DemoSettings.add_arguments(parser, title="slide (demo settings)")
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         height=settings.height,
         mpp=settings.mpp,
         label=args.label,
-        seed=slide_seed(args.seed, args.slide_id),
+        seed=slide_seed(settings.cohort_seed, args.slide_id),
         tumor_regions=settings.tumor_regions,
         mimic_regions=settings.mimic_regions,
         tumor_size_um=settings.tumor_size_um,

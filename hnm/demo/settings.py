@@ -43,6 +43,11 @@ class DemoSettings(StageSettings):
         cli=False,
         schema=_SLIDES_SCHEMA,
     )
+    cohort_seed: int = setting(
+        0,
+        "seed of the cohort's slides, apart from `seed` so training seeds can share one cohort",
+        minimum=0,
+    )
     width: int = setting(2048, "level-0 width in px", minimum=64)
     height: int = setting(2048, "level-0 height in px", minimum=64)
     mpp: float = setting(0.5, "level-0 um/px", minimum=0.05, maximum=50)
