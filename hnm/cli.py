@@ -31,6 +31,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "finetune": ("finetune", "fine-tune the encoder with SupCon on the mined sets"),
     "evaluate": ("evaluate", "slide- and patch-level metrics on held-out slides"),
     "report": ("report", "gather per-round metrics into rounds.csv"),
+    "compare": ("compare", "run several methods over several seeds and tabulate them"),
 }
 
 

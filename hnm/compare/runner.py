@@ -1,0 +1,154 @@
+"""Run a comparison's workflows: one folder per method and seed, sharing what they can.
+
+Layout under the output folder:
+    cohort/              the sheet, the slides (demo) and their tiles, built once
+    seed{s}/_round0/     round 0's encoder and features at seed s, built once per seed
+    seed{s}/{method}/    a whole run of one method at seed s
+
+A later folder starts as hard links to the earlier one's `results/` (and a copy of Snakemake's
+metadata for them), so Snakemake finds the shared outputs done and runs only the method's own jobs.
+Stages replace outputs atomically (rename), never write into them, so one folder's run cannot
+change another's files; after each run the shared files are checked to be the very same inodes,
+which proves that nothing shared was recomputed with other settings.
+
+A folder that already exists is run again as it is, so an interrupted comparison resumes where it
+stopped (Snakemake redoes only unfinished jobs).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from hnm.compare.spec import CompareSpec
+from hnm.core.atomic import write_text
+from hnm.core.errors import HnmError
+
+log = logging.getLogger("hnm.compare")
+
+REPO = Path(__file__).resolve().parents[2]
+# Folders of results/ that the next level shares; everything else is the run's own.
+COHORT_SHARED = ("sheet.tsv", "demo", "tiles", "qc")
+ROUND0_SHARED = ("r0/encoder.pt", "r0/features")
+COHORT_TARGETS = ["tiles", "results/sheet.tsv"]
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One workflow run of the comparison and how long Snakemake took for it."""
+
+    name: str
+    folder: Path
+    seconds: float
+
+
+def run_comparison(
+    spec: CompareSpec, out: Path, cores: int, snakemake_args: list[str]
+) -> list[RunRecord]:
+    cohort = out / "cohort"
+    seconds = _run(spec, cohort, spec.run_config(spec.seeds[0]), COHORT_TARGETS, cores, [])
+    records = [RunRecord("cohort", cohort, seconds)]
+    for seed in spec.seeds:
+        round0 = out / f"seed{seed}" / "_round0"
+        _share(cohort, round0)
+        seconds = _run(spec, round0, spec.run_config(seed), ["features_round0"], cores, [])
+        _check_shared(cohort, round0, COHORT_SHARED)
+        records.append(RunRecord(f"seed{seed}/_round0", round0, seconds))
+        for method in spec.methods:
+            folder = out / f"seed{seed}" / method
+            _share(round0, folder)
+            overlay = spec.run_config(seed, method)
+            seconds = _run(spec, folder, overlay, [], cores, snakemake_args)
+            _check_shared(round0, folder, COHORT_SHARED + ROUND0_SHARED)
+            records.append(RunRecord(f"seed{seed}/{method}", folder, seconds))
+    return records
+
+
+def _share(source: Path, folder: Path) -> None:
+    """Start `folder` as hard links to `source`'s results (once; an existing folder is kept)."""
+    if (folder / "results").exists():
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = folder / "results.linking"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source / "results", staging, copy_function=os.link, symlinks=True)
+    metadata = source / ".snakemake" / "metadata"
+    if metadata.is_dir():
+        target = folder / ".snakemake" / "metadata"
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(metadata, target)
+    staging.rename(folder / "results")
+
+
+def _run(
+    spec: CompareSpec,
+    folder: Path,
+    overlay: dict,
+    targets: list[str],
+    cores: int,
+    extra: list[str],
+) -> float:
+    """Snakemake's wall time in `folder` (its console output goes to folder/snakemake.log)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    configfile = folder / "compare.yaml"
+    write_text(configfile, yaml.safe_dump(overlay, sort_keys=False))
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(folder),
+        "--configfile",
+        *spec.configfiles,
+        str(configfile),
+        "--cores",
+        str(cores),
+        "--rerun-incomplete",
+        *extra,
+        *targets,
+    ]
+    log.info("running %s", folder)
+    started = time.perf_counter()
+    with open(folder / "snakemake.log", "w") as console:
+        result = subprocess.run(command, stdout=console, stderr=subprocess.STDOUT, check=False)
+    seconds = time.perf_counter() - started
+    if result.returncode != 0:
+        raise HnmError(
+            f"the workflow in {folder} failed (exit {result.returncode}); its console output is "
+            f"in {folder / 'snakemake.log'}. Fix the cause and run the same compare command "
+            "again: finished folders are kept and the failed one resumes"
+        )
+    log.info("%s done in %.0f s", folder, seconds)
+    return seconds
+
+
+def _check_shared(source: Path, folder: Path, shared: tuple[str, ...]) -> None:
+    """Every shared file is still the same inode as the source's: nothing shared was redone."""
+    redone = []
+    for name in shared:
+        origin = source / "results" / name
+        if not origin.exists():
+            continue
+        paths = (
+            [origin] if origin.is_file() else sorted(p for p in origin.rglob("*") if p.is_file())
+        )
+        for path in paths:
+            twin = folder / "results" / path.relative_to(source / "results")
+            if not twin.exists() or twin.stat().st_ino != path.stat().st_ino:
+                redone.append(str(twin))
+    if redone:
+        raise HnmError(
+            f"{folder} recomputed {len(redone)} file(s) it should have shared with {source} "
+            f"(first: {redone[0]}); a method may change only settings used after round-0 "
+            "extraction. Delete that folder and check the comparison file's methods"
+        )

@@ -1,0 +1,106 @@
+"""summary.md: the comparison's tables as Markdown, ready to paste into a README."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from hnm.compare.runner import RunRecord
+from hnm.compare.spec import CompareSpec
+
+FINAL_COLUMNS = (
+    ("test_patch_auc", "test patch AUC"),
+    ("test_patch_auc_vs_mimic", "tumor vs mimic patch AUC"),
+    ("test_slide_auc", "test slide AUC"),
+    ("test_accuracy", "test accuracy"),
+    ("finetune_seconds_total", "fine-tuning s (all rounds)"),
+)
+MINING_COLUMNS = (
+    ("pseudo_positive_tumor_share", "tumor among pseudo-positives"),
+    ("curriculum_tumor_share", "tumor among curriculum positives"),
+    ("hard_negative_mimic_share", "mimics among hard negatives"),
+)
+
+
+def _cell(mean: float, sd: float, digits: int = 3) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "-"
+    if sd is None or (isinstance(sd, float) and math.isnan(sd)):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {sd:.{digits}f}"
+
+
+def _markdown(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def write_summary(
+    spec: CompareSpec,
+    table: pd.DataFrame,
+    paired: pd.DataFrame,
+    records: list[RunRecord],
+    wall_seconds: float,
+) -> str:
+    seeds = ", ".join(str(s) for s in spec.seeds)
+    lines = [
+        "# Comparison",
+        "",
+        f"Methods at seeds {seeds} (mean ± standard deviation over seeds), written by "
+        f"`hnm compare`. Whole comparison: {wall_seconds / 60:.1f} min of wall time "
+        f"({len(records)} workflow runs).",
+        "",
+        "## Final round, test split",
+        "",
+    ]
+    last = table.groupby("method", sort=False).tail(1)
+    rows = []
+    for record in last.to_dict("records"):
+        digits = [0 if name == "finetune_seconds_total" else 3 for name, _ in FINAL_COLUMNS]
+        rows.append(
+            [f"{record['method']} (round {int(record['round'])})"]
+            + [
+                _cell(record.get(f"{name}_mean"), record.get(f"{name}_sd"), d)
+                for (name, _), d in zip(FINAL_COLUMNS, digits)
+            ]
+        )
+    lines += _markdown(["method"] + [label for _, label in FINAL_COLUMNS], rows)
+    lines += [
+        "",
+        f"## Against {spec.reference}, paired by seed (95% bootstrap over test slides)",
+        "",
+    ]
+    rows = [
+        [
+            str(r["method"]),
+            str(r["metric"]),
+            f"{r['difference']:+.3f}",
+            f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]",
+        ]
+        for r in paired.to_dict("records")
+    ]
+    lines += _markdown(["method", "metric", "difference", "95% interval"], rows)
+    lines += ["", "## Every round", ""]
+    per_round = [
+        ("test_patch_auc", "test patch AUC"),
+        ("test_patch_auc_vs_mimic", "tumor vs mimic"),
+        ("test_slide_auc", "test slide AUC"),
+        *MINING_COLUMNS,
+    ]
+    rows = [
+        [str(r["method"]), str(int(r["round"]))]
+        + [_cell(r.get(f"{name}_mean"), r.get(f"{name}_sd"), 2) for name, _ in per_round]
+        for r in table.to_dict("records")
+    ]
+    lines += _markdown(["method", "round"] + [label for _, label in per_round], rows)
+    lines += [
+        "",
+        "Mining columns: the patches a round mined (used to fine-tune the next round's encoder), "
+        "scored against the annotations; the last round mines nothing.",
+        "",
+        "## Wall time per workflow run",
+        "",
+    ]
+    lines += _markdown(["run", "seconds"], [[r.name, f"{r.seconds:.0f}"] for r in records])
+    return "\n".join(lines) + "\n"
