@@ -16,6 +16,7 @@ from hnm.cli import main as cli_main
 from hnm.core.errors import ConfigError, HnmError
 from hnm.evaluation.metrics import choose_threshold, roc_auc
 from hnm.io.h5io import FeatureWriter
+from hnm.mil.dsmil_reference import ReferenceDSMIL
 from hnm.mil.settings import MilSettings
 from hnm.mil.train import class_weights, load_model, train_mil
 from tests.mil_cohort import SyntheticBag, make_bags, write_cohort
@@ -144,6 +145,15 @@ def test_stepped_lr_once_per_epoch(cohort: FeatureCohort) -> None:
     out, _ = cohort.train("steplr", replace(FAST, epochs=5, step_size=2, gamma=0.5, lr=1e-3))
     lrs = pd.read_csv(out / "epochs.csv")["lr"].tolist()
     assert lrs == pytest.approx([1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4])
+
+
+def test_reference_variant_trains_and_is_saved_as_such(cohort: FeatureCohort) -> None:
+    out, metrics = cohort.train("reference", replace(FAST, epochs=10, dsmil="reference"))
+    assert metrics["settings"]["dsmil"] == "reference"
+    assert isinstance(load_model(out / "model.pt"), ReferenceDSMIL)
+    slides = pd.read_parquet(out / "slides.parquet")
+    test = slides[slides["split"] == "test"]
+    assert roc_auc(test["label"], test["bag_prob"]) > 0.9
 
 
 class Kill(Exception):

@@ -6,13 +6,14 @@ from dataclasses import dataclass
 
 from hnm.core.settings import StageSettings, setting
 from hnm.evaluation.metrics import THRESHOLD_METHODS
-from hnm.mil import AGGREGATORS
+from hnm.mil import AGGREGATORS, DSMIL_VARIANTS
 
 
 @dataclass(frozen=True)
 class MilSettings(StageSettings):
-    """Defaults are the demo's: a short schedule taken to its end (config/paper.yaml holds the
-    paper's 350 epochs at lr 2e-4 with the authors' snapshot epoch 199).
+    """Defaults are the demo's: a short schedule taken to its end, with the fast DSMIL variant
+    (config/paper.yaml holds the paper's 350 epochs at lr 2e-4 with the authors' snapshot epoch
+    199).
 
     Epochs are counted from 0, so `fixed_epoch` 199 is the 200th epoch; negative values count from
     the end (-1 = the last epoch), so a schedule can be shortened without moving the snapshot.
@@ -24,6 +25,12 @@ class MilSettings(StageSettings):
     section = "mil"
 
     aggregator: str = setting("dsmil", "MIL aggregator (dsmil: the paper's)", choices=AGGREGATORS)
+    dsmil: str = setting(
+        "fast",
+        "DSMIL bag branch: fast (query and value on the raw features) or reference (the authors' "
+        "shared layer, as the paper trained)",
+        choices=DSMIL_VARIANTS,
+    )
     epochs: int = setting(150, "training epochs", minimum=1)
     lr: float = setting(1e-3, "Adam learning rate", above=0)
     weight_decay: float = setting(1e-4, "Adam weight decay", minimum=0)

@@ -261,7 +261,7 @@ def new_run(settings: MilSettings, feature_dim: int, device: torch.device) -> Tr
     # A private RNG stream for the initial weights: the caller's torch RNG is left untouched.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings.seed)
-        model = build_aggregator(settings.aggregator, feature_dim)
+        model = build_aggregator(settings.aggregator, feature_dim, settings.dsmil)
     model.to(device)
     # One fused kernel per step on a GPU, where a pair step is launch-bound; CPU keeps the default.
     optimizer = torch.optim.Adam(
@@ -361,8 +361,12 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
     """The selected aggregator saved in model.pt, in eval mode."""
     try:
         saved = torch.load(path, map_location=device, weights_only=False)
-        model = build_aggregator(saved["aggregator"], int(saved["feature_dim"]))
+        # model.pt files from before the variants existed hold the fast one
+        variant = saved.get("dsmil", "fast")
+        model = build_aggregator(saved["aggregator"], int(saved["feature_dim"]), variant)
         model.load_state_dict(saved["state_dict"])
+    except CheckpointError as error:
+        raise CheckpointError(f"MIL model {path} cannot be loaded: {error}") from error
     except (OSError, KeyError, RuntimeError) as error:
         raise CheckpointError(f"MIL model {path} cannot be loaded ({error}); retrain it") from error
     return model.to(device).eval()
