@@ -1,10 +1,11 @@
-"""Training one MIL aggregator on one round's features, selecting it on validation, scoring all.
+"""Training one MIL aggregator on one round's features, selecting an epoch, scoring all.
 
-The model and the decision threshold are chosen on the validation split only (the authors chose
-both on test, which leaks). The job is resumable: every `checkpoint_every` epochs the full state
-(model, optimizer, scheduler, the epoch-order generator, best-so-far model, epoch log) is saved
-outside the declared outputs, and a rerun with the same settings and feature files continues to
-the same result an uninterrupted run gives (bit for bit on the CPU).
+The kept epoch is a fixed one (the authors' snapshot, config/paper.yaml) or the best on
+validation, and the decision threshold is chosen on validation: no test label is used (the
+authors chose both on test, which leaks). The job is resumable: every `checkpoint_every` epochs
+the full state (model, optimizer, scheduler, the epoch-order generator, best-so-far model, epoch
+log) is saved outside the declared outputs, and a rerun with the same settings and feature files
+continues to the same result an uninterrupted run gives (bit for bit on the CPU).
 """
 
 from __future__ import annotations
