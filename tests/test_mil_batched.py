@@ -17,6 +17,9 @@ from tests.mil_cohort import make_bags
 from tests.mil_reference import reference_forward_bags, reference_train_epoch, reference_validate
 
 RTOL = 1e-5
+# (aggregator, DSMIL variant): the variant is ignored by ABMIL
+MODELS = [("dsmil", "fast"), ("dsmil", "reference"), ("abmil", "fast")]
+MODEL_IDS = ["dsmil-fast", "dsmil-reference", "abmil"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -47,12 +50,14 @@ def _close(new: float | None, old: float | None) -> None:
         assert new == pytest.approx(old, rel=RTOL, abs=1e-7)
 
 
-@pytest.mark.parametrize("aggregator", ["dsmil", "abmil"])
+@pytest.mark.parametrize(("aggregator", "dsmil"), MODELS, ids=MODEL_IDS)
 @pytest.mark.parametrize("ranking", [True, False])
-def test_batched_training_equals_the_per_bag_loop(aggregator: str, ranking: bool) -> None:
+def test_batched_training_equals_the_per_bag_loop(
+    aggregator: str, dsmil: str, ranking: bool
+) -> None:
     cohort = small_cohort()
     settings = MilSettings(
-        aggregator=aggregator, epochs=3, ranking_loss=ranking, class_balance="balanced"
+        aggregator=aggregator, dsmil=dsmil, epochs=3, ranking_loss=ranking, class_balance="balanced"
     )
     train_pos, train_neg = cohort.indices("train", 1), cohort.indices("train", 0)
     val = cohort.indices("val")
@@ -67,15 +72,20 @@ def test_batched_training_equals_the_per_bag_loop(aggregator: str, ranking: bool
             reference_validate(old.model, cohort, val, settings),
         ):
             _close(new_value, old_value)
+    # The reference DSMIL's per-bag forward computes A^T v in the authors' order and its batched
+    # forward pools g first, so their gradients differ by rounding (~1e-10, tested in
+    # tests/test_dsmil_reference.py); Adam divides near-zero gradient entries by their own size,
+    # which turns that into parameter differences of a few 1e-6 at lr 1e-3.
+    atol = 1e-5 if dsmil == "reference" and aggregator == "dsmil" else 1e-6
     for (name, new_param), old_param in zip(new.model.named_parameters(), old.model.parameters()):
-        assert torch.allclose(new_param, old_param, rtol=RTOL, atol=1e-6), name
+        assert torch.allclose(new_param, old_param, rtol=RTOL, atol=atol), name
 
 
-@pytest.mark.parametrize("aggregator", ["dsmil", "abmil"])
-def test_batched_scores_equal_per_bag_scores(aggregator: str) -> None:
+@pytest.mark.parametrize(("aggregator", "dsmil"), MODELS, ids=MODEL_IDS)
+def test_batched_scores_equal_per_bag_scores(aggregator: str, dsmil: str) -> None:
     cohort = small_cohort(mean_patches=40)
     torch.manual_seed(0)
-    model = build_aggregator(aggregator, cohort.feature_dim)
+    model = build_aggregator(aggregator, cohort.feature_dim, dsmil)
     indices = np.arange(len(cohort.bags))
     scored = score_bags(model, cohort, indices, keep_instances=True, budget=100)
     bag_logits, instance_logits = reference_forward_bags(model, cohort, indices)
@@ -88,12 +98,12 @@ def test_batched_scores_equal_per_bag_scores(aggregator: str) -> None:
     assert torch.allclose(scored.max_instance, expected_max, rtol=RTOL, atol=1e-6)
 
 
-@pytest.mark.parametrize("aggregator", ["dsmil", "abmil"])
-def test_concatenated_projection_equals_per_bag_projection(aggregator: str) -> None:
+@pytest.mark.parametrize(("aggregator", "dsmil"), MODELS, ids=MODEL_IDS)
+def test_concatenated_projection_equals_per_bag_projection(aggregator: str, dsmil: str) -> None:
     """The GPU layout (one matrix for all rows) checked on the CPU against the per-bag one."""
     cohort = small_cohort(mean_patches=40)
     torch.manual_seed(0)
-    model = build_aggregator(aggregator, cohort.feature_dim)
+    model = build_aggregator(aggregator, cohort.feature_dim, dsmil)
     parts = [cohort.bag_features(i) for i in range(6)]
     per_bag = model.forward_batch(make_batch(parts, concat=False))
     together = model.forward_batch(make_batch(parts, concat=True))

@@ -188,6 +188,31 @@ def test_ready_made_configs_validate_and_plan(overlays: list[str], tmp_path: Pat
     assert (int(finetunes.group(1)) if finetunes else 0) == rounds
 
 
+@pytest.mark.parametrize("overlays", [["paper"], ["paper", "its2clr"]])
+def test_paper_config_trains_mil_with_the_authors_protocol(
+    overlays: list[str], tmp_path: Path
+) -> None:
+    """paper.yaml's MIL job, alone or under a comparison, gets the authors' protocol on its
+    command line: their DSMIL bag branch, StepLR stepped twice per epoch, the epoch-199 snapshot
+    of 350 and Youden's threshold (chosen on validation)."""
+    files = [str(REPO / "config" / f"{name}.yaml") for name in ("config", *overlays)]
+    result = snakemake(
+        tmp_path, "-n", "-p", "--configfile", *files, "--", "results/r0/mil/metrics.json"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    command = next(line for line in result.stdout.splitlines() if "hnm train-mil" in line)
+    for flag in (
+        "--dsmil reference",
+        "--epochs 350",
+        "--step-size 75",
+        "--scheduler-steps-per-epoch 2",
+        "--select fixed_epoch",
+        "--fixed-epoch 199",
+        "--threshold-method youden",
+    ):
+        assert flag in command, flag
+
+
 def test_a_bad_sheet_stops_the_run_before_any_job(tmp_path: Path) -> None:
     sheet = tmp_path / "sheet.tsv"
     sheet.write_text("slide_id\tpath\tlabel\tsplit\na/b\tnowhere.svs\ttumor\ttrain\n")

@@ -12,7 +12,8 @@ aggregators take a `BagBatch`:
   the critical instance is a masked argmax, the attention a masked softmax, the max-instance BCE a
   masked max and the ranking loss a masked top-K; per-patch vectors (queries) stay per bag, since
   padding them would copy more than the products they feed cost;
-- pooling A^T h is one GEMV per bag on the bag's own rows (a view), so h is never padded.
+- pooling A^T h is one GEMV per bag on the bag's own rows (a view), so h is never padded (nor is
+  a per-row layer's output that an aggregator pools instead of h).
 
 On a CPU this removes nothing measurable: a Camelyon16-sized step is ~75% matrix products, at
 the core's peak (bench/bench_mil.py prints the floor). The gains are on a GPU, where it removes
@@ -95,9 +96,13 @@ def masked_softmax(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def pool(weights: torch.Tensor, batch: BagBatch) -> torch.Tensor:
     """(B, d): bag b's rows weighted by weights[b, :N_b] (zero on padding), one GEMV per bag."""
-    return torch.stack(
-        [weights[b, :n] @ part for b, (n, part) in enumerate(zip(batch.lengths, batch.parts))]
-    )
+    return pool_rows(weights, batch.parts)
+
+
+def pool_rows(weights: torch.Tensor, rows: Sequence[torch.Tensor]) -> torch.Tensor:
+    """(B, d): rows[b] (N_b, d) weighted by weights[b, :N_b]; `pool` of per-bag rows other than
+    the batch's features (a layer's output, as in the reference DSMIL)."""
+    return torch.stack([weights[b, : part.shape[0]] @ part for b, part in enumerate(rows)])
 
 
 def masked_max(padded: torch.Tensor) -> torch.Tensor:

@@ -102,6 +102,7 @@ def write_outputs(
             {
                 "state_dict": {k: v.cpu() for k, v in trained.model.state_dict().items()},
                 "aggregator": settings.aggregator,
+                "dsmil": settings.dsmil,
                 "feature_dim": cohort.feature_dim,
                 "settings": settings.as_dict(),
                 "selected_epoch": selected,

@@ -6,13 +6,14 @@ from dataclasses import dataclass
 
 from hnm.core.settings import StageSettings, setting
 from hnm.evaluation.metrics import THRESHOLD_METHODS
-from hnm.mil import AGGREGATORS
+from hnm.mil import AGGREGATORS, DSMIL_VARIANTS
 
 
 @dataclass(frozen=True)
 class MilSettings(StageSettings):
-    """Defaults are the demo's: a short schedule taken to its end (config/paper.yaml holds the
-    paper's 350 epochs at lr 2e-4 with the authors' snapshot epoch 199).
+    """Defaults are the demo's: a short schedule taken to its end, with the fast DSMIL variant
+    (config/paper.yaml holds the authors' protocol: the reference variant, 350 epochs at lr 2e-4,
+    StepLR stepped twice per epoch, and their snapshot epoch 199).
 
     Epochs are counted from 0, so `fixed_epoch` 199 is the 200th epoch; negative values count from
     the end (-1 = the last epoch), so a schedule can be shortened without moving the snapshot.
@@ -24,11 +25,23 @@ class MilSettings(StageSettings):
     section = "mil"
 
     aggregator: str = setting("dsmil", "MIL aggregator (dsmil: the paper's)", choices=AGGREGATORS)
+    dsmil: str = setting(
+        "fast",
+        "DSMIL bag branch: fast (query and value on the raw features) or reference (the authors' "
+        "shared layer, as the paper trained)",
+        choices=DSMIL_VARIANTS,
+    )
     epochs: int = setting(150, "training epochs", minimum=1)
     lr: float = setting(1e-3, "Adam learning rate", above=0)
     weight_decay: float = setting(1e-4, "Adam weight decay", minimum=0)
-    step_size: int = setting(75, "StepLR period in epochs (stepped once per epoch)", minimum=1)
+    step_size: int = setting(75, "StepLR period, in scheduler steps", minimum=1)
     gamma: float = setting(0.5, "StepLR factor", above=0)
+    scheduler_steps_per_epoch: int = setting(
+        1,
+        "StepLR steps at the end of each epoch: 1 changes the rate every step_size epochs; the "
+        "authors' code stepped 2 (every step_size / 2 epochs)",
+        minimum=1,
+    )
     ranking_loss: bool = setting(
         True,
         "pair mode with the patch-wise ranking loss (HNM); false: one bag per step (ItS2CLR, DSMIL)",
