@@ -2,6 +2,7 @@
 # rule files. The sheet is validated here, while the DAG is built, so a bad sheet stops the run
 # before any job starts and lists every problem at once.
 
+import hashlib
 import json
 import shlex
 import sys
@@ -64,6 +65,10 @@ validate(
 SLIDES = list(SHEET["slide_id"])
 SLIDE_ROWS = SHEET.set_index("slide_id").to_dict("index")
 TRAIN_SLIDES = [s for s in SLIDES if SLIDE_ROWS[s]["split"] == "train"]
+# What the training sheet (results/sheet.tsv) holds: every column but the annotations.
+TRAINING_SHEET_DIGEST = hashlib.sha256(
+    SHEET.drop(columns="annotation").to_csv(sep="\t", index=False).encode()
+).hexdigest()
 
 
 wildcard_constraints:
@@ -76,6 +81,13 @@ def slide_file(slide):
     if DEMO:
         return f"results/demo/slides/{slide}.tiff"
     return SLIDE_ROWS[slide]["path"]
+
+
+def annotation_files():
+    """The sheet's annotation files: inputs of the evaluation sheet, and of nothing upstream."""
+    if DEMO:  # outputs of rule synth_slide, matched by relative path
+        return [f"results/demo/annotations/{slide}.geojson" for slide in SLIDES]
+    return [path for path in SHEET["annotation"] if path]
 
 
 def slide_path(wildcards):

@@ -34,7 +34,7 @@ rule train_mil:
 rule evaluate:
     input:
         unpack(lambda wildcards: mil_outputs(wildcards.round)),
-        sheet="results/sheet.tsv",
+        sheet="results/sheet_eval.tsv",
         tiles=tiles(),
     output:
         metrics="results/r{round}/eval/metrics.json",

@@ -1,4 +1,26 @@
-# The end of the chain: round R's model evaluated on test, and the per-round table.
+# The end of the chain: every skipped slide in one table, round R's model evaluated on test, and
+# the per-round table.
+
+
+rule failures:
+    # Skip mode (on_slide_error: skip) can drop a slide at tiling, extraction or fine-tuning: the
+    # tiles file, a round's features file or a fine-tuned encoder records it, so all are read.
+    input:
+        tiles=tiles(),
+        features=[path for r in range(ROUNDS + 1) for path in features(r)],
+        encoders=expand("results/r{round}/encoder.pt", round=range(1, ROUNDS + 1)),
+    output:
+        "results/qc/failed_slides.tsv",
+    log:
+        "results/logs/failures.log",
+    conda:
+        "../envs/torch.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    shell:
+        "python -m hnm failures --tiles {input.tiles:q} --features {input.features:q} "
+        "--encoders {input.encoders:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule final:
@@ -33,5 +55,6 @@ rule final:
     shell:
         "python -m hnm report --mil-metrics {input.rounds_mil:q} --eval-metrics "
         "{input.rounds_eval:q} --mining-summaries {input.mining:q} --encoders {input.encoders:q} "
-        "--predictions {input.predictions:q} --out-metrics {output.metrics:q} "
+        "--predictions {input.predictions:q} --failures {input.failures:q} "
+        "--out-metrics {output.metrics:q} "
         "--out-predictions {output.predictions:q} --out-rounds {output.rounds:q} > {log:q} 2>&1"

@@ -1,4 +1,4 @@
-# Tissue detection and the patch grid, one job per slide; failures gathered into one report.
+# Tissue detection and the patch grid, one job per slide (skipped slides: rule failures).
 
 
 rule tile:
@@ -28,19 +28,3 @@ rule tile:
     shell:
         "python -m hnm tile --slide {input.slide:q} --slide-id {wildcards.slide} {params.mpp} "
         "{params.settings} --out {output.tiles:q} --qc {output.qc:q} > {log:q} 2>&1"
-
-
-rule failures:
-    input:
-        tiles(),
-    output:
-        "results/qc/failed_slides.tsv",
-    log:
-        "results/logs/failures.log",
-    conda:
-        "../envs/slide.yaml"
-    resources:
-        mem_mb=1000,
-        runtime=10,
-    shell:
-        "python -m hnm failures --tiles {input:q} --out {output:q} > {log:q} 2>&1"

@@ -742,3 +742,97 @@ def test_44_an_empty_training_slide_is_logged_with_its_label(caplog) -> None:
 def test_45_hints_start_a_sentence_in_upper_case() -> None:
     error = SlideError("s1", "/x.svs", "it is broken", "leave it out of the sheet")
     assert str(error) == "slide 's1' (/x.svs): it is broken. Leave it out of the sheet"
+
+
+# ------------------------------------------------- 46-47: what skip mode dropped, said once
+
+
+def test_46_failed_slides_lists_extraction_and_fine_tuning_skips(tmp_path: Path) -> None:
+    """Was: only tiling's skips reached failed_slides.tsv; extraction's and fine-tuning's stayed
+    in their job logs."""
+    from hnm.encoders import build_encoder, save_encoder_file
+    from hnm.io.h5io import FeatureWriter, write_tiles
+
+    def slide(name: str, failed: bool = False, error: str = "") -> dict:
+        return {
+            "slide_id": name,
+            "slide_path": f"/s/{name} (1).svs",
+            "failed": failed,
+            "error": error,
+        }
+
+    tiles, features = [], []
+    for name, failed in (("t0", True), ("x1", False), ("f2", False), ("ok", False)):
+        path = tmp_path / f"{name}.h5"
+        write_tiles(
+            path, np.zeros((0 if failed else 3, 2), np.int64), slide(name, failed, "no tissue")
+        )
+        tiles.append(str(path))
+        for round_ in (0, 1):
+            attrs = {**slide(name, failed, "no tissue"), "round": round_}
+            if name == "x1":  # tiled, but its pixels do not decode
+                attrs.update(failed=True, error="decoding JPEG tiles failed: bad Huffman code")
+            out = tmp_path / f"r{round_}_{name}.h5"
+            with FeatureWriter(out, 4, np.zeros((0, 2), np.int64), attrs):
+                pass
+            features.append(str(out))
+    encoder = tmp_path / "encoder.pt"
+    skipped = {"f2": {"path": "/s/f2 (1).svs", "error": "reading patches failed: truncated"}}
+    save_encoder_file(
+        encoder,
+        build_encoder("resnet_mini", seed=0),
+        source="r0",
+        round=1,
+        extra={"skipped_slides": skipped},
+    )
+    report = tmp_path / "failed_slides.tsv"
+    args = ["failures", "--tiles", *tiles, "--features", *features, "--encoders", str(encoder)]
+    assert main([*args, "--out", str(report)]) == 0
+    rows = pd.read_csv(report, sep="\t", keep_default_na=False)
+    assert list(rows.columns) == ["slide_id", "path", "error", "stage"]
+    assert rows.values.tolist() == [
+        ["t0", "/s/t0 (1).svs", "no tissue", "tiling"],
+        [
+            "x1",
+            "/s/x1 (1).svs",
+            "decoding JPEG tiles failed: bad Huffman code",
+            "extraction (rounds 0, 1)",
+        ],
+        ["f2", "/s/f2 (1).svs", "reading patches failed: truncated", "fine-tuning (round 1)"],
+    ]
+
+
+def test_47_skipped_and_degraded_are_warnings_of_the_run(tmp_path: Path) -> None:
+    """Was: exit 0 and a worse result, with the reasons only inside job logs."""
+    from hnm.evaluation.warnings import end_of_run_summary, read_failures, run_warnings
+
+    (tmp_path / "qc").mkdir()
+    (tmp_path / "qc" / "failed_slides.tsv").write_text(
+        "slide_id\tpath\terror\tstage\nx1\t/s/x1.svs\tbad Huffman code\textraction (round 0)\n"
+    )
+    note = "validation split lacks a class; the decision threshold is 0.5"
+    mil = [
+        {"notes": [note], "excluded_slides": [{"slide_id": "x1", "split": "test", "reason": "r"}]},
+        {
+            "notes": [note],
+            "excluded_slides": [{"slide_id": "e", "split": "train", "reason": "empty"}],
+        },
+    ]
+    final = {
+        "split": "test",
+        "slide": {"n_slides": 1, "n_positive": 1, "auc": None, "not_scored": ["x1"]},
+    }
+    warnings = run_warnings(read_failures(tmp_path / "qc" / "failed_slides.tsv"), mil, final)
+    assert warnings == [
+        "slide 'x1' was skipped at extraction (round 0): bad Huffman code (/s/x1.svs)",
+        f"MIL (rounds 0, 1): {note}",
+        "slide 'e' (train) was left out of MIL (round 1): empty",
+        "the test slide AUC is undefined: the usable test slides are 1 positive and 0 negative",
+    ]
+    (tmp_path / "final").mkdir()
+    (tmp_path / "final" / "metrics.json").write_text(json.dumps({"warnings": warnings}))
+    summary = end_of_run_summary(tmp_path)
+    assert summary.startswith("1 slide(s) were skipped (on_slide_error: skip)")
+    assert "x1, at extraction (round 0): bad Huffman code" in summary
+    assert f"MIL (rounds 0, 1): {note}" in summary and summary.count("x1") == 1
+    assert end_of_run_summary(tmp_path / "nothing") == ""

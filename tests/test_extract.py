@@ -446,6 +446,7 @@ def test_unreadable_slide_fails_or_is_skipped(test_slides, tmp_path, setup, caps
     features, _, attrs = read_features(tmp_path / "b.h5")
     assert features.shape == (0, 128) and attrs["failed"] is True
     assert "reading patches failed" in attrs["error"] and "on_slide_error" not in attrs["error"]
+    assert "slide 'unreadable'" not in attrs["error"]  # the reader's words once, not nested
 
 
 def test_missing_encoder_file_is_named(setup, capsys):
@@ -507,3 +508,30 @@ def test_exact_reader_uses_tiles_only_on_whole_level_pixels(tmp_path):
     assert isinstance(open_patch_reader(slide, between, attrs), JpegTileReader)
     fallback = open_patch_reader(slide, between, attrs, exact=True)
     assert isinstance(fallback, PatchReader) and "between level-1 pixels" in fallback.why_not_tiles
+
+
+def test_a_tile_failing_on_the_gpu_path_is_the_slides_error() -> None:
+    """Was: an nvjpeg refusal left the GPU path as a RuntimeError, which skip mode did not catch."""
+    from types import SimpleNamespace
+
+    from hnm.core.errors import SlideError
+    from hnm.extract.sources import gpu_batches
+
+    reader = SimpleNamespace(slide_id="s1", slide_path="/x/s 1.tiff")
+
+    def source():
+        yield 0, torch.zeros(1)
+        raise RuntimeError("nvjpeg: bitstream is corrupt")
+
+    batches = gpu_batches(source(), reader)
+    assert next(batches).shape == (1,)
+    with pytest.raises(SlideError) as caught:
+        next(batches)
+    assert caught.value.slide_id == "s1" and "nvjpeg: bitstream is corrupt" in caught.value.problem
+
+    def out_of_memory():
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        yield
+
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        next(gpu_batches(out_of_memory(), reader))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import tifffile
 import torch
 
 from hnm.cli import main
+from hnm.core.errors import SlideError
 from hnm.encoders import build_encoder, load_encoder_file, save_encoder_file
 from hnm.finetune.plan import Pools, plan_epoch, steps_per_epoch
 from hnm.finetune.train import FinetuneSettings, finetune
@@ -293,3 +295,34 @@ def test_cuda_bf16_epoch(cohort, tmp_path) -> None:  # noqa: ANN001
     )
     assert extra["settings"]["precision"] == "bf16"
     assert all(np.isfinite(v) for loss in extra["losses"] for v in loss.values())
+
+
+def test_a_slide_unreadable_at_fine_tuning_fails_or_is_skipped(
+    cohort: dict[str, Path], tmp_path: Path
+) -> None:
+    """Was: skip held at tiling only; a slide whose pixels fail here stopped the run."""
+    broken = tmp_path / "n2 (broken).tiff"
+    broken.write_bytes(cohort["root"].joinpath("n2.tiff").read_bytes())
+    with tifffile.TiffFile(broken) as tiff:
+        spans = list(zip(tiff.pages[0].dataoffsets, tiff.pages[0].databytecounts))
+    with open(broken, "r+b") as handle:  # every tile's data, after tiling: undecodable
+        for offset, count in spans:
+            handle.seek(offset)
+            handle.write(b"\xff" * count)
+    sheet = pd.read_csv(cohort["sheet"], sep="\t")
+    sheet.loc[sheet["slide_id"] == "n2", "path"] = str(broken)
+    sheet.to_csv(tmp_path / "sheet.tsv", sep="\t", index=False)
+    broken_cohort = {**cohort, "sheet": tmp_path / "sheet.tsv"}
+    with pytest.raises(SlideError) as caught:
+        run(broken_cohort, tmp_path / "fail.pt", None)
+    assert caught.value.slide_id == "n2" and "on_slide_error: skip" in str(caught.value)
+    assert not (tmp_path / "fail.pt").exists()
+
+    skip = dataclasses.replace(SETTINGS, on_slide_error="skip")
+    summary = run(broken_cohort, tmp_path / "skip.pt", tmp_path / "ckpt", settings=skip)
+    skipped = summary["skipped_slides"]
+    assert list(skipped) == ["n2"] and skipped["n2"]["path"] == str(broken)
+    assert "on_slide_error" not in skipped["n2"]["error"] and skipped["n2"]["error"]
+    _model, meta = load_encoder_file(tmp_path / "skip.pt")
+    assert meta.extra["skipped_slides"] == skipped
+    assert meta.epoch == SETTINGS.epochs_per_round

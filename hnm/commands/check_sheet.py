@@ -30,6 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="warn instead of failing when the val or test split lacks a class",
     )
+    parser.add_argument(
+        "--without-annotations",
+        action="store_true",
+        help="write the sheet without its annotation column (checked all the same): the training "
+        "stages' copy, which an edited annotation must not change",
+    )
     parser.add_argument("--out", help="where to write the normalised sheet (TSV)")
 
 
@@ -59,5 +65,7 @@ def run(args: argparse.Namespace) -> int:
     summary = sheet.groupby(["split", "label"]).size().to_dict()
     log.info("sheet is valid: %d slides; (split, label) counts %s", len(sheet), summary)
     if args.out:
+        if args.without_annotations:
+            sheet = sheet.drop(columns="annotation")
         write_normalised_sheet(sheet, args.out)
     return 0

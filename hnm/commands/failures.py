@@ -1,7 +1,11 @@
-"""`hnm failures`: one table of every slide that tiling skipped, and why.
+"""`hnm failures`: one table of every slide a stage skipped (on_slide_error: skip), and why.
 
 With on_slide_error: skip a cohort run finishes even when some slides are unreadable; this report is
-where the user finds out which ones (slide_id, path, error), instead of digging through job logs.
+where the user finds out which ones, at which stage and why, instead of digging through job logs.
+A slide can fail at tiling (the tiles file is marked failed), at extraction (the slide tiled, but
+its features file of some round is marked failed: pixels that do not decode) or at fine-tuning
+(the slide is listed in a fine-tuned encoder's skipped_slides). Each slide gets one row, at the
+first stage it failed; a slide that failed at tiling is not listed again for its empty features.
 """
 
 from __future__ import annotations
@@ -9,8 +13,12 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 log = logging.getLogger("hnm.failures")
+
+COLUMNS = ("slide_id", "path", "error", "stage")
 
 # Tiles files written before the skip path stored the bare reason still carry the fail-mode hint,
 # which tells the reader of this report to do what was already done.
@@ -19,18 +27,71 @@ _SKIP_HINT = re.compile(
 )
 
 
+@dataclass
+class Failure:
+    """One skipped slide: where it first failed, why, and in which rounds."""
+
+    slide_id: str
+    path: str
+    error: str
+    stage: str
+    rounds: list[int] = field(default_factory=list)
+
+    def stage_text(self) -> str:
+        if not self.rounds:
+            return self.stage
+        word = "round" if len(self.rounds) == 1 else "rounds"
+        return f"{self.stage} ({word} {', '.join(map(str, self.rounds))})"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tiles", nargs="+", required=True, help="tiles HDF5 files of all slides")
-    parser.add_argument("--out", required=True, help="TSV to write (slide_id, path, error)")
+    parser.add_argument(
+        "--features", nargs="*", default=[], help="features files of every round (r{r}/features)"
+    )
+    parser.add_argument(
+        "--encoders", nargs="*", default=[], help="fine-tuned encoders (r1..rR/encoder.pt)"
+    )
+    parser.add_argument("--out", required=True, help="TSV to write (slide_id, path, error, stage)")
 
 
 def run(args: argparse.Namespace) -> int:
     from hnm.core.atomic import write_text
+
+    failures: dict[str, Failure] = {}
+    for failure in _tiling(args.tiles):
+        failures.setdefault(failure.slide_id, failure)
+    for failure in [*_extraction(args.features), *_finetuning(args.encoders)]:
+        known = failures.get(failure.slide_id)
+        if known is None:
+            failures[failure.slide_id] = failure
+        elif known.stage == failure.stage:
+            known.rounds = sorted({*known.rounds, *failure.rounds})
+    lines = ["\t".join(COLUMNS)]
+    lines += [
+        "\t".join(_clean(v) for v in (f.slide_id, f.path, f.error, f.stage_text()))
+        for f in failures.values()
+    ]
+    write_text(args.out, "\n".join(lines) + "\n")
+    if failures:
+        log.warning(
+            "%d of %d slides were skipped and are excluded: %s (see %s)",
+            len(failures),
+            len(args.tiles),
+            ", ".join(failures),
+            args.out,
+        )
+    else:
+        log.info("no skipped slides among %d; wrote %s", len(args.tiles), args.out)
+    return 0
+
+
+def _tiling(paths: Iterable[str]) -> list[Failure]:
     from hnm.core.errors import HnmError
     from hnm.io.h5io import read_tiles
 
-    rows = []
-    for tiles in args.tiles:
+    found = []
+    for tiles in paths:
         try:
             _coords, attrs = read_tiles(tiles)
         except (OSError, KeyError) as error:
@@ -38,27 +99,48 @@ def run(args: argparse.Namespace) -> int:
                 f"tiles file {tiles} cannot be read ({error}); rerun `hnm tile` for it"
             ) from error
         if bool(attrs.get("failed", False)):
-            rows.append(
-                [
-                    str(attrs.get("slide_id", "")),
-                    str(attrs.get("slide_path", "")),
-                    _SKIP_HINT.sub("", str(attrs.get("error", ""))),
-                ]
+            found.append(_failure(attrs, "tiling"))
+    return found
+
+
+def _extraction(paths: Iterable[str]) -> list[Failure]:
+    from hnm.core.errors import HnmError
+    from hnm.io.h5io import read_feature_attrs
+
+    found = []
+    for features in paths:
+        try:
+            attrs = read_feature_attrs(features)
+        except (OSError, KeyError) as error:
+            raise HnmError(
+                f"features file {features} cannot be read ({error}); rerun its extraction"
+            ) from error
+        if bool(attrs.get("failed", False)):
+            found.append(_failure(attrs, "extraction", int(attrs.get("round", 0))))
+    return found
+
+
+def _finetuning(paths: Iterable[str]) -> list[Failure]:
+    from hnm.encoders import read_encoder_meta
+
+    found = []
+    for encoder in paths:
+        meta = read_encoder_meta(encoder)
+        for slide_id, skipped in meta.extra.get("skipped_slides", {}).items():
+            found.append(
+                Failure(slide_id, skipped["path"], skipped["error"], "fine-tuning", [meta.round])
             )
-    lines = ["slide_id\tpath\terror"]
-    lines += ["\t".join(_clean(value) for value in row) for row in rows]
-    write_text(args.out, "\n".join(lines) + "\n")
-    if rows:
-        log.warning(
-            "%d of %d slides failed and are excluded: %s (see %s)",
-            len(rows),
-            len(args.tiles),
-            ", ".join(row[0] for row in rows),
-            args.out,
-        )
-    else:
-        log.info("no failed slides among %d; wrote %s", len(args.tiles), args.out)
-    return 0
+    return found
+
+
+def _failure(attrs: dict, stage: str, round_: int | None = None) -> Failure:
+    return Failure(
+        str(attrs.get("slide_id", "")),
+        str(attrs.get("slide_path", "")),
+        _SKIP_HINT.sub("", str(attrs.get("error", ""))),
+        stage,
+        [] if round_ is None else [round_],
+    )
 
 
 def _clean(value: str) -> str:

@@ -15,6 +15,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mining-summaries", nargs="*", default=[], help="per round, 0..R-1")
     parser.add_argument("--encoders", nargs="*", default=[], help="fine-tuned encoders, 1..R")
     parser.add_argument("--predictions", required=True, help="round R's predictions.csv")
+    parser.add_argument(
+        "--failures", default=None, help="results/qc/failed_slides.tsv: skipped slides, as warnings"
+    )
     parser.add_argument("--out-metrics", required=True)
     parser.add_argument("--out-predictions", required=True)
     parser.add_argument("--out-rounds", required=True)
@@ -48,5 +51,12 @@ def run(args: argparse.Namespace) -> int:
         )
         for r in range(rounds)
     ]
-    write_report(files, args.predictions, args.out_metrics, args.out_predictions, args.out_rounds)
+    write_report(
+        files,
+        args.predictions,
+        args.out_metrics,
+        args.out_predictions,
+        args.out_rounds,
+        failures=args.failures,
+    )
     return 0

@@ -21,6 +21,7 @@ import pandas as pd
 from hnm.core.atomic import atomic_path, write_json
 from hnm.core.errors import HnmError
 from hnm.core.formatting import fmt_metric
+from hnm.evaluation.warnings import read_failures, run_warnings
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +123,11 @@ def write_report(
     out_metrics: str | os.PathLike[str],
     out_predictions: str | os.PathLike[str],
     out_rounds: str | os.PathLike[str],
+    failures: str | os.PathLike[str] | None = None,
 ) -> pd.DataFrame:
-    """rounds.csv from every round's files, and the last round's metrics and predictions."""
+    """rounds.csv from every round's files, and the last round's metrics and predictions; the
+    metrics carry `warnings`, every slide skipped (`failures`, results/qc/failed_slides.tsv) and
+    every degradation the rounds recorded (hnm.evaluation.warnings)."""
     rows = [round_row(r, files) for r, files in enumerate(rounds)]
     extra = [column for row in rows for column in row if column not in ROUND_COLUMNS]
     table = pd.DataFrame(rows, columns=ROUND_COLUMNS + list(dict.fromkeys(extra)))
@@ -132,7 +136,12 @@ def write_report(
     final = _read_json(rounds[-1].eval_metrics)
     final["round"] = len(rounds) - 1
     final["rounds_table"] = str(out_rounds)
+    final["warnings"] = run_warnings(
+        read_failures(failures), [_read_json(r.mil_metrics) for r in rounds], final
+    )
     write_json(out_metrics, final)
+    for warning in final["warnings"]:
+        log.warning("%s", warning)
     with atomic_path(out_predictions) as temporary:
         shutil.copyfile(last_predictions, temporary)
     for row in table.to_dict("records"):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -44,8 +44,18 @@ def available_cores() -> int:
 class _ReadFailure:
     """A read error carried out of a worker intact (DataLoader would re-raise it as RuntimeError)."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, hint: str | None = None) -> None:
         self.message = message
+        self.hint = hint
+
+
+def _read_failed(
+    reader: PatchReader | JpegTileReader, message: str, hint: str | None = None
+) -> SlideError:
+    """The slide's error for a failed read: the reader's own words once, not nested in ours."""
+    return SlideError(
+        reader.slide_id, reader.slide_path, f"reading patches failed: {message}", hint
+    )
 
 
 class ContiguousBatches(torch.utils.data.Dataset):
@@ -62,6 +72,8 @@ class ContiguousBatches(torch.utils.data.Dataset):
         start = index * self.batch_size
         try:
             return torch.from_numpy(self.reader.read_range(start, start + self.batch_size))
+        except SlideError as error:
+            return _ReadFailure(error.problem, error.hint)
         except HnmError as error:
             return _ReadFailure(str(error))
 
@@ -88,9 +100,7 @@ def overlapped_batches(
     )
     for batch in loader:
         if isinstance(batch, _ReadFailure):
-            raise SlideError(
-                reader.slide_id, reader.slide_path, f"reading patches failed: {batch.message}"
-            )
+            raise _read_failed(reader, batch.message, batch.hint)
         yield batch
 
 
@@ -116,10 +126,10 @@ def phased_batches(
             chunks = [c for c in np.array_split(np.arange(start, stop), threads) if len(c)]
             try:
                 parts = list(pool.map(reader.read, chunks))
+            except SlideError as error:
+                raise _read_failed(reader, error.problem, error.hint) from error
             except HnmError as error:
-                raise SlideError(
-                    reader.slide_id, reader.slide_path, f"reading patches failed: {error}"
-                ) from error
+                raise _read_failed(reader, str(error)) from error
             yield torch.from_numpy(parts[0] if len(parts) == 1 else np.concatenate(parts))
 
 
@@ -175,6 +185,26 @@ def gpu_decoder(
     return None, f"nvjpeg colours disagree with Pillow ({'; '.join(differences)})"
 
 
+def gpu_batches(
+    source: Iterable[tuple[int, torch.Tensor]], reader: PatchReader | JpegTileReader
+) -> Iterator[torch.Tensor]:
+    """The GPU path's batches; a tile that fails to read or decode is the slide's error (so
+    on_slide_error: skip holds on the GPU too), while running out of GPU memory stays the job's."""
+    try:
+        for _, batch in source:
+            yield batch
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except SlideError as error:
+        raise _read_failed(reader, error.problem, error.hint) from error
+    except (OSError, RuntimeError, ValueError) as error:  # nvjpeg's refusals are RuntimeErrors
+        raise _read_failed(
+            reader,
+            f"decoding JPEG tiles on the GPU failed: {error}",
+            "the slide's tile data is probably corrupt",
+        ) from error
+
+
 def choose_source(
     slide_path: str,
     slide_id: str,
@@ -214,7 +244,7 @@ def choose_source(
                     prefetch=max(2, settings.prefetch),
                     readers=max(1, settings.workers),
                 )
-                return "gpu-nvjpeg", (x for _, x in source), ""
+                return "gpu-nvjpeg", gpu_batches(source, reader), ""
         if settings.decode == "gpu":
             log.warning(
                 "%s: decode=gpu but this slide cannot take the GPU path (%s); decoding on the CPU",

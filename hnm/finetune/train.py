@@ -17,13 +17,19 @@ Where the time goes and how it is spent well:
 - Uncertain patches are never sampled: SupCon masks them out of every term, so a view of one would
   cost a forward/backward pass and contribute exactly nothing.
 
-Resume: a checkpoint after every epoch (model, optimizer, epoch times), fingerprinted by the
-settings and the digests of the sets and input encoder files. A killed job restarts at the next
-epoch and, on the CPU, ends with the same weights as an uninterrupted run.
+Resume: a checkpoint after every epoch (model, optimizer, epoch times, skipped slides),
+fingerprinted by the settings and the digests of the sets and input encoder files. A killed job
+restarts at the next epoch and, on the CPU, ends with the same weights as an uninterrupted run.
+
+A slide whose pixels cannot be read (a file corrupted or truncated after extraction) stops the job,
+or with on_slide_error: skip is dropped from this round's sets: the epoch it failed in starts again
+from that epoch's starting weights without it, and the output encoder lists it (skipped_slides), so
+results/qc/failed_slides.tsv names it and the reason.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
@@ -38,7 +44,7 @@ import torch
 
 from hnm.core.checkpoint import Checkpointer, file_digest, fingerprint
 from hnm.core.device import PRECISIONS, resolve_precision
-from hnm.core.errors import HnmError
+from hnm.core.errors import HnmError, SlideError
 from hnm.core.progress import Progress
 from hnm.core.settings import setting
 from hnm.encoders.model_file import load_encoder_file, save_encoder_file
@@ -49,6 +55,7 @@ from hnm.io.h5io import files_by_slide, read_tiles_or_fail, slide_file
 from hnm.io.patches import JpegTileReader, PatchReader, open_patch_reader
 from hnm.mining.schedule import EncoderSchedule, learning_rate
 from hnm.mining.sets import read_sets
+from hnm.tiling.settings import ON_SLIDE_ERROR
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +90,12 @@ class FinetuneSettings(EncoderSchedule):
     max_steps_per_epoch: int = setting(
         0, "cap on steps per epoch (0: no cap; for smoke tests)", minimum=0
     )
+    on_slide_error: str = setting(
+        "fail",
+        "a slide whose pixels cannot be read: fail the job, or skip (drop its patches from the "
+        "round's sets and list it in results/qc/failed_slides.tsv)",
+        choices=ON_SLIDE_ERROR,
+    )
     seed: int = 0
 
     @property
@@ -107,15 +120,33 @@ class StepPatches(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.plans)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def __getitem__(self, index: int) -> torch.Tensor | ReadFailure:
         rows = self.plans[index].rows
         size = self.readers[0].patch_size
         out = np.empty((len(rows), size, size, 3), dtype=np.uint8)
         for code in np.unique(rows[:, 0]):
             where = np.flatnonzero(rows[:, 0] == code)
             order = np.argsort(rows[where, 1], kind="stable")  # nearby patches read together
-            out[where[order]] = self.readers[code].read(rows[where[order], 1])
+            reader = self.readers[code]
+            try:
+                out[where[order]] = reader.read(rows[where[order], 1])
+            except SlideError as error:
+                return ReadFailure(error.slide_id, error.path, error.problem, error.hint)
         return torch.from_numpy(out)
+
+
+@dataclass(frozen=True)
+class ReadFailure:
+    """A slide's read error carried out of a loader process intact (DataLoader would re-raise a
+    SlideError as a RuntimeError without the slide's id)."""
+
+    slide_id: str
+    path: str
+    problem: str
+    hint: str | None
+
+    def error(self) -> SlideError:
+        return SlideError(self.slide_id, self.path, self.problem, self.hint)
 
 
 def open_readers(
@@ -236,6 +267,8 @@ def train_epoch(
     sums = torch.zeros(2, device=device)
     progress = Progress(len(plans), f"epoch {global_epoch}", log)
     for step, patches in zip(range(len(plans)), batches):
+        if isinstance(patches, ReadFailure):
+            raise patches.error()
         lr = learning_rate(
             global_epoch + step / len(plans),
             settings.lr,
@@ -318,9 +351,8 @@ def finetune(
     on_epoch_end: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune `encoder_in` for settings.epochs epochs and write `out`; returns a summary."""
-    sets = read_sets(sets_path)
-    pools = Pools.from_sets(sets, str(sets_path))
-    readers = open_readers(pools.slides, sheet, files_by_slide(tiles, "tiles"), sets)
+    all_sets = read_sets(sets_path)
+    tiles_files = files_by_slide(tiles, "tiles")
     model, meta = load_encoder_file(encoder_in, device)
     start_epoch = meta.epoch
     precision = resolve_precision(settings.precision, device)
@@ -341,17 +373,21 @@ def finetune(
     # Per finished epoch: wall seconds, CPU seconds of this process (steadier than wall time on
     # a shared machine) and mean losses; carried through checkpoints into the output file.
     done, timing = 0, {"epoch_seconds": [], "epoch_cpu_seconds": [], "losses": []}
+    skipped: dict[str, dict[str, str]] = {}  # slide -> path and reason (on_slide_error: skip)
     state = checkpointer.load()
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         done, timing = state["done"], state["timing"]
+        skipped = state.get("skipped", {})
         log.info(
             "resuming from epoch %d (global epoch %d) of %d",
             done,
             start_epoch + done,
             settings.epochs,
         )
+    skip = settings.on_slide_error == "skip"
+    pools, readers = usable_pools(all_sets, str(sets_path), sheet, tiles_files, skipped, skip)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
@@ -380,58 +416,36 @@ def finetune(
         precision,
         workers,
     )
-    # Every remaining epoch is planned up front and read through ONE loader, so the readers run
-    # ahead across epoch boundaries (and checkpoint writes) instead of draining and refilling.
-    epochs = {
-        local: plan_epoch(
-            pools, settings, start_epoch + local, start_epoch + local >= settings.warmup
-        )
-        for local in range(done, settings.epochs)
-    }
-    batches = iter(
-        _loader(
-            StepPatches([p for plans in epochs.values() for p in plans], readers), workers, device
-        )
-    )
-    for local, plans in epochs.items():
-        global_epoch = start_epoch + local
-        positive_update = global_epoch >= settings.warmup
-        started, cpu_started = time.perf_counter(), time.process_time()
-        epoch_losses = train_epoch(
-            model, optimizer, augment, plans, batches, settings, global_epoch, device, precision
-        )
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - started
-        timing["epoch_seconds"].append(seconds)
-        timing["epoch_cpu_seconds"].append(time.process_time() - cpu_started)
-        timing["losses"].append(epoch_losses)
-        patches = sum(int(p.rows.shape[0]) for p in plans)
-        log.info(
-            "epoch %d (%d/%d of this round): %d steps, %s update(s), loss neg %.4f pos %.4f, "
-            "lr %.5f, %.1f s, %.1f patches/s",
-            global_epoch,
-            local + 1,
-            settings.epochs,
-            len(plans),
-            "both" if positive_update else "negative-anchor",
-            epoch_losses["loss_negative"],
-            epoch_losses["loss_positive"],
-            optimizer.param_groups[0]["lr"],
-            seconds,
-            patches / seconds if seconds else float("nan"),
-        )
-        checkpointer.save(
-            {
-                "epoch": global_epoch + 1,
-                "done": local + 1,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "timing": timing,
-            }
-        )
-        if on_epoch_end is not None:
-            on_epoch_end(local + 1)
+    run = EpochRun(model, optimizer, augment, settings, start_epoch, device, precision, workers)
+    while done < settings.epochs:
+        # The weights this epoch starts from: an epoch that meets an unreadable slide starts again
+        # from them without that slide (skip), as a run that never had the slide would.
+        before = copy.deepcopy((model.state_dict(), optimizer.state_dict()))
+        try:
+            for finished in run.epochs(pools, readers, done, timing):
+                done = finished
+                checkpointer.save(
+                    {
+                        "epoch": start_epoch + done,
+                        "done": done,
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "timing": timing,
+                        "skipped": skipped,
+                    }
+                )
+                if on_epoch_end is not None:
+                    on_epoch_end(done)
+                before = copy.deepcopy((model.state_dict(), optimizer.state_dict()))
+        except SlideError as error:
+            if not skip:
+                raise
+            model.load_state_dict(before[0])
+            optimizer.load_state_dict(before[1])
+            _skip_slide(skipped, error, start_epoch + done)
+            pools, readers = usable_pools(
+                all_sets, str(sets_path), sheet, tiles_files, skipped, skip
+            )
     end_epoch = start_epoch + settings.epochs
     extra = {
         **timing,
@@ -442,6 +456,7 @@ def finetune(
         "sets": os.fspath(sets_path),
         "sets_sha256": file_digest(sets_path),
         "settings": {**asdict(settings), "precision": precision},
+        "skipped_slides": skipped,
     }
     save_encoder_file(
         out,
@@ -462,3 +477,118 @@ def finetune(
         ", ".join(f"{s:.1f}" for s in timing["epoch_seconds"]),
     )
     return extra
+
+
+def usable_pools(
+    sets: pd.DataFrame,
+    sets_path: str,
+    sheet: pd.DataFrame,
+    tiles_files: dict[str, Path],
+    skipped: dict[str, dict[str, str]],
+    skip: bool,
+) -> tuple[Pools, list[PatchReader | JpegTileReader]]:
+    """Pools and readers of the sets' slides but the skipped ones; with `skip`, a slide that
+    cannot even be opened joins them."""
+    while True:
+        kept = sets[~sets["slide_id"].isin(list(skipped))]
+        pools = Pools.from_sets(kept, sets_path)
+        try:
+            return pools, open_readers(pools.slides, sheet, tiles_files, kept)
+        except SlideError as error:
+            if not skip:
+                raise
+            _skip_slide(skipped, error, None)
+
+
+def _skip_slide(
+    skipped: dict[str, dict[str, str]], error: SlideError, global_epoch: int | None
+) -> None:
+    if error.slide_id in skipped:  # the same slide twice: the error is not the slide's
+        raise error
+    skipped[error.slide_id] = {"path": os.fspath(error.path), "error": error.problem}
+    log.error(
+        "%s: %s; on_slide_error=skip: its patches leave this round's sets%s",
+        error.slide_id,
+        error.problem,
+        "" if global_epoch is None else f" and epoch {global_epoch} starts again without them",
+    )
+
+
+@dataclass
+class EpochRun:
+    """What every epoch of one fine-tuning job shares: the model, its optimizer and the setup."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    augment: SimCLRAugment
+    settings: FinetuneSettings
+    start_epoch: int
+    device: torch.device
+    precision: str
+    workers: int
+
+    def epochs(
+        self,
+        pools: Pools,
+        readers: list[PatchReader | JpegTileReader],
+        done: int,
+        timing: dict[str, list[Any]],
+    ) -> Iterator[int]:
+        """Train the epochs after `done`, yielding the count done after each (to checkpoint).
+
+        Every remaining epoch is planned up front and read through ONE loader, so the readers run
+        ahead across epoch boundaries (and checkpoint writes) instead of draining and refilling.
+        """
+        settings = self.settings
+        epochs = {
+            local: plan_epoch(
+                pools,
+                settings,
+                self.start_epoch + local,
+                self.start_epoch + local >= settings.warmup,
+            )
+            for local in range(done, settings.epochs)
+        }
+        batches = iter(
+            _loader(
+                StepPatches([p for plans in epochs.values() for p in plans], readers),
+                self.workers,
+                self.device,
+            )
+        )
+        for local, plans in epochs.items():
+            global_epoch = self.start_epoch + local
+            started, cpu_started = time.perf_counter(), time.process_time()
+            epoch_losses = train_epoch(
+                self.model,
+                self.optimizer,
+                self.augment,
+                plans,
+                batches,
+                settings,
+                global_epoch,
+                self.device,
+                self.precision,
+            )
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            seconds = time.perf_counter() - started
+            timing["epoch_seconds"].append(seconds)
+            timing["epoch_cpu_seconds"].append(time.process_time() - cpu_started)
+            timing["losses"].append(epoch_losses)
+            patches = sum(int(p.rows.shape[0]) for p in plans)
+            log.info(
+                "epoch %d (%d/%d of this round): %d steps, %s update(s), loss neg %.4f pos %.4f, "
+                "lr %.5f, %.1f s, %.1f patches/s",
+                global_epoch,
+                local + 1,
+                settings.epochs,
+                len(plans),
+                "both" if global_epoch >= settings.warmup else "negative-anchor",
+                epoch_losses["loss_negative"],
+                epoch_losses["loss_positive"],
+                self.optimizer.param_groups[0]["lr"],
+                seconds,
+                patches / seconds if seconds else float("nan"),
+            )
+            yield local + 1

@@ -357,7 +357,8 @@ def write_normalised_sheet(sheet: pd.DataFrame, path: str | os.PathLike[str]) ->
 
 
 def read_normalised_sheet(path: str | os.PathLike[str]) -> pd.DataFrame:
-    """The workflow's normalised sheet (results/sheet.tsv), as every stage reads it."""
+    """The workflow's normalised sheet, as every stage reads it; the training copy
+    (results/sheet.tsv) has no annotation column, read as no annotations."""
     if not Path(path).exists():
         raise HnmError(f"slide sheet {path} does not exist; run the workflow's sheet step first")
     sheet = pd.read_csv(
@@ -365,5 +366,7 @@ def read_normalised_sheet(path: str | os.PathLike[str]) -> pd.DataFrame:
     )
     sheet["label"] = sheet["label"].astype(int)
     sheet["mpp"] = pd.to_numeric(sheet["mpp"], errors="coerce")
+    if "annotation" not in sheet.columns:
+        sheet["annotation"] = ""
     sheet["annotation"] = sheet["annotation"].fillna("").astype(str)
     return sheet
