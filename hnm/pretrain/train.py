@@ -125,7 +125,7 @@ def train_epoch(
     generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + _AUGMENT_STREAM + epoch)
     channels_last = device.type == "cuda"
     total = torch.zeros((), device=device)
-    progress = Progress(steps, f"pretrain epoch {epoch}", log)
+    progress = Progress(steps, f"pretrain epoch {epoch + 1}/{settings.epochs}", log)
     for step, patches in zip(range(steps), batches):
         lr = learning_rate(
             epoch + step / steps, settings.lr, settings.cosine_after, settings.epochs
