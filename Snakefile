@@ -3,6 +3,8 @@
 #   snakemake --cores 8 --use-conda                       # demo cohort, or set `sheet` in the config
 #   snakemake --workflow-profile workflow/profiles/slurm  # the same on SLURM
 #
+# Round 0's encoder: init_encoder -> pretrain (SimCLR on the train slides' patches) unless weights
+# are given.
 # Chain per round r = 0..R: tile -> extract (encoder r) -> train_mil -> mine -> finetune (r -> r+1);
 # the last round's MIL is evaluated on test in results/final/.
 
@@ -25,6 +27,7 @@ include: "rules/common.smk"
 include: "rules/sheet.smk"
 include: "rules/demo.smk"
 include: "rules/tiling.smk"
+include: "rules/pretrain.smk"
 include: "rules/features.smk"
 include: "rules/mil.smk"
 include: "rules/mining.smk"

@@ -25,6 +25,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "tile": ("tile", "detect tissue and write the patch grid of one slide"),
     "failures": ("failures", "gather per-slide failures into one report"),
     "init-encoder": ("init_encoder", "write the round-0 encoder from local weights or a seed"),
+    "pretrain": ("pretrain", "SimCLR-pretrain the round-0 encoder on the train slides' patches"),
     "extract": ("extract", "extract patch features of one slide with an encoder"),
     "train-mil": ("train_mil", "train a MIL aggregator on one round's features"),
     "mine": ("mine", "mine hard negatives and pseudo-positive sets from patch scores"),

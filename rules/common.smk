@@ -39,6 +39,14 @@ ANNOTATION_CLASSES = [
 # Workstation GPU slots (resources.gpus): each GPU job takes one GPU's lock for its lifetime.
 GPU_SLOT = command_prefix(config["resources"]["gpus"])
 ROUNDS = int(config["rounds"])
+# Round 0's encoder (results/r0/encoder.pt): SimCLR-pretrained on the training slides' patches
+# (rule pretrain) when no weights file is given and pretrain.epochs > 0, starting from
+# init_encoder's random weights, which then go to INITIAL_ENCODER; otherwise init_encoder's file
+# (the given weights, or random ones) is round 0's encoder itself.
+PRETRAIN = not config["encoder"]["weights"] and int(config["pretrain"]["epochs"]) > 0
+INITIAL_ENCODER = (
+    "results/pretrain/initial_encoder.pt" if PRETRAIN else "results/r0/encoder.pt"
+)
 
 try:
     if DEMO:

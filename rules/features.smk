@@ -1,4 +1,5 @@
-# Encoders and feature extraction for every round: one job per slide, or one per batch of at most
+# The initial encoder (round 0's, or pretraining's starting point: rules/common.smk) and feature
+# extraction for every round: one job per slide, or one per batch of at most
 # `extraction.slides_per_job` slides (each batch its own rule, since a rule's outputs cannot vary
 # with a wildcard), so small slides do not each pay the interpreter and device start-up. A slide's
 # batch follows from its id alone (hnm.extract.batches), so a grown cohort re-extracts only the
@@ -9,7 +10,7 @@ rule init_encoder:
     input:
         weights=config["encoder"]["weights"] or [],
     output:
-        "results/r0/encoder.pt",
+        INITIAL_ENCODER,
     log:
         "results/logs/r0/init_encoder.log",
     conda:

@@ -23,6 +23,7 @@ COMMAND_SETTINGS = {
     "synth": ["DemoSettings"],
     "tile": ["TilingSettings"],
     "init_encoder": ["EncoderSettings"],
+    "pretrain": ["PretrainSettings"],
     "extract": ["ExtractSettings"],
     "train_mil": ["MilSettings"],
     "mine": ["MiningSettings", "EncoderSchedule"],

@@ -1,9 +1,10 @@
 """The real workflow, end to end on a tiny synthetic cohort, and killed (SIGKILL) and resumed.
 
-One uninterrupted run is the reference. A second run is killed three times, during tiling, during
-extraction and during fine-tuning, and resumed with the README's command each time: finished
-outputs must not be recomputed, the fine-tuning job must continue from its epoch checkpoint, and
-the final metrics must equal the uninterrupted run's (same seed, CPU).
+One uninterrupted run is the reference. A second run is killed four times, during tiling, during
+pretraining, during extraction and during fine-tuning, and resumed with the README's command each
+time: finished outputs must not be recomputed, the pretraining and fine-tuning jobs must continue
+from their epoch checkpoints, and the final metrics must equal the uninterrupted run's (same seed,
+CPU).
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
+from hnm.encoders import load_encoder_file
 from hnm.io.h5io import read_features, read_tiles
 from tests.workflow_runner import (
     TINY_CONFIG,
@@ -37,6 +40,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     result = run(folder)
     counts = jobs_run(result)
     assert counts.get("tile") == N_SLIDES and counts.get("finetune") == 1, counts
+    assert counts.get("pretrain") == 1, counts
     return folder
 
 
@@ -63,7 +67,7 @@ def test_full_chain_writes_every_output(reference: Path) -> None:
     assert "Nothing to be done" in run(reference).stderr
 
 
-def test_killed_three_times_resumes_to_the_same_result(tmp_path: Path, reference: Path) -> None:
+def test_killed_four_times_resumes_to_the_same_result(tmp_path: Path, reference: Path) -> None:
     results = tmp_path / "results"
     write_config(tmp_path)
 
@@ -94,12 +98,28 @@ def test_killed_three_times_resumes_to_the_same_result(tmp_path: Path, reference
     run_and_kill(tmp_path, lambda: finished_before_kill(results / "tiles"), grace=2.0)
     check_resume(results / "tiles", "tile", "tiles")
 
-    # 2. During round-0 extraction.
+    # 2. During pretraining, once its first epoch checkpoint is on disk.
+    pretrain_state = results / "checkpoints" / "r0" / "pretrain" / "state.pt"
+    run_and_kill(tmp_path, pretrain_state.exists)
+    assert not (results / "r0" / "encoder.pt").exists(), "pretraining finished before the kill"
+    result = resume(tmp_path, "results/r0/encoder.pt")
+    print("jobs rerun after the pretraining kill:", jobs_run(result))
+    assert jobs_run(result).get("tile", 0) == 0 and jobs_run(result).get("pretrain") == 1
+    assert jobs_run(result).get("init_encoder", 0) == 0
+    log = (results / "logs" / "r0" / "pretrain.log").read_text()
+    assert "resuming from checkpoint" in log, log[-2000:]
+    ours, our_meta = load_encoder_file(results / "r0" / "encoder.pt")
+    theirs, their_meta = load_encoder_file(reference / "results" / "r0" / "encoder.pt")
+    for name, tensor in theirs.state_dict().items():
+        assert torch.equal(tensor, ours.state_dict()[name]), f"pretrained {name} differs"
+    assert our_meta.extra["pretrain"]["losses"] == their_meta.extra["pretrain"]["losses"]
+
+    # 3. During round-0 extraction.
     snapshot.clear()
     run_and_kill(tmp_path, lambda: finished_before_kill(results / "r0" / "features"), grace=2.0)
     check_resume(results / "r0" / "features", "extract", "features_round0")
 
-    # 3. During fine-tuning, once its first epoch checkpoint is on disk.
+    # 4. During fine-tuning, once its first epoch checkpoint is on disk.
     checkpoint = results / "checkpoints" / "r1" / "finetune" / "state.pt"
     run_and_kill(tmp_path, checkpoint.exists)
     assert not (results / "r1" / "encoder.pt").exists(), "fine-tuning finished before the kill"

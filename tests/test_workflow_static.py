@@ -104,7 +104,7 @@ def test_every_rule_that_runs_a_stage_has_an_env_listing_its_imports() -> None:
     from hnm.cli import STAGES
 
     rules = rules_with_stages()
-    assert {"tile", "extract", "train_mil", "mine", "finetune"} <= set(rules)
+    assert {"tile", "pretrain", "extract", "train_mil", "mine", "finetune"} <= set(rules)
     for rule, (env, stage) in rules.items():
         assert env and Path(env).exists(), f"rule {rule} has no existing conda env"
         spec = yaml.safe_load(Path(env).read_text())
@@ -147,6 +147,8 @@ def test_dry_run_with_each_profile(profile: str, tmp_path: Path) -> None:
     for rule in (
         "synth_slide",
         "tile",
+        "init_encoder",
+        "pretrain",
         r"extract_b[01]*",
         "train_mil",
         "mine",
@@ -154,6 +156,43 @@ def test_dry_run_with_each_profile(profile: str, tmp_path: Path) -> None:
         "final",
     ):
         assert re.search(rf"^{rule}\s+\d+", result.stdout, re.M), f"{rule} missing from the DAG"
+
+
+def planned_jobs(result: subprocess.CompletedProcess[str]) -> dict[str, int]:
+    """Rule -> job count from a dry run's job table."""
+    return {name: int(n) for name, n in re.findall(r"^(\w+)\s+(\d+)$", result.stdout, re.M)}
+
+
+@pytest.mark.parametrize(
+    ("overlay", "pretrained"),
+    [
+        ({}, True),
+        ({"encoder": {"weights": "WEIGHTS"}}, False),
+        ({"pretrain": {"epochs": 0}}, False),
+    ],
+    ids=["no-weights", "weights-given", "epochs-0"],
+)
+def test_round0_encoder_is_pretrained_only_without_weights(
+    overlay: dict, pretrained: bool, tmp_path: Path
+) -> None:
+    """rules/common.smk: pretrain makes results/r0/encoder.pt from init_encoder's random weights
+    when no weights file is given (and epochs > 0); else init_encoder writes it, as before."""
+    weights = tmp_path / "weights.pt"
+    weights.write_bytes(b"")  # a dry run only needs the input to exist
+    if "encoder" in overlay:
+        overlay = {"encoder": {"weights": str(weights)}}
+    config = tmp_path / "overlay.yaml"
+    config.write_text(yaml.safe_dump(overlay))
+    result = snakemake(
+        tmp_path, "-n", "--configfile", str(REPO / "config" / "config.yaml"), str(config)
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    jobs = planned_jobs(result)
+    assert jobs.get("init_encoder") == 1
+    assert jobs.get("pretrain", 0) == (1 if pretrained else 0), jobs
+    initial = "results/pretrain/initial_encoder.pt" if pretrained else "results/r0/encoder.pt"
+    init_job = re.search(r"rule init_encoder:\n(?:\s+.*\n)*?\s+output: (\S+)", result.stdout)
+    assert init_job and init_job.group(1) == initial, result.stdout[:3000]
 
 
 @pytest.mark.parametrize("per_job", [1, 5, 1000])

@@ -1,0 +1,320 @@
+"""SimCLR pretraining: init encoder -> round 0's encoder, trained on the training split's patches.
+
+The paper (like ItS2CLR and DSMIL) starts round 0 from a SimCLR encoder pretrained on the cohort's
+own patches. With random weights the round-0 MIL's patch ranking can invert, and every later round
+then mines from wrong pseudo-labels (issue 12); a few SimCLR epochs give features in which tissue
+that looks alike lies together before any label is used.
+
+The step reuses fine-tuning's machinery: the same patch readers (hnm.io.patches via
+hnm.pretrain.data), the same batched augmentations and two-view stacking (hnm.finetune), the
+encoder's own projection head (hnm.encoders), bf16 autocast and channels_last on CUDA. Only the
+loss differs: NT-Xent, where each patch is its own class.
+
+The output is an ordinary round-0 encoder file (round 0, global epoch 0, no optimizer state), so
+extraction and fine-tuning take it exactly as they take init_encoder's: fine-tuning's schedule
+starts at its epoch 0 with a fresh SGD state, as it would from given weights.
+
+Resume: a checkpoint after every epoch (model, optimizer, epoch times), fingerprinted by the
+settings and the digests of the input encoder and tiles files. A killed job restarts at the next
+epoch and, on the CPU, ends with the same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import pandas as pd
+import torch
+
+from hnm.core.checkpoint import Checkpointer, file_digest, fingerprint
+from hnm.core.device import PRECISIONS, resolve_precision
+from hnm.core.progress import Progress
+from hnm.core.settings import StageSettings, setting
+from hnm.core.threads import torch_threads, usable_cores
+from hnm.encoders.model_file import load_encoder_file, save_encoder_file
+from hnm.finetune.augment import SimCLRAugment
+from hnm.finetune.train import make_views
+from hnm.io.h5io import files_by_slide
+from hnm.mining.schedule import learning_rate
+from hnm.pretrain.data import BatchPatches, TrainingPatches, plan_epoch, training_patches
+from hnm.pretrain.ntxent import nt_xent_loss
+
+log = logging.getLogger(__name__)
+
+# Keeps the augmentation stream of pretraining apart from fine-tuning's for the same seed.
+_AUGMENT_STREAM = 7_919
+
+
+@dataclass(frozen=True)
+class PretrainSettings(StageSettings):
+    """Every knob of pretraining, declared once (hnm.core.settings). Defaults are the demo's: a
+    few short epochs (seconds on a CPU); config/paper.yaml follows DSMIL's SimCLR setting.
+
+    The optimizer is Adam, as in DSMIL's SimCLR code (whose weights ItS2CLR and the paper start
+    from): it needs no large-batch LARS tuning, so one lr serves batches from 32 to 512.
+    """
+
+    section = "pretrain"
+
+    epochs: int = setting(
+        3,
+        "SimCLR epochs before round 0 (0: no pretraining; also off when encoder.weights is set)",
+        minimum=0,
+    )
+    batch_size: int = setting(64, "patches per step (two views each)", minimum=2)
+    lr: float = setting(0.001, "Adam learning rate", above=0)
+    weight_decay: float = setting(1e-6, "Adam weight decay", minimum=0)
+    cosine_after: int = setting(
+        1, "epoch after which the learning rate follows a cosine to 0", minimum=0
+    )
+    temperature: float = setting(0.5, "NT-Xent temperature (DSMIL's SimCLR: 0.5)", above=0)
+    max_patches_per_epoch: int = setting(
+        1024, "patches drawn afresh each epoch from the training split (0: all)", minimum=0
+    )
+    max_steps_per_epoch: int = setting(
+        0, "cap on steps per epoch (0: no cap; for smoke tests)", minimum=0
+    )
+    workers: int = setting(1, "patch-reading processes", minimum=0)
+    precision: str = setting(
+        "auto", "auto: bf16 autocast on CUDA, fp32 on the CPU", choices=PRECISIONS
+    )
+    seed: int = 0
+
+
+def pretrain_threads(job_threads: int) -> int:
+    """Intra-op threads: the job's budget (0: every usable core), never more than the cores.
+
+    Not scaled down by work size as MIL's are (hnm.core.threads): a training step's convolutions
+    over 2 x batch views are large enough to split at any batch this stage accepts.
+    """
+    budget = job_threads if job_threads > 0 else usable_cores()
+    return max(1, min(budget, usable_cores()))
+
+
+def _loader(
+    dataset: BatchPatches, workers: int, device: torch.device
+) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=None,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=2 if workers else None,
+    )
+
+
+def train_epoch(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    augment: SimCLRAugment,
+    batches: Iterable[torch.Tensor],
+    steps: int,
+    epoch: int,
+    settings: PretrainSettings,
+    device: torch.device,
+    precision: str,
+) -> float:
+    """One epoch of `steps` NT-Xent updates over `batches`; returns the mean loss."""
+    model.train()
+    generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + _AUGMENT_STREAM + epoch)
+    channels_last = device.type == "cuda"
+    total = torch.zeros((), device=device)
+    progress = Progress(steps, f"pretrain epoch {epoch + 1}/{settings.epochs}", log)
+    for step, patches in zip(range(steps), batches):
+        lr = learning_rate(
+            epoch + step / steps, settings.lr, settings.cosine_after, settings.epochs
+        )
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        views = make_views(augment, patches.to(device, non_blocking=True), generator, channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            projections = model(views)
+        loss = nt_xent_loss(projections, settings.temperature)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.detach()  # no .item(): a host sync per step would stall the GPU
+        progress.update(1)
+    return float(total) / max(1, steps)
+
+
+def _inputs_fingerprint(
+    settings: PretrainSettings,
+    precision: str,
+    encoder_in: str | os.PathLike[str],
+    pool: TrainingPatches,
+    tiles: dict[str, Any],
+) -> str:
+    # Loader processes change how patches are read, never which: a rerun may use another count.
+    kept = {k: v for k, v in asdict(settings).items() if k != "workers"}
+    return fingerprint(
+        {
+            **kept,
+            "precision": precision,
+            "encoder_sha256": file_digest(encoder_in),
+            "tiles_sha256": {slide: file_digest(tiles[slide]) for slide in pool.slides},
+        }
+    )
+
+
+def pretrain(
+    sheet: pd.DataFrame,
+    tiles: Iterable[str | os.PathLike[str]],
+    encoder_in: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    checkpoint_dir: str | os.PathLike[str] | None,
+    settings: PretrainSettings,
+    device: torch.device,
+    threads: int = 0,
+    on_epoch_end: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Pretrain `encoder_in` for settings.epochs epochs and write round 0's encoder to `out`.
+
+    `threads` is the job's CPU thread budget (0: the cores this process may use); returns the
+    summary also stored in the output file's extra["pretrain"].
+    """
+    with torch_threads(pretrain_threads(threads)) as intra_op:
+        log.info("torch intra-op threads: %d (job budget %s)", intra_op, threads or "all cores")
+        return _pretrain(
+            sheet, tiles, encoder_in, out, checkpoint_dir, settings, device, on_epoch_end
+        )
+
+
+def _pretrain(
+    sheet: pd.DataFrame,
+    tiles: Iterable[str | os.PathLike[str]],
+    encoder_in: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    checkpoint_dir: str | os.PathLike[str] | None,
+    settings: PretrainSettings,
+    device: torch.device,
+    on_epoch_end: Callable[[int], None] | None,
+) -> dict[str, Any]:
+    tiles_files = files_by_slide(tiles, "tiles")
+    pool = training_patches(sheet, tiles_files)
+    model, meta = load_encoder_file(encoder_in, device)
+    precision = resolve_precision(settings.precision, device)
+    if precision == "bf16" and device.type == "cpu":
+        log.warning("bf16 autocast on the CPU: slower than fp32 on many CPUs, and not bit-exact")
+    checkpointer = Checkpointer(
+        checkpoint_dir, _inputs_fingerprint(settings, precision, encoder_in, pool, tiles_files)
+    )
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
+    )
+    # Per finished epoch: wall seconds, CPU seconds of this process, mean loss, patches seen.
+    done = 0
+    timing: dict[str, list[float]] = {
+        "epoch_seconds": [],
+        "epoch_cpu_seconds": [],
+        "losses": [],
+        "patches": [],
+    }
+    state = checkpointer.load()
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        done, timing = state["done"], state["timing"]
+        log.info("resuming from epoch %d of %d", done, settings.epochs)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
+    augment = SimCLRAugment(pool.patch_size, meta.mean, meta.std)
+    plans = {
+        epoch: plan_epoch(
+            len(pool.rows),
+            epoch,
+            settings.seed,
+            settings.batch_size,
+            settings.max_patches_per_epoch,
+            settings.max_steps_per_epoch,
+        )
+        for epoch in range(done, settings.epochs)
+    }
+    log.info(
+        "pretraining %s (SimCLR, NT-Xent T=%g) for %d epoch(s) on %d patches of %d training "
+        "slide(s): %s steps/epoch of batch %d; device %s, %s, %d loader worker(s)",
+        meta.arch,
+        settings.temperature,
+        settings.epochs,
+        len(pool.rows),
+        len(pool.slides),
+        len(next(iter(plans.values()), [])),
+        settings.batch_size,
+        device,
+        precision,
+        settings.workers,
+    )
+    # One loader over every remaining epoch's batches, so reading runs ahead across epoch ends.
+    batches = iter(
+        _loader(
+            BatchPatches([b for steps in plans.values() for b in steps], pool),
+            settings.workers,
+            device,
+        )
+    )
+    for epoch, steps in plans.items():
+        started, cpu_started = time.perf_counter(), time.process_time()
+        loss = train_epoch(
+            model, optimizer, augment, batches, len(steps), epoch, settings, device, precision
+        )
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - started
+        patches = sum(len(b) for b in steps)
+        timing["epoch_seconds"].append(seconds)
+        timing["epoch_cpu_seconds"].append(time.process_time() - cpu_started)
+        timing["losses"].append(loss)
+        timing["patches"].append(patches)
+        log.info(
+            "pretrain epoch %d/%d: %d steps, loss %.4f, lr %.6f, %.1f s, %.1f patches/s",
+            epoch + 1,
+            settings.epochs,
+            len(steps),
+            loss,
+            optimizer.param_groups[0]["lr"],
+            seconds,
+            patches / seconds if seconds else float("nan"),
+        )
+        checkpointer.save(
+            {
+                "epoch": epoch + 1,
+                "done": epoch + 1,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "timing": timing,
+            }
+        )
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1)
+    summary = {
+        **timing,
+        "epochs": settings.epochs,
+        "training_slides": len(pool.slides),
+        "training_patches": int(len(pool.rows)),
+        "initial_source": meta.source,
+        "settings": {**asdict(settings), "precision": precision},
+    }
+    save_encoder_file(
+        out,
+        model.to(memory_format=torch.contiguous_format),
+        source=os.fspath(encoder_in),
+        source_sha256=file_digest(encoder_in),
+        epoch=0,
+        round=0,
+        extra={**meta.extra, "pretrain": summary},
+    )
+    checkpointer.clear()
+    log.info(
+        "wrote %s; epoch times %s s, losses %s",
+        out,
+        ", ".join(f"{s:.1f}" for s in timing["epoch_seconds"]),
+        ", ".join(f"{v:.4f}" for v in timing["losses"]),
+    )
+    return summary
