@@ -73,10 +73,6 @@ validate(
 SLIDES = list(SHEET["slide_id"])
 SLIDE_ROWS = SHEET.set_index("slide_id").to_dict("index")
 TRAIN_SLIDES = [s for s in SLIDES if SLIDE_ROWS[s]["split"] == "train"]
-# What the training sheet (results/sheet.tsv) holds: every column but the annotations.
-TRAINING_SHEET_DIGEST = hashlib.sha256(
-    SHEET.drop(columns="annotation").to_csv(sep="\t", index=False).encode()
-).hexdigest()
 
 
 wildcard_constraints:
@@ -96,6 +92,17 @@ def annotation_files():
     if DEMO:  # outputs of rule synth_slide, matched by relative path
         return [f"results/demo/annotations/{slide}.geojson" for slide in SLIDES]
     return [path for path in SHEET["annotation"] if path]
+
+
+# What the training sheet (results/sheet.tsv) holds: every column but the annotations. Demo slides
+# count by their path in the run folder, so a run folder started from another's files (hnm compare)
+# or moved elsewhere keeps its sheet.
+TRAINING_SHEET_DIGEST = hashlib.sha256(
+    SHEET.drop(columns="annotation")
+    .assign(path=[slide_file(slide) for slide in SHEET["slide_id"]])
+    .to_csv(sep="\t", index=False)
+    .encode()
+).hexdigest()
 
 
 def slide_path(wildcards):

@@ -36,9 +36,9 @@ log = logging.getLogger("hnm.compare")
 
 REPO = Path(__file__).resolve().parents[2]
 # Folders of results/ that the next level shares; everything else is the run's own.
-COHORT_SHARED = ("sheet.tsv", "demo", "tiles", "qc")
-ROUND0_SHARED = ("r0/encoder.pt", "r0/features")
-COHORT_TARGETS = ["tiles", "results/sheet.tsv"]
+COHORT_SHARED = ("sheet.tsv", "sheet_eval.tsv", "demo", "tiles")
+ROUND0_SHARED = ("pretrain", "r0/encoder.pt", "r0/features")
+COHORT_TARGETS = ["tiles", "results/sheet.tsv", "results/sheet_eval.tsv"]
 
 
 @dataclass(frozen=True)

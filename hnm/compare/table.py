@@ -48,7 +48,7 @@ class PatchTruth:
     def __init__(self, results: Path, classes: tuple[str, str]) -> None:
         self.results = results
         self.classes = classes
-        self.sheet = pd.read_csv(results / "sheet.tsv", sep="\t")
+        self.sheet = pd.read_csv(results / "sheet_eval.tsv", sep="\t")
         self._flags: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def flags(self, slide_id: str) -> tuple[np.ndarray, np.ndarray]:
@@ -57,7 +57,7 @@ class PatchTruth:
             annotation = row.get("annotation")
             if not isinstance(annotation, str) or not annotation:
                 raise HnmError(
-                    f"slide '{slide_id}' has no annotation in {self.results / 'sheet.tsv'}; the "
+                    f"slide '{slide_id}' has no annotation in {self.results / 'sheet_eval.tsv'}; the "
                     "comparison's patch metrics need patch truth for every slide"
                 )
             coords, attrs = read_tiles(self.results / "tiles" / f"{slide_id}.h5")
