@@ -18,6 +18,7 @@ rule final:
             category="Results",
         ),
         predictions="results/final/predictions.csv",
+        finetune="results/final/finetune_epochs.csv",
         rounds=report(
             "results/final/rounds.csv",
             caption="../workflow/report/rounds.rst",
@@ -34,4 +35,4 @@ rule final:
         "python -m hnm report --mil-metrics {input.rounds_mil:q} --eval-metrics "
         "{input.rounds_eval:q} --mining-summaries {input.mining:q} --encoders {input.encoders:q} "
         "--predictions {input.predictions:q} --out-metrics {output.metrics:q} "
-        "--out-predictions {output.predictions:q} --out-rounds {output.rounds:q} > {log:q} 2>&1"
+        "--out-predictions {output.predictions:q} --out-rounds {output.rounds:q} --out-finetune {output.finetune:q} > {log:q} 2>&1"

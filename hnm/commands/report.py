@@ -18,6 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-metrics", required=True)
     parser.add_argument("--out-predictions", required=True)
     parser.add_argument("--out-rounds", required=True)
+    parser.add_argument(
+        "--out-finetune", default=None, help="CSV of the fine-tuning losses per epoch to write"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,5 +51,12 @@ def run(args: argparse.Namespace) -> int:
         )
         for r in range(rounds)
     ]
-    write_report(files, args.predictions, args.out_metrics, args.out_predictions, args.out_rounds)
+    write_report(
+        files,
+        args.predictions,
+        args.out_metrics,
+        args.out_predictions,
+        args.out_rounds,
+        args.out_finetune,
+    )
     return 0
