@@ -44,6 +44,7 @@ def section_classes() -> list[type[StageSettings]]:
     from hnm.mil.settings import MilSettings
     from hnm.mining.sets import MiningSettings
     from hnm.tiling.settings import TilingSettings
+    from hnm.viz.settings import VizSettings
 
     return [
         DemoSettings,
@@ -54,6 +55,7 @@ def section_classes() -> list[type[StageSettings]]:
         MiningSettings,
         FinetuneSettings,
         EvaluationSettings,
+        VizSettings,
     ]
 
 
