@@ -29,6 +29,7 @@ include: "rules/mil.smk"
 include: "rules/mining.smk"
 include: "rules/finetune.smk"
 include: "rules/report.smk"
+include: "rules/viz.smk"
 
 
 rule all:
@@ -36,6 +37,7 @@ rule all:
         "results/final/metrics.json",
         "results/final/rounds.csv",
         expand("results/qc/{slide}.png", slide=SLIDES),
+        viz_outputs(),
 
 
 rule tiles:
