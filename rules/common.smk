@@ -187,6 +187,7 @@ def viz_outputs():
             kind=("overlay", "gallery"),
         ),
         "results/report/slides.csv",
+        "results/report/metrics.html",
     ]
 
 

@@ -133,6 +133,8 @@ rule report_sample:
     input:
         sheet="results/sheet.tsv",
         predictions="results/final/predictions.csv",
+        metrics="results/final/metrics.json",
+        rounds="results/final/rounds.csv",
         qc=expand("results/qc/{slide}.png", slide=SAMPLE_QC),
         heatmaps=expand("results/final/heatmaps/{slide}.png", slide=SAMPLE_HEATMAPS),
     output:
@@ -141,6 +143,12 @@ rule report_sample:
             f"heatmap_{s}": sample_output("heatmaps", s, "Heatmaps")
             for s in SAMPLE_HEATMAPS
         },
+        metrics=report(
+            "results/report/metrics.html",
+            caption="../workflow/report/metrics_table.rst",
+            category="Results",
+            labels={"table": "metrics"},
+        ),
         index=report(
             "results/report/slides.csv",
             caption="../workflow/report/slides.rst",
@@ -163,4 +171,5 @@ rule report_sample:
     shell:
         "python -m hnm report-sample --images {input.qc:q} {input.heatmaps:q} "
         "--out {params.small:q} --sheet {input.sheet:q} --predictions {input.predictions:q} "
-        "--out-index {output.index:q} {params.settings} > {log:q} 2>&1"
+        "--out-index {output.index:q} --metrics {input.metrics:q} --rounds {input.rounds:q} "
+        "--out-metrics {output.metrics:q} {params.settings} > {log:q} 2>&1"

@@ -14,12 +14,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sheet", required=True, help="normalised slide sheet (results/sheet.tsv)")
     parser.add_argument("--predictions", required=True, help="final predictions.csv")
     parser.add_argument("--out-index", required=True, help="CSV of every slide's files")
+    parser.add_argument("--metrics", required=True, help="final metrics.json")
+    parser.add_argument("--rounds", required=True, help="final rounds.csv")
+    parser.add_argument("--out-metrics", required=True, help="HTML table of both to write")
     VizSettings.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from hnm.core.errors import HnmError
-    from hnm.viz.run import write_report_sample
+    from hnm.viz.run import write_metrics_html, write_report_sample
 
     if len(args.images) != len(args.out):
         raise HnmError(f"{len(args.images)} --images but {len(args.out)} --out files")
@@ -31,4 +34,5 @@ def run(args: argparse.Namespace) -> int:
         args.out_index,
         VizSettings.from_args(args),
     )
+    write_metrics_html(args.metrics, args.rounds, args.out_metrics)
     return 0

@@ -320,3 +320,48 @@ def write_report_sample(
     index["qupath"] = "results/final/heatmaps/" + index["slide_id"] + ".geojson"
     with atomic_path(out_index) as temporary:
         index.to_csv(temporary, index=False)
+
+
+def write_metrics_html(
+    metrics_path: str | os.PathLike[str],
+    rounds_path: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+) -> None:
+    """The final test metrics and the per-round table as one small HTML page for the report."""
+    import html
+
+    metrics = _read_json(metrics_path)
+    slide = metrics.get("slide") or {}
+    patch = ((metrics.get("patch") or {}).get("test") or {}).get("overall") or {}
+    final = pd.DataFrame(
+        [
+            ("slide AUC", slide.get("auc")),
+            ("slide accuracy (val threshold)", slide.get("accuracy")),
+            ("slide F1 (val threshold)", slide.get("f1")),
+            ("threshold (chosen on val)", metrics.get("threshold")),
+            ("test slides", slide.get("n_slides")),
+            ("patch AUC", patch.get("auc")),
+        ],
+        columns=["test metric", "value"],
+    )
+    final["value"] = [
+        "-" if v is None else str(v) if isinstance(v, int) else f"{float(v):.4f}"
+        for v in final["value"]
+    ]
+    rounds = pd.read_csv(rounds_path)
+    page = (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>hnm metrics</title><style>"
+        "body{font-family:sans-serif;font-size:13px}table{border-collapse:collapse;margin:8px 0}"
+        "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}</style></head><body>"
+        f"<h3>Final model, round {html.escape(str(metrics.get('round', '')))}, test split</h3>"
+        + final.to_html(
+            index=False, float_format=lambda v: f"{v:.4f}", na_rep="-", table_id="final"
+        )
+        + "<h3>Per round</h3>"
+        + rounds.to_html(
+            index=False, float_format=lambda v: f"{v:.4g}", na_rep="-", table_id="rounds"
+        )
+        + "</body></html>"
+    )
+    with atomic_path(out) as temporary:
+        temporary.write_text(page, encoding="utf-8")
