@@ -33,6 +33,7 @@ include: "rules/mil.smk"
 include: "rules/mining.smk"
 include: "rules/finetune.smk"
 include: "rules/report.smk"
+include: "rules/viz.smk"
 
 
 onsuccess:
@@ -49,6 +50,7 @@ rule all:
         "results/final/metrics.json",
         "results/final/rounds.csv",
         expand("results/qc/{slide}.png", slide=SLIDES),
+        viz_outputs(),
 
 
 rule tiles:

@@ -32,6 +32,11 @@ STAGES: dict[str, tuple[str, str]] = {
     "finetune": ("finetune", "fine-tune the encoder with SupCon on the mined sets"),
     "evaluate": ("evaluate", "slide- and patch-level metrics on held-out slides"),
     "report": ("report", "gather per-round metrics into rounds.csv"),
+    "heatmaps": ("heatmaps", "draw the final model's patch scores over slide thumbnails"),
+    "qupath": ("qupath", "export patch scores as GeoJSON tiles for QuPath"),
+    "mined": ("mined", "draw what a round mined: slide overlays and patch galleries"),
+    "figures": ("figures", "ROC curves, per-round metrics, confusion matrix, training curves"),
+    "report-sample": ("report_sample", "small per-slide images and the slide index for the report"),
     "compare": ("compare", "run several methods over several seeds and tabulate them"),
 }
 

@@ -182,3 +182,63 @@ def previous_mining_flags(wildcards, input):
         f"--previous-sets {shlex.quote(input.previous_sets)} "
         f"--previous-summary {shlex.quote(input.previous_summary)}"
     )
+
+
+# Pictures (rules/viz.smk): which slides get heatmaps and which go into the report.
+EVAL_SLIDES = [s for s in SLIDES if SLIDE_ROWS[s]["split"] in ("val", "test")]
+TEST_SLIDES = [s for s in SLIDES if SLIDE_ROWS[s]["split"] == "test"]
+FINAL_SCORES = [mil_outputs(ROUNDS)[split] for split in ("train", "val", "test")]
+FIGURES = ["roc", "rounds", "confusion", "finetune", "mil"]
+
+
+def report_sample(slides, size):
+    """A deterministic sample of `size` slides: the smallest SHA-1 of their ids, so adding slides
+    keeps most of the sample and the choice does not follow the sheet's order."""
+    return sorted(slides, key=lambda s: hashlib.sha1(s.encode()).hexdigest())[:size]
+
+
+SAMPLE_QC = report_sample(SLIDES, config["viz"]["report_sample"])
+SAMPLE_HEATMAPS = report_sample(EVAL_SLIDES, config["viz"]["report_sample"])
+
+
+def viz_outputs():
+    """Every file of this rule file, for rule all."""
+    return [
+        *expand("results/final/heatmaps/{slide}.png", slide=EVAL_SLIDES),
+        *expand("results/final/heatmaps/{slide}.geojson", slide=SLIDES),
+        *expand("results/final/figures/{name}.{ext}", name=FIGURES, ext=("png", "svg")),
+        *expand(
+            "results/final/mined/r{round}.{kind}.png",
+            round=range(ROUNDS),
+            kind=("overlay", "gallery"),
+        ),
+        "results/report/slides.csv",
+        "results/report/metrics.html",
+    ]
+
+
+def figure_output(name, subcategory, label):
+    return report(
+        f"results/final/figures/{name}.png",
+        caption=f"../workflow/report/figure_{name}.rst",
+        category="Figures",
+        subcategory=subcategory,
+        labels={"figure": label},
+    )
+
+
+def sample_output(kind, slide, subcategory):
+    return report(
+        f"results/report/{kind}/{slide}.jpg",
+        caption=f"../workflow/report/sample_{kind}.rst",
+        category="Slides (sample)",
+        subcategory=subcategory,
+        labels={"slide": slide, "split": SLIDE_ROWS[slide]["split"]},
+    )
+
+
+def sample_files(wildcards, output):
+    """The report_sample job's small images, in the order of its --images."""
+    return [output[f"qc_{s}"] for s in SAMPLE_QC] + [
+        output[f"heatmap_{s}"] for s in SAMPLE_HEATMAPS
+    ]

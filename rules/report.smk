@@ -40,6 +40,7 @@ rule final:
             category="Results",
         ),
         predictions="results/final/predictions.csv",
+        finetune="results/final/finetune_epochs.csv",
         rounds=report(
             "results/final/rounds.csv",
             caption="../workflow/report/rounds.rst",
@@ -56,5 +57,5 @@ rule final:
         "python -m hnm report --mil-metrics {input.rounds_mil:q} --eval-metrics "
         "{input.rounds_eval:q} --mining-summaries {input.mining:q} --encoders {input.encoders:q} "
         "--predictions {input.predictions:q} --failures {input.failures:q} "
-        "--out-metrics {output.metrics:q} "
-        "--out-predictions {output.predictions:q} --out-rounds {output.rounds:q} > {log:q} 2>&1"
+        "--out-metrics {output.metrics:q} --out-predictions {output.predictions:q} "
+        "--out-rounds {output.rounds:q} --out-finetune {output.finetune:q} > {log:q} 2>&1"

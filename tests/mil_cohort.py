@@ -71,7 +71,12 @@ def write_cohort(
     for bag in bags:
         coords = np.stack([np.arange(len(bag.features)) * 224, np.zeros(len(bag.features))], 1)
         path = features_dir / f"{bag.slide_id}.h5"
-        with FeatureWriter(path, bag.features.shape[1], coords, {"encoder": "synthetic"}) as writer:
+        with FeatureWriter(
+            path,
+            bag.features.shape[1],
+            coords,
+            {"encoder": "synthetic", "patch_size": 224, "target_mpp": 0.5, "mpp": 0.5},
+        ) as writer:
             writer.append(bag.features)
         rows.append(
             {

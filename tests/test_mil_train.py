@@ -86,7 +86,10 @@ def test_training_separates_held_out_slides_and_patches(cohort: FeatureCohort, r
     assert roc_auc(test["label"], test["bag_prob"]) > 0.95
 
     scores = pd.read_parquet(out / "scores" / "test.parquet")
-    assert list(scores.columns) == ["slide_id", "idx", "logit", "score"]
+    assert list(scores.columns) == ["slide_id", "idx", "logit", "score", "x", "y", "size"]
+    # each patch's level-0 position is the feature file's coords row `idx`; the side in level-0 px
+    assert (scores["x"] == scores["idx"] * 224).all() and (scores["y"] == 0).all()
+    assert (scores["size"] == 224).all()
     truth = np.concatenate(
         [
             cohort.bags[s].tumour[group["idx"].to_numpy()]

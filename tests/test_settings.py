@@ -29,6 +29,10 @@ COMMAND_SETTINGS = {
     "mine": ["MiningSettings", "EncoderSchedule"],
     "finetune": ["FinetuneSettings"],
     "evaluate": ["EvaluationSettings"],
+    "heatmaps": ["EvaluationSettings", "VizSettings"],
+    "mined": ["EvaluationSettings", "VizSettings"],
+    "figures": ["EvaluationSettings", "VizSettings"],
+    "report_sample": ["VizSettings"],
 }
 CLASSES_BY_NAME = {cls.__name__: cls for cls in [*SECTION_CLASSES, EncoderSchedule]}
 

@@ -28,6 +28,8 @@ CONDA_NAME = {
     "yaml": "pyyaml",
     "sklearn": "scikit-learn",
     "torch": "pytorch",
+    "matplotlib": "matplotlib-base",  # conda-forge's matplotlib without the Qt backend
+    "mpl_toolkits": "matplotlib-base",  # mpl_toolkits.axes_grid1 ships with matplotlib
 }
 OPTIONAL_IMPORTS = {"torchvision", "timm", "nvidia"}  # extras, imported only when installed
 

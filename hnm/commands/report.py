@@ -21,6 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-metrics", required=True)
     parser.add_argument("--out-predictions", required=True)
     parser.add_argument("--out-rounds", required=True)
+    parser.add_argument(
+        "--out-finetune", default=None, help="CSV of the fine-tuning losses per epoch to write"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         args.out_metrics,
         args.out_predictions,
         args.out_rounds,
+        out_finetune=args.out_finetune,
         failures=args.failures,
     )
     return 0

@@ -45,6 +45,7 @@ def section_classes() -> list[type[StageSettings]]:
     from hnm.mining.sets import MiningSettings
     from hnm.pretrain.train import PretrainSettings
     from hnm.tiling.settings import TilingSettings
+    from hnm.viz.settings import VizSettings
 
     return [
         DemoSettings,
@@ -56,6 +57,7 @@ def section_classes() -> list[type[StageSettings]]:
         MiningSettings,
         FinetuneSettings,
         EvaluationSettings,
+        VizSettings,
     ]
 
 

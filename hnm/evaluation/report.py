@@ -88,6 +88,42 @@ def _finetune_epoch_seconds(encoder: Path | None) -> float | None:
     return float(sum(seconds) / len(seconds)) if seconds else None
 
 
+FINETUNE_EPOCH_COLUMNS = [
+    "round",
+    "epoch",
+    "global_epoch",
+    "loss_negative",
+    "loss_positive",
+    "seconds",
+]
+
+
+def finetune_epochs(encoders: list[Path]) -> pd.DataFrame:
+    """One row per fine-tuning epoch of every round (the encoder of round r, r >= 1, holds the
+    losses of the epochs that made it): local and global (encoder) epoch, mean losses, seconds."""
+    import torch
+
+    rows: list[dict[str, Any]] = []
+    for round_, encoder in enumerate(encoders, start=1):
+        saved = torch.load(encoder, map_location="cpu", weights_only=False)
+        extra = saved.get("extra") or {}
+        losses = extra.get("losses") or []
+        seconds = extra.get("epoch_seconds") or []
+        end = int(saved.get("epoch") or len(losses))
+        for local, loss in enumerate(losses):
+            rows.append(
+                {
+                    "round": round_,
+                    "epoch": local + 1,
+                    "global_epoch": end - len(losses) + local + 1,
+                    "loss_negative": loss.get("loss_negative"),
+                    "loss_positive": loss.get("loss_positive"),
+                    "seconds": seconds[local] if local < len(seconds) else None,
+                }
+            )
+    return pd.DataFrame(rows, columns=FINETUNE_EPOCH_COLUMNS)
+
+
 def round_row(round_: int, files: RoundFiles) -> dict[str, Any]:
     mil = _read_json(files.mil_metrics)
     evaluation = _read_json(files.eval_metrics)
@@ -123,11 +159,13 @@ def write_report(
     out_metrics: str | os.PathLike[str],
     out_predictions: str | os.PathLike[str],
     out_rounds: str | os.PathLike[str],
+    out_finetune: str | os.PathLike[str] | None = None,
     failures: str | os.PathLike[str] | None = None,
 ) -> pd.DataFrame:
     """rounds.csv from every round's files, and the last round's metrics and predictions; the
     metrics carry `warnings`, every slide skipped (`failures`, results/qc/failed_slides.tsv) and
-    every degradation the rounds recorded (hnm.evaluation.warnings)."""
+    every degradation the rounds recorded (hnm.evaluation.warnings); with `out_finetune`, the
+    fine-tuning losses per epoch (finetune_epochs)."""
     rows = [round_row(r, files) for r, files in enumerate(rounds)]
     extra = [column for row in rows for column in row if column not in ROUND_COLUMNS]
     table = pd.DataFrame(rows, columns=ROUND_COLUMNS + list(dict.fromkeys(extra)))
@@ -144,6 +182,10 @@ def write_report(
         log.warning("%s", warning)
     with atomic_path(out_predictions) as temporary:
         shutil.copyfile(last_predictions, temporary)
+    if out_finetune is not None:
+        encoders = [files.next_encoder for files in rounds if files.next_encoder is not None]
+        with atomic_path(out_finetune) as temporary:
+            finetune_epochs(encoders).to_csv(temporary, index=False)
     for row in table.to_dict("records"):
         log.info(
             "round %d: val AUC %s, test AUC %s, test patch AUC %s, hard negatives %s",

@@ -32,6 +32,10 @@ class Bag:
     label: int
     start: int  # rows [start, stop) of Cohort.features
     stop: int
+    # level-0 top-left x, y of each patch (rows of the feature file) and the patch side in level-0
+    # px, so scores can be written with their positions
+    coords: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64), compare=False)
+    patch_level0: int = 0
 
     @property
     def size(self) -> int:
@@ -133,9 +137,19 @@ def load_cohort(
     for row, path, rows in planned:
         with h5py.File(path, "r") as handle:
             block = np.asarray(handle["features"][:], dtype=np.float32)
+            coords = _coords(handle, rows)
+            side = patch_level0(dict(handle["features"].attrs))
         features[start : start + rows].copy_(torch.from_numpy(block))
         bags.append(
-            Bag(str(row["slide_id"]), str(row["split"]), int(row["label"]), start, start + rows)
+            Bag(
+                str(row["slide_id"]),
+                str(row["split"]),
+                int(row["label"]),
+                start,
+                start + rows,
+                coords,
+                side,
+            )
         )
         start += rows
     log.info(
@@ -147,6 +161,23 @@ def load_cohort(
         len(excluded),
     )
     return Cohort(features, bags, excluded, identities)
+
+
+def patch_level0(attrs: Mapping[str, Any]) -> int:
+    """A patch's side in level-0 px, from a feature file's attributes (as tiling computes it:
+    patch_size px at target_mpp um/px on a slide of mpp um/px); 0 if the attributes lack it."""
+    try:
+        side = float(attrs["patch_size"]) * float(attrs["target_mpp"]) / float(attrs["mpp"])
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return 0
+    return int(round(side)) if np.isfinite(side) and side > 0 else 0
+
+
+def _coords(handle: h5py.File, rows: int) -> np.ndarray:
+    """The feature file's (rows, 2) level-0 x, y; -1 where a file has none (older or foreign)."""
+    if "coords" in handle and handle["coords"].shape == (rows, 2):
+        return np.asarray(handle["coords"][:], dtype=np.int64)
+    return np.full((rows, 2), -1, dtype=np.int64)
 
 
 def _inspect(path: Path, slide_id: str) -> tuple[int, int, str, float]:

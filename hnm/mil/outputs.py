@@ -129,7 +129,8 @@ def write_outputs(
 
 
 def _score_all(out_dir: Path, model: torch.nn.Module, cohort: Cohort) -> pd.DataFrame:
-    """Write scores/<split>.parquet (every patch) and return the slide table of all splits."""
+    """Write scores/<split>.parquet (every patch: slide_id, idx, logit, score, and the patch's
+    level-0 top-left x, y and side `size` in level-0 px) and return the slide table of all splits."""
     slide_rows: list[dict[str, Any]] = []
     for split in SPLITS:
         indices = cohort.indices(split)
@@ -155,6 +156,9 @@ def _score_all(out_dir: Path, model: torch.nn.Module, cohort: Cohort) -> pd.Data
                         "idx": np.arange(bag.size, dtype=np.int64),
                         "logit": logits.astype(np.float32),
                         "score": _sigmoid(logits).astype(np.float32),
+                        "x": bag.coords[:, 0] if len(bag.coords) == bag.size else -1,
+                        "y": bag.coords[:, 1] if len(bag.coords) == bag.size else -1,
+                        "size": np.int64(bag.patch_level0),
                     }
                 )
             )
@@ -179,6 +183,9 @@ def _empty_scores() -> pd.DataFrame:
             "idx": pd.Series(dtype=np.int64),
             "logit": pd.Series(dtype=np.float32),
             "score": pd.Series(dtype=np.float32),
+            "x": pd.Series(dtype=np.int64),
+            "y": pd.Series(dtype=np.int64),
+            "size": pd.Series(dtype=np.int64),
         }
     )
 

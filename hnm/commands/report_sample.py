@@ -1,0 +1,38 @@
+"""`python -m hnm report-sample`: small copies of a sample of per-slide images for the report,
+and one table of every slide's files."""
+
+from __future__ import annotations
+
+import argparse
+
+from hnm.viz.settings import VizSettings
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--images", nargs="*", default=[], help="full-size images to shrink")
+    parser.add_argument("--out", nargs="*", default=[], help="one small JPEG per --images file")
+    parser.add_argument("--sheet", required=True, help="normalised slide sheet (results/sheet.tsv)")
+    parser.add_argument("--predictions", required=True, help="final predictions.csv")
+    parser.add_argument("--out-index", required=True, help="CSV of every slide's files")
+    parser.add_argument("--metrics", required=True, help="final metrics.json")
+    parser.add_argument("--rounds", required=True, help="final rounds.csv")
+    parser.add_argument("--out-metrics", required=True, help="HTML table of both to write")
+    VizSettings.add_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from hnm.core.errors import HnmError
+    from hnm.viz.run import write_metrics_html, write_report_sample
+
+    if len(args.images) != len(args.out):
+        raise HnmError(f"{len(args.images)} --images but {len(args.out)} --out files")
+    write_report_sample(
+        args.images,
+        args.out,
+        args.sheet,
+        args.predictions,
+        args.out_index,
+        VizSettings.from_args(args),
+    )
+    write_metrics_html(args.metrics, args.rounds, args.out_metrics)
+    return 0
