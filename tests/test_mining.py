@@ -301,3 +301,31 @@ def test_cli_two_rounds_with_gating(tmp_path) -> None:  # noqa: ANN001
         == 2
     )
     assert not (tmp_path / "x.parquet").exists()
+
+
+def test_mining_health_by_hand() -> None:
+    from hnm.mining.health import mining_health
+
+    rows = [("p1", 0, "pos"), ("p1", 1, "pos"), ("p1", 2, "pos"), ("n1", 0, "hardneg")]
+    rows += [("n1", 1, "hardneg"), ("p1", 0, "curriculum")]
+    sets = pd.DataFrame(rows, columns=["slide_id", "idx", "set"])
+    per_slide = {
+        "p1": {"label": 1, "n_patches": 10, "pos": 3},
+        "p2": {"label": 1, "n_patches": 10, "pos": 0},
+        "p3": {"label": 1, "n_patches": 0, "pos": 0},  # no patches: not counted
+        "n1": {"label": 0, "n_patches": 5, "pos": 0},
+    }
+    previous = pd.DataFrame(
+        [("p1", 0, "pos"), ("p2", 4, "pos"), ("n1", 1, "hardneg")],
+        columns=["slide_id", "idx", "set"],
+    )
+    health = mining_health(sets, per_slide, previous)
+    assert health["pseudo_positive_slides"] == 0.5  # p1 of {p1, p2}
+    assert health["pseudo_positive_top_slide_share"] == 1.0  # all 3 from p1
+    assert health["pseudo_positive_fraction"] == 3 / 20
+    # pos: {p1:0, p1:1, p1:2} against {p1:0, p2:4}: 1 shared of 4.
+    assert health["pos_overlap_previous"] == 0.25
+    # hardneg: {n1:0, n1:1} against {n1:1}: 1 of 2.
+    assert health["hardneg_overlap_previous"] == 0.5
+    first = mining_health(sets, per_slide, None)
+    assert first["pos_overlap_previous"] is None and first["hardneg_overlap_previous"] is None

@@ -20,6 +20,9 @@ MINING_COLUMNS = (
     ("pseudo_positive_tumor_share", "tumor among pseudo-positives"),
     ("curriculum_tumor_share", "tumor among curriculum positives"),
     ("hard_negative_mimic_share", "mimics among hard negatives"),
+    ("pseudo_positive_slides", "positive slides with pseudo-positives"),
+    ("pseudo_positive_top_slide_share", "pseudo-positives from the top slide"),
+    ("hardneg_overlap_previous", "hard negatives kept from the previous round"),
 )
 
 
@@ -96,8 +99,9 @@ def write_summary(
     lines += _markdown(["method", "round"] + [label for _, label in per_round], rows)
     lines += [
         "",
-        "Mining columns: the patches a round mined (used to fine-tune the next round's encoder), "
-        "scored against the annotations; the last round mines nothing.",
+        "Mining columns: the patches a round mined (used to fine-tune the next round's encoder); "
+        "the first three scored against the annotations, the last three without them (the "
+        "run's own health signs, also in its rounds.csv); the last round mines nothing.",
         "",
         "## Wall time per workflow run",
         "",

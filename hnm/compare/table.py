@@ -27,6 +27,7 @@ from hnm.core.errors import HnmError
 from hnm.evaluation.metrics import roc_auc
 from hnm.io.annotations import load_polygons_by_class, patch_labels
 from hnm.io.h5io import read_tiles
+from hnm.mining.health import mining_health
 
 METRICS = (
     "test_slide_auc",
@@ -38,7 +39,18 @@ METRICS = (
     "pseudo_positive_tumor_share",
     "curriculum_tumor_share",
     "hard_negative_mimic_share",
+    "pseudo_positive_slides",
+    "pseudo_positive_top_slide_share",
+    "pos_overlap_previous",
+    "hardneg_overlap_previous",
 )
+HEALTH = {
+    "pseudo_positive_slides",
+    "pseudo_positive_top_slide_share",
+    "pseudo_positive_fraction",
+    "pos_overlap_previous",
+    "hardneg_overlap_previous",
+}
 PAIRED = ("test_patch_auc", "test_patch_auc_vs_mimic", "test_slide_auc")
 
 
@@ -99,7 +111,11 @@ def run_rows(results: Path, method: str, seed: int, truth: PatchTruth) -> list[d
         round_ = int(record["round"])
         seconds = _finetune_seconds(results, round_)
         total += seconds
-        row = {"method": method, "seed": seed, **record}
+        row = {
+            "method": method,
+            "seed": seed,
+            **{k: v for k, v in record.items() if k not in HEALTH},
+        }
         row["finetune_seconds"] = seconds
         row["finetune_seconds_total"] = total
         row.update(_mining_row(results, round_, truth))
@@ -121,10 +137,14 @@ def _mining_row(results: Path, round_: int, truth: PatchTruth) -> dict[str, Any]
         return {}
     sets = pd.read_parquet(sets_path)
     summary = json.loads((results / f"r{round_}" / "mining" / "summary.json").read_text())
+    previous_path = results / f"r{round_ - 1}" / "mining" / "sets.parquet"
+    previous = pd.read_parquet(previous_path) if round_ > 0 else None
     positives = truth.slides("train", 1)
     negatives = truth.slides("train", 0)
     return {
         "sets_refreshed": bool(summary.get("refreshed", True)),
+        # Recomputed from the sets, so runs made before rounds.csv carried them have them too.
+        **mining_health(sets, summary["slides"], previous),
         "tumor_share_of_positive_slides": truth.share(positives, 0),
         "pseudo_positive_tumor_share": truth.share_in(sets[sets["set"] == "pos"], 0),
         "curriculum_tumor_share": truth.share_in(sets[sets["set"] == "curriculum"], 0),

@@ -124,6 +124,16 @@ def finetune_epochs(encoders: list[Path]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=FINETUNE_EPOCH_COLUMNS)
 
 
+# Label-free signs of the round's mining (hnm.mining.health), beside the set counts.
+HEALTH_COLUMNS = (
+    "pseudo_positive_slides",
+    "pseudo_positive_top_slide_share",
+    "pseudo_positive_fraction",
+    "pos_overlap_previous",
+    "hardneg_overlap_previous",
+)
+
+
 def round_row(round_: int, files: RoundFiles) -> dict[str, Any]:
     mil = _read_json(files.mil_metrics)
     evaluation = _read_json(files.eval_metrics)
@@ -143,6 +153,7 @@ def round_row(round_: int, files: RoundFiles) -> dict[str, Any]:
         "test_patch_auc": _patch_auc(evaluation, "test"),
         "hard_negatives": (mining.get("counts") or {}).get("hardneg"),
         "sets_refreshed": mining.get("refreshed"),
+        **{name: (mining.get("health") or {}).get(name) for name in HEALTH_COLUMNS},
         "finetune_epoch_seconds": _finetune_epoch_seconds(files.next_encoder),
         "extraction_seconds": extraction_seconds,
         "extraction_patches_per_second": (

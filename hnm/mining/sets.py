@@ -43,6 +43,7 @@ import pandas as pd
 
 from hnm.core.errors import ConfigError, HnmError
 from hnm.core.settings import StageSettings, setting
+from hnm.mining.health import mining_health
 from hnm.mining.schedule import EncoderSchedule, curriculum_ratio
 
 log = logging.getLogger(__name__)
@@ -400,6 +401,7 @@ def run_mining(
     summary["excluded_slides"] = [
         slide for slide, row in summary["slides"].items() if row["n_patches"] == 0
     ]
+    summary["health"] = mining_health(sets, summary["slides"], previous_sets)
     return sets, summary
 
 
