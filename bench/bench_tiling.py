@@ -27,6 +27,7 @@ sys.path.insert(0, str(REPO))
 from hnm.tiling import qc  # noqa: E402
 from hnm.tiling.grid import tile_slide, write_tiles_file  # noqa: E402
 from hnm.tiling.settings import TilingSettings  # noqa: E402
+from hnm.tiling.stage import qc_image  # noqa: E402
 from hnm.tiling.tissue import _read_openslide, read_downsampled, segment_tissue  # noqa: E402
 
 
@@ -84,18 +85,7 @@ def main() -> int:
     timings = dict(result.attrs["timings"])
 
     started = time.perf_counter()
-    rgb, downsample = qc.thumbnail(
-        result.osr, str(slide), "bench", result.tissue, result.dimensions
-    )
-    image = qc.render_qc(
-        rgb,
-        downsample,
-        result.tissue.mask,
-        result.tissue.downsample,
-        result.coords,
-        result.attrs["step_level0"],
-        ["bench"],
-    )
+    image = qc_image(result, slide, "bench", ["bench"])
     timings["qc_s"] = time.perf_counter() - started
 
     started = time.perf_counter()

@@ -275,14 +275,14 @@ def test_failures_lists_every_skipped_slide(test_slides, tmp_path) -> None:
     report = tmp_path / "failed_slides.tsv"
     assert main(["failures", "--tiles", *map(str, tiles), "--out", str(report)]) == 0
     lines = report.read_text().splitlines()
-    assert lines[0] == "slide_id\tpath\terror" and len(lines) == 4
+    assert lines[0] == "slide_id\tpath\terror\tstage" and len(lines) == 4
     rows = [line.split("\t") for line in lines[1:]]
     assert [row[0] for row in rows] == ["unreadable_svs", "unopenable_tiff", "broken_svs"]
     for row, (name, message) in zip(rows, BAD_SLIDES):
-        assert row[1] == str(test_slides / name) and message in row[2]
+        assert row[1] == str(test_slides / name) and message in row[2] and row[3] == "tiling"
 
     assert main(["failures", "--tiles", str(tmp_path / "good.h5"), "--out", str(report)]) == 0
-    assert report.read_text() == "slide_id\tpath\terror\n"
+    assert report.read_text() == "slide_id\tpath\terror\tstage\n"
 
 
 def test_failures_names_an_unreadable_tiles_file(tmp_path, capsys) -> None:

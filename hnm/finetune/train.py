@@ -189,9 +189,11 @@ def open_readers(
     return readers
 
 
-def _loader(
-    dataset: StepPatches, workers: int, device: torch.device
+def batch_loader(
+    dataset: torch.utils.data.Dataset, workers: int, device: torch.device
 ) -> torch.utils.data.DataLoader:
+    """A loader over a dataset whose items are whole batches (fine-tuning steps, pretraining
+    batches): the dataset batches, the workers only read ahead."""
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=None,
@@ -550,7 +552,7 @@ class EpochRun:
             for local in range(done, settings.epochs)
         }
         batches = iter(
-            _loader(
+            batch_loader(
                 StepPatches([p for plans in epochs.values() for p in plans], readers),
                 self.workers,
                 self.device,

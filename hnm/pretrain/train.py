@@ -38,7 +38,7 @@ from hnm.core.settings import StageSettings, setting
 from hnm.core.threads import torch_threads, usable_cores
 from hnm.encoders.model_file import load_encoder_file, save_encoder_file
 from hnm.finetune.augment import SimCLRAugment
-from hnm.finetune.train import make_views
+from hnm.finetune.train import batch_loader, make_views
 from hnm.io.h5io import files_by_slide
 from hnm.mining.schedule import learning_rate
 from hnm.pretrain.data import BatchPatches, TrainingPatches, plan_epoch, training_patches
@@ -94,19 +94,6 @@ def pretrain_threads(job_threads: int) -> int:
     """
     budget = job_threads if job_threads > 0 else usable_cores()
     return max(1, min(budget, usable_cores()))
-
-
-def _loader(
-    dataset: BatchPatches, workers: int, device: torch.device
-) -> torch.utils.data.DataLoader:
-    return torch.utils.data.DataLoader(
-        dataset,
-        batch_size=None,
-        shuffle=False,
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-        prefetch_factor=2 if workers else None,
-    )
 
 
 def train_epoch(
@@ -253,7 +240,7 @@ def _pretrain(
     )
     # One loader over every remaining epoch's batches, so reading runs ahead across epoch ends.
     batches = iter(
-        _loader(
+        batch_loader(
             BatchPatches([b for steps in plans.values() for b in steps], pool),
             settings.workers,
             device,

@@ -12,9 +12,11 @@ import logging
 import os
 import time
 
+import numpy as np
+
 from hnm.core.errors import SlideError
 from hnm.tiling import qc
-from hnm.tiling.grid import failed_attrs, tile_slide, write_tiles_file
+from hnm.tiling.grid import TilingResult, failed_attrs, tile_slide, write_tiles_file
 from hnm.tiling.settings import TilingSettings
 
 log = logging.getLogger("hnm.tile")
@@ -45,9 +47,6 @@ def tile_to_files(
 
     try:
         started = time.perf_counter()
-        rgb, downsample = qc.thumbnail(
-            result.osr, str(slide), slide_id, result.tissue, result.dimensions
-        )
         attrs = result.attrs
         legend = [
             f"{slide_id}: {attrs['n_patches']} patches of {grid.patch_size} px at "
@@ -59,15 +58,7 @@ def tile_to_files(
             f"green: tissue contour; blue: kept patches (tissue >= "
             f"{100 * grid.min_tissue_fraction:.0f}%, {attrs['n_grid']} grid cells)",
         ]
-        image = qc.render_qc(
-            rgb,
-            downsample,
-            result.tissue.mask,
-            result.tissue.downsample,
-            result.coords,
-            attrs["step_level0"],
-            legend,
-        )
+        image = qc_image(result, slide, slide_id, legend)
         attrs["timings"]["qc_s"] = time.perf_counter() - started
         started = time.perf_counter()
         qc.write_png(qc_path, image)
@@ -81,3 +72,21 @@ def tile_to_files(
         )
     finally:
         result.osr.close()
+
+
+def qc_image(
+    result: TilingResult, slide: str | os.PathLike[str], slide_id: str, legend: list[str]
+) -> np.ndarray:
+    """The QC picture of a tiled slide: its thumbnail, tissue contour and kept patches."""
+    rgb, downsample = qc.thumbnail(
+        result.osr, str(slide), slide_id, result.tissue, result.dimensions
+    )
+    return qc.render_qc(
+        rgb,
+        downsample,
+        result.tissue.mask,
+        result.tissue.downsample,
+        result.coords,
+        result.attrs["step_level0"],
+        legend,
+    )
