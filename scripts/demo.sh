@@ -17,7 +17,7 @@ started=$(mktemp)
 trap 'rm -f "$started"' EXIT
 
 # Drops Snakemake's job-start blocks ("rule x:", "localrule x:" or "Group job ...:" and the
-# indented and blank lines after them), timestamps and scheduler chatter; folds "Finished jobid: n (Rule: x)" into the
+# indented and blank lines after them), blank lines, timestamps and scheduler chatter; folds "Finished jobid: n (Rule: x)" into the
 # next progress line. Error blocks ("Error in rule x:"), warnings and the summary pass unchanged.
 quiet() {
     trap '' INT # Ctrl-C stops snakemake, which still prints why; the filter outlives it
@@ -29,6 +29,7 @@ quiet() {
         /^ *(local)?rule [A-Za-z0-9_]+:$/ { in_job = 1; next }
         in_job && (/^[ \t]/ || /^$/) { next }
         { in_job = 0 }
+        /^$/ { next }
         /^Select jobs to execute\.\.\.$/ || /^Execute [0-9]+ jobs\.\.\.$/ { next }
         /^Finished jobid: [0-9]+ \(Rule: [A-Za-z0-9_]+\)$/ {
             rule = $NF; sub(/\)$/, "", rule); next
@@ -40,6 +41,8 @@ quiet() {
     '
 }
 
+# The run's closing summary names the report that is built after it (hnm.evaluation.summary).
+export HNM_REPORT=results/report.html
 if [[ ${HNM_DEMO_VERBOSE:-} == 1 ]]; then
     snakemake --cores all --rerun-incomplete "$@"
 else
@@ -49,9 +52,9 @@ fi
 # A run that (re)made the final metrics also gets its report; dry runs, --unlock and runs with
 # nothing to do leave it as it was.
 if [[ results/final/metrics.json -nt $started ]]; then
-    if snakemake --cores all --quiet all --report results/report.html "$@"; then
-        echo "Report: results/report.html (one HTML file; open it in a browser)" >&2
+    if snakemake --cores all --quiet all --report "$HNM_REPORT" "$@"; then
+        echo "Report written: $HNM_REPORT (one HTML file; open it in a browser)" >&2
     else
-        echo "The report could not be built; see: snakemake --report results/report.html" >&2
+        echo "The report could not be built; see: snakemake --report $HNM_REPORT" >&2
     fi
 fi

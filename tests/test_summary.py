@@ -29,6 +29,7 @@ METRICS = {
 
 
 def test_summary_gives_metrics_and_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HNM_REPORT", raising=False)
     final = tmp_path / "run" / "results" / "final"
     (final / "heatmaps").mkdir(parents=True)
     (final / "figures").mkdir()
@@ -50,6 +51,8 @@ def test_summary_gives_metrics_and_paths(tmp_path: Path, monkeypatch: pytest.Mon
     assert "mined:" not in text  # not made: not listed
     assert "snakemake --report report.html" in text
     assert len(lines) <= 10
+    monkeypatch.setenv("HNM_REPORT", "results/report.html")  # scripts/demo.sh builds it next
+    assert "report:   run/results/report.html" in results_summary("results")
 
 
 def test_summary_is_empty_without_final_metrics(tmp_path: Path) -> None:

@@ -15,6 +15,9 @@ from typing import Any
 from hnm.core.formatting import fmt_metric
 
 FINAL = Path("final")
+# Set by scripts/demo.sh, which builds the report once the run is done: name it rather than the
+# command that builds it.
+REPORT_AFTER_RUN = "HNM_REPORT"
 
 
 def shown(path: Path) -> str:
@@ -69,10 +72,16 @@ def path_lines(results: Path) -> list[str]:
     lines = [
         f"  {name + ':':<10}{shown(path)}  ({what})" for name, path, what in places if path.exists()
     ]
-    lines.append(
-        f"  {'report:':<10}snakemake --report report.html  (with this run's --configfile/--config; "
-        "one HTML file of all of the above)"
-    )
+    report = os.environ.get(REPORT_AFTER_RUN)
+    if report:
+        lines.append(
+            f"  {'report:':<10}{shown(Path(report))}  (one HTML file of all the above; written after this)"
+        )
+    else:
+        lines.append(
+            f"  {'report:':<10}snakemake --report report.html  (with this run's "
+            "--configfile/--config; one HTML file of all the above)"
+        )
     return lines
 
 
