@@ -37,12 +37,14 @@ include: "rules/viz.smk"
 
 
 onsuccess:
-    # A skip-mode run must not end on "100% done" alone: say what was skipped or degraded.
+    # A run must not end on "100% done" alone: say what came out and where it is, then what was
+    # skipped or degraded (last, where it is seen).
+    from hnm.evaluation.summary import results_summary
     from hnm.evaluation.warnings import end_of_run_summary
 
-    summary = end_of_run_summary("results")
-    if summary:
-        print(summary, file=sys.stderr)
+    for summary in (results_summary("results"), end_of_run_summary("results")):
+        if summary:
+            print(summary, file=sys.stderr)
 
 
 rule all:

@@ -143,11 +143,20 @@ def mil_outputs(round_):
 
 
 def gpu_resources():
-    """SLURM GPU request for GPU-capable rules; the local executor ignores unknown resources."""
+    """SLURM GPU request for GPU-capable rules; the local executor ignores unknown resources.
+
+    resources.gpu_slurm adds the GPU rules' partition, constraint or other flags. It lives in the
+    config, not in the profile's set-resources, because a profile names rules one by one and the
+    extraction rules are one per batch of slides (extract_b0, extract_b1, ...). A `gres` there
+    replaces gpu=1: the SLURM plugin refuses a job that asks for both.
+    """
     settings = {"gpu": 1}
     if config["resources"]["gpu_model"]:
         settings["gpu_model"] = config["resources"]["gpu_model"]
-    return settings
+    extra = dict(config["resources"].get("gpu_slurm") or {})
+    if "gres" in extra:
+        settings = {}
+    return {**settings, **extra}
 
 
 def retry_scaled(rule_name, key, slides=1):

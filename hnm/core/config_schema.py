@@ -119,6 +119,13 @@ def workflow_properties() -> dict[str, dict[str, Any]]:
             "additionalProperties": False,
             "properties": {
                 "gpu_model": {"type": "string", "default": ""},
+                "gpu_slurm": {
+                    "description": "more SLURM resources of the GPU rules only (slurm_partition, "
+                    "constraint, gres, slurm_extra, ...); gres replaces the gpu=1 request",
+                    "type": "object",
+                    "additionalProperties": {"type": ["string", "integer"]},
+                    "default": {},
+                },
                 "gpus": {
                     "description": "workstation GPU ids for one-job-per-GPU slots ('all' or a "
                     "list); empty: no slots (SLURM assigns GPUs itself)",

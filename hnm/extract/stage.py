@@ -394,7 +394,7 @@ def _run(
         torch.get_num_threads(),
     )
     preprocess = Preprocess(meta.mean, meta.std, device, channels_last)
-    progress = Progress(len(coords), f"{slide_id} patches", log)
+    progress = Progress(len(coords), slide_id, log, unit="patches")
     started = time.perf_counter()
     with FeatureWriter(
         out_path,
@@ -403,7 +403,7 @@ def _run(
         {**attrs, "decode_path": path, "decode_fallback_reason": why_not, "precision": precision},
     ) as writer:
         sink = FeatureSink(writer, device)
-        with torch.inference_mode(), precision_context(device, precision):
+        with progress, torch.inference_mode(), precision_context(device, precision):
             for batch in batches:
                 sink.put(backbone(preprocess(batch)))
                 progress.update(len(batch))

@@ -267,37 +267,37 @@ def train_epoch(
     generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + global_epoch)
     channels_last = device.type == "cuda"
     sums = torch.zeros(2, device=device)
-    progress = Progress(len(plans), f"epoch {global_epoch}", log)
-    for step, patches in zip(range(len(plans)), batches):
-        if isinstance(patches, ReadFailure):
-            raise patches.error()
-        lr = learning_rate(
-            global_epoch + step / len(plans),
-            settings.lr,
-            settings.cosine_after,
-            settings.total_epochs,
-        )
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        patches = patches.to(device, non_blocking=True)
-        n1, p1, n2, c2 = plans[step].sizes
-        parts = (
-            (patches[: n1 + p1], n1, p1, "negative"),
-            (patches[n1 + p1 :], n2, c2, "positive"),
-        )
-        for which, (images, negatives, positives, mode) in enumerate(parts):
-            if negatives + positives:
-                views = make_views(augment, images, generator, channels_last)
-                sums[which] += contrastive_update(
-                    model,
-                    optimizer,
-                    views,
-                    _labels(negatives, positives, device),
-                    mode,
-                    settings,
-                    precision,
-                )
-        progress.update(1)
+    with Progress(len(plans), f"fine-tuning epoch {global_epoch}", log, unit="steps") as progress:
+        for step, patches in zip(range(len(plans)), batches):
+            if isinstance(patches, ReadFailure):
+                raise patches.error()
+            lr = learning_rate(
+                global_epoch + step / len(plans),
+                settings.lr,
+                settings.cosine_after,
+                settings.total_epochs,
+            )
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            patches = patches.to(device, non_blocking=True)
+            n1, p1, n2, c2 = plans[step].sizes
+            parts = (
+                (patches[: n1 + p1], n1, p1, "negative"),
+                (patches[n1 + p1 :], n2, c2, "positive"),
+            )
+            for which, (images, negatives, positives, mode) in enumerate(parts):
+                if negatives + positives:
+                    views = make_views(augment, images, generator, channels_last)
+                    sums[which] += contrastive_update(
+                        model,
+                        optimizer,
+                        views,
+                        _labels(negatives, positives, device),
+                        mode,
+                        settings,
+                        precision,
+                    )
+            progress.update(1)
     means = (sums / max(1, len(plans))).tolist()
     return {"loss_negative": means[0], "loss_positive": means[1]}
 

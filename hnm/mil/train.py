@@ -27,6 +27,7 @@ from hnm.core.checkpoint import Checkpointer, fingerprint
 from hnm.core.device import resolve_device
 from hnm.core.errors import CheckpointError, HnmError
 from hnm.core.formatting import fmt_metric
+from hnm.core.progress import Progress
 from hnm.core.threads import intra_op_threads, torch_threads
 from hnm.evaluation.metrics import binary_metrics, roc_auc
 from hnm.io.h5io import files_by_slide
@@ -216,46 +217,50 @@ def _train_epochs(
     val = cohort.indices("val")
 
     weights = class_weights(settings, len(train_pos), len(train_neg))
-    for epoch in range(start_epoch, settings.epochs):
-        started = time.perf_counter()
-        lr = run.optimizer.param_groups[0]["lr"]
-        train_loss = train_epoch(run, cohort, settings, train_pos, train_neg, weights)
-        advance_schedule(run, settings)
-        val_loss, val_auc, val_f1 = validate(run.model, cohort, val, settings)
-        seconds = time.perf_counter() - started
-        run.rows.append(
-            {
-                "epoch": epoch,
-                "train_loss": train_loss,
-                "val_loss": val_loss,
-                "val_auc": val_auc,
-                "val_f1": val_f1,
-                "lr": lr,
-                "seconds": seconds,
-            }
-        )
-        if settings.select == "best_val":
-            run.selection.offer(
-                _selection_key(metric_used, val_loss, val_auc, val_f1), epoch, run.model
+    with Progress(
+        settings.epochs, "MIL training", log, initial=start_epoch, unit="epochs"
+    ) as progress:
+        for epoch in range(start_epoch, settings.epochs):
+            started = time.perf_counter()
+            lr = run.optimizer.param_groups[0]["lr"]
+            train_loss = train_epoch(run, cohort, settings, train_pos, train_neg, weights)
+            advance_schedule(run, settings)
+            val_loss, val_auc, val_f1 = validate(run.model, cohort, val, settings)
+            seconds = time.perf_counter() - started
+            run.rows.append(
+                {
+                    "epoch": epoch,
+                    "train_loss": train_loss,
+                    "val_loss": val_loss,
+                    "val_auc": val_auc,
+                    "val_f1": val_f1,
+                    "lr": lr,
+                    "seconds": seconds,
+                }
             )
-        elif epoch == settings.snapshot_epoch:
-            run.selection.offer((0.0,), epoch, run.model)
-        log.info(
-            "epoch %d (of 0..%d): train loss %.4f, val loss %s, val auc %s, val f1 %s, lr %.3g, "
-            "%.2f s",
-            epoch,
-            settings.epochs - 1,
-            train_loss,
-            fmt_metric(val_loss),
-            fmt_metric(val_auc),
-            fmt_metric(val_f1),
-            lr,
-            seconds,
-        )
-        if (epoch + 1) % settings.checkpoint_every == 0 and epoch + 1 < settings.epochs:
-            checkpointer.save(run.state(epoch))
-        if on_epoch_end is not None:
-            on_epoch_end(epoch)
+            if settings.select == "best_val":
+                run.selection.offer(
+                    _selection_key(metric_used, val_loss, val_auc, val_f1), epoch, run.model
+                )
+            elif epoch == settings.snapshot_epoch:
+                run.selection.offer((0.0,), epoch, run.model)
+            progress.note(
+                "epoch %d (of 0..%d): train loss %.4f, val loss %s, val auc %s, val f1 %s, lr %.3g, "
+                "%.2f s",
+                epoch,
+                settings.epochs - 1,
+                train_loss,
+                fmt_metric(val_loss),
+                fmt_metric(val_auc),
+                fmt_metric(val_f1),
+                lr,
+                seconds,
+            )
+            if (epoch + 1) % settings.checkpoint_every == 0 and epoch + 1 < settings.epochs:
+                checkpointer.save(run.state(epoch))
+            progress.update(1)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch)
 
 
 def new_run(settings: MilSettings, feature_dim: int, device: torch.device) -> TrainingRun:

@@ -112,22 +112,26 @@ def train_epoch(
     generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + _AUGMENT_STREAM + epoch)
     channels_last = device.type == "cuda"
     total = torch.zeros((), device=device)
-    progress = Progress(steps, f"pretrain epoch {epoch + 1}/{settings.epochs}", log)
-    for step, patches in zip(range(steps), batches):
-        lr = learning_rate(
-            epoch + step / steps, settings.lr, settings.cosine_after, settings.epochs
-        )
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        views = make_views(augment, patches.to(device, non_blocking=True), generator, channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            projections = model(views)
-        loss = nt_xent_loss(projections, settings.temperature)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total += loss.detach()  # no .item(): a host sync per step would stall the GPU
-        progress.update(1)
+    with Progress(
+        steps, f"pretrain epoch {epoch + 1}/{settings.epochs}", log, unit="steps"
+    ) as progress:
+        for step, patches in zip(range(steps), batches):
+            lr = learning_rate(
+                epoch + step / steps, settings.lr, settings.cosine_after, settings.epochs
+            )
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            views = make_views(
+                augment, patches.to(device, non_blocking=True), generator, channels_last
+            )
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                projections = model(views)
+            loss = nt_xent_loss(projections, settings.temperature)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.detach()  # no .item(): a host sync per step would stall the GPU
+            progress.update(1)
     return float(total) / max(1, steps)
 
 
