@@ -19,6 +19,7 @@ from hnm.core.gpu_slots import command_prefix
 from hnm.core.overrides import typed_overrides
 from hnm.extract.batches import extraction_batches
 from hnm.io.sheet import demo_sheet, validate_sheet
+from hnm.pretrain.start import round0_start
 
 CONFIG_SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
 config.update(typed_overrides(config, yaml.safe_load(CONFIG_SCHEMA.read_text())))
@@ -47,6 +48,16 @@ PRETRAIN = not config["encoder"]["weights"] and int(config["pretrain"]["epochs"]
 INITIAL_ENCODER = (
     "results/pretrain/initial_encoder.pt" if PRETRAIN else "results/r0/encoder.pt"
 )
+# Said once, while the DAG is built (dry runs too), and not again by each cluster job's own parse.
+if workflow.is_main_process:
+    print(
+        round0_start(
+            config["encoder"]["weights"],
+            int(config["pretrain"]["epochs"]),
+            config["encoder"]["arch"],
+        )[1],
+        file=sys.stderr,
+    )
 
 try:
     if DEMO:

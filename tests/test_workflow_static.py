@@ -195,6 +195,35 @@ def test_round0_encoder_is_pretrained_only_without_weights(
     initial = "results/pretrain/initial_encoder.pt" if pretrained else "results/r0/encoder.pt"
     init_job = re.search(r"rule init_encoder:\n(?:\s+.*\n)*?\s+output: (\S+)", result.stdout)
     assert init_job and init_job.group(1) == initial, result.stdout[:3000]
+    # ... and the dry run says so, once.
+    said = (
+        "from SimCLR pretraining"
+        if pretrained
+        else (f"weights in {weights}" if "encoder" in overlay else "from a RANDOM")
+    )
+    starts = [line for line in result.stderr.splitlines() if "round 0 starts" in line]
+    assert len(starts) == 1 and said in starts[0], result.stderr[:3000]
+
+
+@pytest.mark.parametrize(
+    ("overlay", "said"),
+    [
+        ("", "from SimCLR pretraining of a random resnet18 on the cohort's train slides (20 epoch"),
+        ("pretrain={epochs: 0}", "WARNING: round 0 starts from a RANDOM resnet18 encoder"),
+    ],
+    ids=["paper", "paper-epochs-0"],
+)
+def test_dry_run_of_the_paper_config_says_where_round0_starts(
+    overlay: str, said: str, tmp_path: Path
+) -> None:
+    """config/paper.yaml has no encoder.weights: a dry run says before any job that round 0 is
+    SimCLR-pretrained on the cohort, or warns that it starts from a random encoder."""
+    files = [str(REPO / "config" / name) for name in ("config.yaml", "paper.yaml")]
+    extra = ("--config", overlay) if overlay else ()
+    result = snakemake(tmp_path, "-n", "--configfile", *files, *extra)
+    assert result.returncode == 0, result.stdout + result.stderr
+    starts = [line for line in result.stderr.splitlines() if "round 0 starts" in line]
+    assert len(starts) == 1 and said in starts[0], result.stderr[:3000]
 
 
 @pytest.mark.parametrize("per_job", [1, 5, 1000])
