@@ -6,51 +6,6 @@
 # input as it stands (encoder, MIL model, metrics), and the stages are the training run's own
 # (tile, extract, the scoring of hnm.mil.outputs, heatmaps, qupath), with the same settings.
 
-from hnm.predict.settings import PredictSettings
-from hnm.predict.sheet import validate_new_slides
-
-PREDICT = PredictSettings.from_config(config["predict"])
-PREDICT_DIR = PREDICT.out_dir()
-FINAL_ENCODER = f"results/r{ROUNDS}/encoder.pt"
-PREDICT_SLIDES = []
-if PREDICT.sheet:
-    try:
-        PREDICT_SHEET = validate_new_slides(PREDICT.sheet)
-    except SheetError as error:
-        raise WorkflowError(str(error)) from None
-    PREDICT_SLIDES = list(PREDICT_SHEET["slide_id"])
-    PREDICT_ROWS = PREDICT_SHEET.set_index("slide_id").to_dict("index")
-
-
-def predict_file(kind, slide, extension):
-    return f"{PREDICT_DIR}/{kind}/{slide}.{extension}"
-
-
-def predict_files(kind, extension, slides=None):
-    slides = PREDICT_SLIDES if slides is None else slides
-    return [predict_file(kind, slide, extension) for slide in slides]
-
-
-def predict_mpp_flag(wildcards):
-    mpp = PREDICT_ROWS[wildcards.slide]["mpp"]
-    return "" if mpp is None or mpp != mpp else f"--mpp {mpp}"
-
-
-def predict_outputs(wildcards):
-    """Everything `snakemake predict` makes; asked for without a sheet, say how to give one."""
-    if not PREDICT.sheet:
-        raise WorkflowError(
-            "the predict target needs a sheet of new slides (columns slide_id, path and "
-            "optionally mpp): snakemake predict --config 'predict={sheet: /data/new_slides.tsv}' "
-            "(setting predict.sheet; see the README, 'Predicting new slides')"
-        )
-    return [
-        f"{PREDICT_DIR}/predictions.csv",
-        f"{PREDICT_DIR}/scores.parquet",
-        *predict_files("heatmaps", "png"),
-        *predict_files("heatmaps", "geojson"),
-    ]
-
 
 rule predict:
     input:
