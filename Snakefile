@@ -2,6 +2,7 @@
 #
 #   snakemake --cores 8 --use-conda                       # demo cohort, or set `sheet` in the config
 #   snakemake --workflow-profile workflow/profiles/slurm  # the same on SLURM
+#   snakemake predict --config 'predict={sheet: new.tsv}'  # the finished model on new slides
 #
 # Round 0's encoder: init_encoder -> pretrain (SimCLR on the train slides' patches) unless weights
 # are given.
@@ -34,6 +35,7 @@ include: "rules/mining.smk"
 include: "rules/finetune.smk"
 include: "rules/report.smk"
 include: "rules/viz.smk"
+include: "rules/predict.smk"
 
 
 onsuccess:

@@ -37,6 +37,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "mined": ("mined", "draw what a round mined: slide overlays and patch galleries"),
     "figures": ("figures", "ROC curves, per-round metrics, confusion matrix, training curves"),
     "report-sample": ("report_sample", "small per-slide images and the slide index for the report"),
+    "predict": ("predict", "score new slides with a finished run's model at its val threshold"),
     "compare": ("compare", "run several methods over several seeds and tabulate them"),
 }
 

@@ -19,6 +19,9 @@ from hnm.core.gpu_slots import command_prefix
 from hnm.core.overrides import typed_overrides
 from hnm.extract.batches import extraction_batches
 from hnm.io.sheet import demo_sheet, validate_sheet
+from hnm.predict.settings import PredictSettings
+from hnm.predict.sheet import validate_new_slides
+from hnm.pretrain.start import round0_start
 
 CONFIG_SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
 config.update(typed_overrides(config, yaml.safe_load(CONFIG_SCHEMA.read_text())))
@@ -47,6 +50,16 @@ PRETRAIN = not config["encoder"]["weights"] and int(config["pretrain"]["epochs"]
 INITIAL_ENCODER = (
     "results/pretrain/initial_encoder.pt" if PRETRAIN else "results/r0/encoder.pt"
 )
+# Said once, while the DAG is built (dry runs too), and not again by each cluster job's own parse.
+if workflow.is_main_process:
+    print(
+        round0_start(
+            config["encoder"]["weights"],
+            int(config["pretrain"]["epochs"]),
+            config["encoder"]["arch"],
+        )[1],
+        file=sys.stderr,
+    )
 
 try:
     if DEMO:
@@ -250,4 +263,48 @@ def sample_files(wildcards, output):
     """The report_sample job's small images, in the order of its --images."""
     return [output[f"qc_{s}"] for s in SAMPLE_QC] + [
         output[f"heatmap_{s}"] for s in SAMPLE_HEATMAPS
+    ]
+
+
+# Predicting new slides (rules/predict.smk): their sheet, checked while the DAG is built, and paths.
+PREDICT = PredictSettings.from_config(config["predict"])
+PREDICT_DIR = PREDICT.out_dir()
+FINAL_ENCODER = f"results/r{ROUNDS}/encoder.pt"
+PREDICT_SLIDES = []
+if PREDICT.sheet:
+    try:
+        PREDICT_SHEET = validate_new_slides(PREDICT.sheet)
+    except SheetError as error:
+        raise WorkflowError(str(error)) from None
+    PREDICT_SLIDES = list(PREDICT_SHEET["slide_id"])
+    PREDICT_ROWS = PREDICT_SHEET.set_index("slide_id").to_dict("index")
+
+
+def predict_file(kind, slide, extension):
+    return f"{PREDICT_DIR}/{kind}/{slide}.{extension}"
+
+
+def predict_files(kind, extension, slides=None):
+    slides = PREDICT_SLIDES if slides is None else slides
+    return [predict_file(kind, slide, extension) for slide in slides]
+
+
+def predict_mpp_flag(wildcards):
+    mpp = PREDICT_ROWS[wildcards.slide]["mpp"]
+    return "" if mpp is None or mpp != mpp else f"--mpp {mpp}"
+
+
+def predict_outputs(wildcards):
+    """Everything `snakemake predict` makes; asked for without a sheet, say how to give one."""
+    if not PREDICT.sheet:
+        raise WorkflowError(
+            "the predict target needs a sheet of new slides (columns slide_id, path and "
+            "optionally mpp): snakemake predict --config 'predict={sheet: /data/new_slides.tsv}' "
+            "(setting predict.sheet; see the README, 'Predicting new slides')"
+        )
+    return [
+        f"{PREDICT_DIR}/predictions.csv",
+        f"{PREDICT_DIR}/scores.parquet",
+        *predict_files("heatmaps", "png"),
+        *predict_files("heatmaps", "geojson"),
     ]

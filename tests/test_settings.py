@@ -33,6 +33,7 @@ COMMAND_SETTINGS = {
     "mined": ["EvaluationSettings", "VizSettings"],
     "figures": ["EvaluationSettings", "VizSettings"],
     "report_sample": ["VizSettings"],
+    "predict": [],  # predict.sheet and predict.name are the workflow's (rules/predict.smk)
 }
 CLASSES_BY_NAME = {cls.__name__: cls for cls in [*SECTION_CLASSES, EncoderSchedule]}
 

@@ -195,6 +195,35 @@ def test_round0_encoder_is_pretrained_only_without_weights(
     initial = "results/pretrain/initial_encoder.pt" if pretrained else "results/r0/encoder.pt"
     init_job = re.search(r"rule init_encoder:\n(?:\s+.*\n)*?\s+output: (\S+)", result.stdout)
     assert init_job and init_job.group(1) == initial, result.stdout[:3000]
+    # ... and the dry run says so, once.
+    said = (
+        "from SimCLR pretraining"
+        if pretrained
+        else (f"weights in {weights}" if "encoder" in overlay else "from a RANDOM")
+    )
+    starts = [line for line in result.stderr.splitlines() if "round 0 starts" in line]
+    assert len(starts) == 1 and said in starts[0], result.stderr[:3000]
+
+
+@pytest.mark.parametrize(
+    ("overlay", "said"),
+    [
+        ("", "from SimCLR pretraining of a random resnet18 on the cohort's train slides (20 epoch"),
+        ("pretrain={epochs: 0}", "WARNING: round 0 starts from a RANDOM resnet18 encoder"),
+    ],
+    ids=["paper", "paper-epochs-0"],
+)
+def test_dry_run_of_the_paper_config_says_where_round0_starts(
+    overlay: str, said: str, tmp_path: Path
+) -> None:
+    """config/paper.yaml has no encoder.weights: a dry run says before any job that round 0 is
+    SimCLR-pretrained on the cohort, or warns that it starts from a random encoder."""
+    files = [str(REPO / "config" / name) for name in ("config.yaml", "paper.yaml")]
+    extra = ("--config", overlay) if overlay else ()
+    result = snakemake(tmp_path, "-n", "--configfile", *files, *extra)
+    assert result.returncode == 0, result.stdout + result.stderr
+    starts = [line for line in result.stderr.splitlines() if "round 0 starts" in line]
+    assert len(starts) == 1 and said in starts[0], result.stderr[:3000]
 
 
 @pytest.mark.parametrize("per_job", [1, 5, 1000])
@@ -267,3 +296,46 @@ def test_a_bad_sheet_stops_the_run_before_any_job(tmp_path: Path) -> None:
 def test_config_schema_rejects_unknown_and_bad_settings(tmp_path: Path) -> None:
     result = snakemake(tmp_path, "-n", "--config", "rounds=-1")
     assert result.returncode != 0 and "rounds" in result.stdout + result.stderr
+
+
+def test_a_second_cohort_in_its_own_folder_does_not_see_the_firsts_files(tmp_path: Path) -> None:
+    """README, "Predicting new slides": one run folder per cohort (`--directory`). A dry run of a
+    second cohort in its own folder, started from the first's folder, plans what it plans in an
+    empty folder and writes nothing into the first's; in the first's folder it would reuse files
+    of the first (its sheet and initial encoder) as its own."""
+    first = tmp_path / "demo run"
+    for name in ("results/sheet.tsv", "results/pretrain/initial_encoder.pt", "results/final/x"):
+        (first / name).parent.mkdir(parents=True, exist_ok=True)
+        (first / name).write_text("the first cohort's\n")
+    before = sorted((p, p.stat().st_mtime_ns) for p in first.rglob("*"))
+    slides = tmp_path / "own slides"
+    slides.mkdir()
+    rows = ["slide_id\tpath\tlabel\tsplit"]
+    for split in ("train", "train", "val", "test"):
+        for label in ("tumor", "normal"):
+            slide_id = f"own_{split}_{label}_{len(rows)}"
+            (slides / f"{slide_id}.svs").write_text(slide_id)  # a dry run opens no slide
+            rows.append(f"{slide_id}\t{slide_id}.svs\t{label}\t{split}")
+    sheet = slides / "sheet.tsv"
+    sheet.write_text("\n".join(rows) + "\n")
+
+    def plan(workdir: Path, cwd: Path) -> dict[str, int]:
+        workdir.mkdir(exist_ok=True)
+        result = subprocess.run(
+            [
+                sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
+                "--directory", str(workdir), "-n", "--config", f"sheet={sheet}",
+            ],
+            cwd=cwd, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "demo_" not in result.stdout
+        return planned_jobs(result)
+
+    own = plan(tmp_path / "own run", cwd=first)
+    assert own == plan(tmp_path / "empty", cwd=tmp_path)
+    assert own["tile"] == len(rows) - 1 and own["sheet"] == 1 and own["init_encoder"] == 1
+    assert sorted((p, p.stat().st_mtime_ns) for p in first.rglob("*")) == before
+    assert [p.name for p in (tmp_path / "own run").iterdir()] == [".snakemake"]
+    mixed = plan(first, cwd=first)
+    assert "sheet" not in mixed and "init_encoder" not in mixed, mixed

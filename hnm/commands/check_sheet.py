@@ -1,4 +1,5 @@
-"""`hnm check-sheet`: validate a slide sheet (or lay out the demo cohort) and write the normalised copy."""
+"""`hnm check-sheet`: validate a slide sheet (or lay out the demo cohort, or check a sheet of new
+slides to predict) and write the normalised copy."""
 
 from __future__ import annotations
 
@@ -16,6 +17,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--demo-counts",
         help="JSON counts of the demo cohort (the demo settings' slides), e.g. "
         '\'{"train": {"tumor": 3, "normal": 3}, "val": ..., "test": ...}\'',
+    )
+    source.add_argument(
+        "--new-slides",
+        help="sheet of new slides to predict (slide_id, path[, mpp]; no label or split)",
     )
     parser.add_argument("--demo-slides-dir", default="results/demo/slides")
     parser.add_argument("--demo-annotations-dir", default="results/demo/annotations")
@@ -44,6 +49,14 @@ def run(args: argparse.Namespace) -> int:
     from hnm.io.sheet import demo_sheet, validate_sheet, write_normalised_sheet
     from hnm.io.slide import level0_dimensions
 
+    if args.new_slides:
+        from hnm.predict.sheet import validate_new_slides
+
+        sheet = validate_new_slides(args.new_slides)
+        log.info("sheet of new slides is valid: %d slides", len(sheet))
+        if args.out:
+            write_normalised_sheet(sheet, args.out)
+        return 0
     if args.sheet:
         labels = json.loads(args.labels) if args.labels else None
         classes = json.loads(args.annotation_classes) if args.annotation_classes else None

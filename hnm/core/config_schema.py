@@ -43,6 +43,7 @@ def section_classes() -> list[type[StageSettings]]:
     from hnm.finetune.train import FinetuneSettings
     from hnm.mil.settings import MilSettings
     from hnm.mining.sets import MiningSettings
+    from hnm.predict.settings import PredictSettings
     from hnm.pretrain.train import PretrainSettings
     from hnm.tiling.settings import TilingSettings
     from hnm.viz.settings import VizSettings
@@ -58,6 +59,7 @@ def section_classes() -> list[type[StageSettings]]:
         FinetuneSettings,
         EvaluationSettings,
         VizSettings,
+        PredictSettings,
     ]
 
 

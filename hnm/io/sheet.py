@@ -358,13 +358,17 @@ def write_normalised_sheet(sheet: pd.DataFrame, path: str | os.PathLike[str]) ->
 
 def read_normalised_sheet(path: str | os.PathLike[str]) -> pd.DataFrame:
     """The workflow's normalised sheet, as every stage reads it; the training copy
-    (results/sheet.tsv) has no annotation column, read as no annotations."""
+    (results/sheet.tsv) has no annotation column, read as no annotations. Labels are integers;
+    a sheet of new slides to predict (hnm.predict.sheet) has blank ones, read as NaN (unknown)."""
     if not Path(path).exists():
         raise HnmError(f"slide sheet {path} does not exist; run the workflow's sheet step first")
     sheet = pd.read_csv(
         path, sep="\t", dtype={"slide_id": str, "path": str, "split": str}, keep_default_na=False
     )
-    sheet["label"] = sheet["label"].astype(int)
+    blank = sheet["label"].astype(str).str.strip() == ""
+    sheet["label"] = (
+        pd.to_numeric(sheet["label"].where(~blank)) if blank.any() else sheet["label"].astype(int)
+    )
     sheet["mpp"] = pd.to_numeric(sheet["mpp"], errors="coerce")
     if "annotation" not in sheet.columns:
         sheet["annotation"] = ""

@@ -23,6 +23,7 @@ from hnm.mil.settings import MilSettings
 
 log = logging.getLogger(__name__)
 
+SLIDE_COLUMNS = ["slide_id", "split", "label", "bag_logit", "bag_prob"]
 EPOCH_COLUMNS = ["epoch", "train_loss", "val_loss", "val_auc", "val_f1", "lr", "seconds"]
 
 
@@ -129,46 +130,58 @@ def write_outputs(
 
 
 def _score_all(out_dir: Path, model: torch.nn.Module, cohort: Cohort) -> pd.DataFrame:
-    """Write scores/<split>.parquet (every patch: slide_id, idx, logit, score, and the patch's
-    level-0 top-left x, y and side `size` in level-0 px) and return the slide table of all splits."""
-    slide_rows: list[dict[str, Any]] = []
+    """Write scores/<split>.parquet and slides.parquet (score_slides' tables, one split each) and
+    return the slide table of all splits."""
+    slide_tables = []
     for split in SPLITS:
-        indices = cohort.indices(split)
-        scored = score_bags(model, cohort, indices, keep_instances=True)
-        bag_logits = scored.bag_logits.cpu().numpy().astype(np.float64)
-        assert scored.instance_logits is not None
-        frames = []
-        for index, bag_logit, logits in zip(indices, bag_logits, scored.instance_logits):
-            bag = cohort.bags[int(index)]
-            slide_rows.append(
+        slides, scores = score_slides(model, cohort, cohort.indices(split))
+        slide_tables.append(slides)
+        write_parquet(out_dir / "scores" / f"{split}.parquet", scores)
+    # Empty splits left out: their column types would turn the others' to object.
+    filled = [table for table in slide_tables if len(table)]
+    slides = pd.concat(filled, ignore_index=True) if filled else pd.DataFrame(columns=SLIDE_COLUMNS)
+    write_parquet(out_dir / "slides.parquet", slides)
+    return slides
+
+
+def score_slides(
+    model: torch.nn.Module, cohort: Cohort, indices: np.ndarray
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The bags `indices` scored by `model`: (one row per slide: SLIDE_COLUMNS; one row per patch:
+    slide_id, idx, logit, score, and the patch's level-0 top-left x, y and side `size` in level-0
+    px). Training scores its splits with this, and `hnm predict` new slides, so a slide scored by
+    both gets the same probability."""
+    scored = score_bags(model, cohort, indices, keep_instances=True)
+    bag_logits = scored.bag_logits.cpu().numpy().astype(np.float64)
+    assert scored.instance_logits is not None
+    slide_rows: list[dict[str, Any]] = []
+    frames = []
+    for index, bag_logit, logits in zip(indices, bag_logits, scored.instance_logits):
+        bag = cohort.bags[int(index)]
+        slide_rows.append(
+            {
+                "slide_id": bag.slide_id,
+                "split": bag.split,
+                "label": bag.label,
+                "bag_logit": float(bag_logit),
+                "bag_prob": float(_sigmoid(bag_logit)),
+            }
+        )
+        frames.append(
+            pd.DataFrame(
                 {
                     "slide_id": bag.slide_id,
-                    "split": split,
-                    "label": bag.label,
-                    "bag_logit": float(bag_logit),
-                    "bag_prob": float(_sigmoid(bag_logit)),
+                    "idx": np.arange(bag.size, dtype=np.int64),
+                    "logit": logits.astype(np.float32),
+                    "score": _sigmoid(logits).astype(np.float32),
+                    "x": bag.coords[:, 0] if len(bag.coords) == bag.size else -1,
+                    "y": bag.coords[:, 1] if len(bag.coords) == bag.size else -1,
+                    "size": np.int64(bag.patch_level0),
                 }
             )
-            frames.append(
-                pd.DataFrame(
-                    {
-                        "slide_id": bag.slide_id,
-                        "idx": np.arange(bag.size, dtype=np.int64),
-                        "logit": logits.astype(np.float32),
-                        "score": _sigmoid(logits).astype(np.float32),
-                        "x": bag.coords[:, 0] if len(bag.coords) == bag.size else -1,
-                        "y": bag.coords[:, 1] if len(bag.coords) == bag.size else -1,
-                        "size": np.int64(bag.patch_level0),
-                    }
-                )
-            )
-        scores = pd.concat(frames, ignore_index=True) if frames else _empty_scores()
-        _write_parquet(out_dir / "scores" / f"{split}.parquet", scores)
-    slides = pd.DataFrame(
-        slide_rows, columns=["slide_id", "split", "label", "bag_logit", "bag_prob"]
-    )
-    _write_parquet(out_dir / "slides.parquet", slides)
-    return slides
+        )
+    scores = pd.concat(frames, ignore_index=True) if frames else _empty_scores()
+    return pd.DataFrame(slide_rows, columns=SLIDE_COLUMNS), scores
 
 
 def _sigmoid(x: Any) -> Any:
@@ -190,6 +203,6 @@ def _empty_scores() -> pd.DataFrame:
     )
 
 
-def _write_parquet(path: Path, frame: pd.DataFrame) -> None:
+def write_parquet(path: Path, frame: pd.DataFrame) -> None:
     with atomic_path(path) as temporary:
         frame.to_parquet(temporary, index=False)

@@ -1,0 +1,141 @@
+# Applying the finished run's model to new slides (README, "Predicting new slides"):
+#   snakemake predict --config 'predict={sheet: /data/new_slides.tsv}'
+# The sheet (slide_id, path[, mpp]) -> tiles -> features with the final round's encoder -> slide
+# probability and decision at the val threshold (the final MIL's metrics.json), patch scores,
+# heatmaps and QuPath files, all in results/predict/<name>/. Every file of the training run is an
+# input as it stands (encoder, MIL model, metrics), and the stages are the training run's own
+# (tile, extract, the scoring of hnm.mil.outputs, heatmaps, qupath), with the same settings.
+
+
+rule predict:
+    input:
+        predict_outputs,
+
+
+if PREDICT.sheet:
+
+    rule predict_sheet:
+        # The sheet's rows, not its file, re-run what follows (as rule sheet does for training).
+        output:
+            f"{PREDICT_DIR}/sheet.tsv",
+        log:
+            f"{PREDICT_DIR}/logs/sheet.log",
+        conda:
+            "../envs/slide.yaml"
+        resources:
+            mem_mb=500,
+            runtime=5,
+        params:
+            sheet=PREDICT.sheet,
+            rows=hashlib.sha256(PREDICT_SHEET.to_csv(sep="\t").encode()).hexdigest(),
+        shell:
+            "python -m hnm check-sheet --new-slides {params.sheet:q} --out {output:q} > {log:q} 2>&1"
+
+    use rule tile as predict_tile with:
+        input:
+            slide=lambda wildcards: PREDICT_ROWS[wildcards.slide]["path"],
+        output:
+            tiles=predict_file("tiles", "{slide}", "h5"),
+            qc=predict_file("qc", "{slide}", "png"),
+        log:
+            f"{PREDICT_DIR}/logs/tile/{{slide}}.log",
+        benchmark:
+            f"{PREDICT_DIR}/benchmarks/tile/{{slide}}.tsv"
+        params:
+            mpp=predict_mpp_flag,
+            settings=flags("tiling"),
+
+    # Extraction with the final round's encoder, cut into jobs as training's (rules/features.smk).
+    PREDICT_EXTRACT_SHELL = (
+        "{params.gpu_slot}python -m hnm extract --slide {input.slides:q} --slide-id "
+        "{params.slide_ids} --tiles {input.tiles:q} --encoder {input.encoder:q} --round "
+        f"{ROUNDS} --device {{params.device}} --threads {{threads}} {{params.settings}} "
+        "--out {output:q} > {log:q} 2>&1"
+    )
+    for batch, members in extraction_batches(
+        PREDICT_SLIDES, config["extraction"]["slides_per_job"]
+    ).items():
+
+        rule:
+            name:
+                f"predict_extract_{batch}"
+            input:
+                slides=[PREDICT_ROWS[slide]["path"] for slide in members],
+                tiles=predict_files("tiles", "h5", members),
+                encoder=FINAL_ENCODER,
+            output:
+                predict_files("features", "h5", members),
+            log:
+                f"{PREDICT_DIR}/logs/extract/{batch}.log",
+            benchmark:
+                f"{PREDICT_DIR}/benchmarks/extract/{batch}.tsv"
+            conda:
+                "../envs/torch.yaml"
+            threads: rule_threads("extract")
+            resources:
+                **gpu_resources(),
+                mem_mb=retry_scaled("extract", "mem_mb"),
+                runtime=retry_scaled("extract", "runtime", slides=len(members)),
+            params:
+                slide_ids=" ".join(members),
+                settings=EXTRACT_SETTINGS,
+                device=config["device"],
+                gpu_slot=GPU_SLOT,
+            shell:
+                PREDICT_EXTRACT_SHELL
+
+    rule predict_score:
+        input:
+            sheet=f"{PREDICT_DIR}/sheet.tsv",
+            features=predict_files("features", "h5"),
+            model=mil_outputs(ROUNDS)["model"],
+            metrics=mil_outputs(ROUNDS)["metrics"],
+        output:
+            predictions=f"{PREDICT_DIR}/predictions.csv",
+            scores=f"{PREDICT_DIR}/scores.parquet",
+            summary=f"{PREDICT_DIR}/summary.json",
+        log:
+            f"{PREDICT_DIR}/logs/score.log",
+        benchmark:
+            f"{PREDICT_DIR}/benchmarks/score.tsv"
+        conda:
+            "../envs/torch.yaml"
+        threads: rule_threads("train_mil")
+        resources:
+            **gpu_resources(),
+            mem_mb=retry_scaled("train_mil", "mem_mb"),
+            runtime=30,
+        params:
+            device=config["device"],
+            gpu_slot=GPU_SLOT,
+        shell:
+            "{params.gpu_slot}python -m hnm predict --sheet {input.sheet:q} --features "
+            "{input.features:q} --model {input.model:q} --mil-metrics {input.metrics:q} "
+            "--out-predictions {output.predictions:q} --out-scores {output.scores:q} "
+            "--out-summary {output.summary:q} --device {params.device} --threads {threads} "
+            "> {log:q} 2>&1"
+
+    use rule heatmaps as predict_heatmaps with:
+        input:
+            sheet=f"{PREDICT_DIR}/sheet.tsv",
+            predictions=f"{PREDICT_DIR}/predictions.csv",
+            scores=f"{PREDICT_DIR}/scores.parquet",
+            tiles=predict_files("tiles", "h5"),
+            slides=[PREDICT_ROWS[slide]["path"] for slide in PREDICT_SLIDES],
+        output:
+            predict_files("heatmaps", "png"),
+        log:
+            f"{PREDICT_DIR}/logs/heatmaps.log",
+        benchmark:
+            f"{PREDICT_DIR}/benchmarks/heatmaps.tsv"
+
+    use rule qupath as predict_qupath with:
+        input:
+            scores=f"{PREDICT_DIR}/scores.parquet",
+            tiles=predict_files("tiles", "h5"),
+        output:
+            predict_files("heatmaps", "geojson"),
+        log:
+            f"{PREDICT_DIR}/logs/qupath.log",
+        benchmark:
+            f"{PREDICT_DIR}/benchmarks/qupath.tsv"
