@@ -38,7 +38,7 @@ from hnm.finetune.train import (  # noqa: E402
     make_optimizer,
     make_views,
 )
-from hnm.io.h5io import write_tiles  # noqa: E402
+from hnm.io.h5io import level0_tiles_attrs, write_tiles  # noqa: E402
 from hnm.mining.sets import MiningSettings, run_mining  # noqa: E402
 
 
@@ -83,20 +83,7 @@ def make_cohort(
         write_tiles(
             root / "tiles" / f"{slide}.h5",
             coords,
-            {
-                "slide_id": slide,
-                "slide_path": str(files[label]),
-                "patch_size": patch,
-                "target_mpp": 1.0,
-                "mpp": 1.0,
-                "mpp_source": "sheet",
-                "level": 0,
-                "level_downsample": 1.0,
-                "read_size": patch,
-                "step_level0": patch,
-                "failed": False,
-                "error": "",
-            },
+            level0_tiles_attrs(slide, files[label], patch),
         )
         rows.append(
             {

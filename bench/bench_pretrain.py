@@ -35,7 +35,7 @@ from hnm.core.threads import torch_threads  # noqa: E402
 from hnm.encoders import build_encoder, save_encoder_file  # noqa: E402
 from hnm.finetune.augment import SimCLRAugment  # noqa: E402
 from hnm.finetune.train import make_views  # noqa: E402
-from hnm.io.h5io import write_tiles  # noqa: E402
+from hnm.io.h5io import level0_tiles_attrs, write_tiles  # noqa: E402
 from hnm.pretrain.ntxent import nt_xent_loss  # noqa: E402
 from hnm.pretrain.train import PretrainSettings, pretrain, pretrain_threads  # noqa: E402
 
@@ -95,20 +95,7 @@ def make_cohort(root: Path, slides: int, slide_px: int, patch: int) -> tuple[Pat
         write_tiles(
             path,
             coords,
-            {
-                "slide_id": slide_id,
-                "slide_path": str(slide),
-                "patch_size": patch,
-                "target_mpp": 1.0,
-                "mpp": 1.0,
-                "mpp_source": "sheet",
-                "level": 0,
-                "level_downsample": 1.0,
-                "read_size": patch,
-                "step_level0": patch,
-                "failed": False,
-                "error": "",
-            },
+            level0_tiles_attrs(slide_id, slide, patch),
         )
         tiles.append(path)
         rows.append(

@@ -17,7 +17,7 @@ from hnm.core.errors import SlideError
 from hnm.encoders import build_encoder, load_encoder_file, save_encoder_file
 from hnm.finetune.plan import Pools, plan_epoch, steps_per_epoch
 from hnm.finetune.train import FinetuneSettings, finetune
-from hnm.io.h5io import write_tiles
+from hnm.io.h5io import level0_tiles_attrs, write_tiles
 from hnm.mining.schedule import learning_rate
 from hnm.mining.sets import MiningSettings, run_mining
 
@@ -48,20 +48,7 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         write_tiles(
             root / "tiles" / f"{slide}.h5",
             coords,
-            {
-                "slide_id": slide,
-                "slide_path": str(path),
-                "patch_size": PATCH,
-                "target_mpp": 1.0,
-                "mpp": 1.0,
-                "mpp_source": "sheet",
-                "level": 0,
-                "level_downsample": 1.0,
-                "read_size": PATCH,
-                "step_level0": PATCH,
-                "failed": False,
-                "error": "",
-            },
+            level0_tiles_attrs(slide, path, PATCH),
         )
         rows.append(
             {

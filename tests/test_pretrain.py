@@ -13,10 +13,10 @@ import tifffile
 import torch
 
 from hnm.cli import main
-from hnm.core.errors import HnmError
+from hnm.core.errors import HnmError, SlideError
 from hnm.encoders import load_encoder_file
 from hnm.encoders.weights import read_checkpoint
-from hnm.io.h5io import read_features, write_tiles
+from hnm.io.h5io import level0_tiles_attrs, read_features, write_tiles
 from hnm.pretrain.data import plan_epoch
 from hnm.pretrain.ntxent import nt_xent_loss
 from hnm.pretrain.train import PretrainSettings, pretrain
@@ -118,20 +118,7 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         write_tiles(
             root / "tiles" / f"{slide}.h5",
             coords[:0] if failed else coords,
-            {
-                "slide_id": slide,
-                "slide_path": str(path),
-                "patch_size": PATCH,
-                "target_mpp": 1.0,
-                "mpp": 1.0,
-                "mpp_source": "sheet",
-                "level": 0,
-                "level_downsample": 1.0,
-                "read_size": PATCH,
-                "step_level0": PATCH,
-                "failed": failed,
-                "error": "cannot open" if failed else "",
-            },
+            level0_tiles_attrs(slide, path, PATCH, error="cannot open" if failed else ""),
         )
         if split == "val":  # a val slide's pixels would make every read fail if it were read
             path.write_bytes(b"not a slide")
@@ -343,3 +330,37 @@ def test_cuda_bf16_epoch(cohort, tmp_path) -> None:  # noqa: ANN001
     )
     assert summary["settings"]["precision"] == "bf16"
     assert all(np.isfinite(summary["losses"]))
+
+
+def test_an_unreadable_training_slide_fails_or_is_skipped(cohort, tmp_path) -> None:  # noqa: ANN001
+    """A train slide whose file breaks after tiling: fail names it; skip pretrains without it,
+    equal to a run whose sheet never had the slide."""
+    import dataclasses
+    import shutil
+
+    broken = dict(cohort)
+    broken["root"] = tmp_path / "cohort"
+    shutil.copytree(cohort["root"], broken["root"])
+    sheet = pd.read_csv(cohort["sheet"], sep="\t")
+    sheet["path"] = [str(broken["root"] / Path(p).name) for p in sheet["path"]]
+    (broken["root"] / "t3.tiff").write_bytes(b"truncated")
+    broken["sheet"] = broken["root"] / "sheet.tsv"
+    sheet.to_csv(broken["sheet"], sep="\t", index=False)
+    broken["tiles"] = sorted((broken["root"] / "tiles").glob("*.h5"))
+
+    with pytest.raises(SlideError, match="slide 't3'"):
+        run(broken, tmp_path / "fail.pt", None)
+
+    skip = dataclasses.replace(SETTINGS, on_slide_error="skip")
+    summary = run(broken, tmp_path / "skip.pt", tmp_path / "ckpt", skip)
+    assert list(summary["skipped_slides"]) == ["t3"] and summary["training_slides"] == 3
+
+    without = dict(broken)
+    without["sheet"] = broken["root"] / "without.tsv"
+    sheet[sheet["slide_id"] != "t3"].to_csv(without["sheet"], sep="\t", index=False)
+    without["tiles"] = [t for t in broken["tiles"] if t.stem != "t3"]
+    run(without, tmp_path / "without.pt", None, skip)
+    skipped, _ = load_encoder_file(tmp_path / "skip.pt")
+    never, _ = load_encoder_file(tmp_path / "without.pt")
+    for name, tensor in never.state_dict().items():
+        assert torch.equal(tensor, skipped.state_dict()[name]), name

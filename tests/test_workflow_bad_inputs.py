@@ -27,8 +27,18 @@ from tests.workflow_runner import REPO, TINY_CONFIG, jobs_run, run, write_config
 pytestmark = pytest.mark.workflow
 
 RUN_FOLDER = "run 'o' \"d\" $(touch PWNED) `touch PWNED` (ü)"
-# Only these may run after an annotation changes: the evaluation sheet, evaluation, the report.
-EVALUATION_RULES = {"eval_sheet", "evaluate", "final", "all"}
+# Only these may run after an annotation changes: the evaluation sheet, evaluation, the report,
+# and the pictures that draw the annotations or patch truth (heatmap outlines, patch ROC, the
+# report's sample of them); nothing that trains.
+EVALUATION_RULES = {
+    "eval_sheet",
+    "evaluate",
+    "final",
+    "all",
+    "figures",
+    "heatmaps",
+    "report_sample",
+}
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +55,7 @@ def odd_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
         "extraction": {**TINY_CONFIG["extraction"], "slides_per_job": 16, "on_slide_error": "skip"},
         "mil": {"epochs": 4, "checkpoint_every": 2},
         "finetune": {**TINY_CONFIG["finetune"], "epochs_per_round": 2, "on_slide_error": "skip"},
+        "pretrain": {**TINY_CONFIG["pretrain"], "on_slide_error": "skip"},
         # The synthesised annotations also outline the tissue.
         "evaluation": {"versus_classes": ["Mimic", "Tissue"]},
     }

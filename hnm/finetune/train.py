@@ -52,7 +52,7 @@ from hnm.finetune.augment import SimCLRAugment
 from hnm.finetune.plan import Pools, StepPlan, plan_epoch, steps_per_epoch
 from hnm.finetune.supcon import supcon_loss
 from hnm.io.h5io import files_by_slide, read_tiles_or_fail, slide_file
-from hnm.io.patches import JpegTileReader, PatchReader, open_patch_reader
+from hnm.io.patches import JpegTileReader, PatchReader, ReadFailure, open_patch_reader
 from hnm.mining.schedule import EncoderSchedule, learning_rate
 from hnm.mining.sets import read_sets
 from hnm.tiling.settings import ON_SLIDE_ERROR
@@ -133,20 +133,6 @@ class StepPatches(torch.utils.data.Dataset):
             except SlideError as error:
                 return ReadFailure(error.slide_id, error.path, error.problem, error.hint)
         return torch.from_numpy(out)
-
-
-@dataclass(frozen=True)
-class ReadFailure:
-    """A slide's read error carried out of a loader process intact (DataLoader would re-raise a
-    SlideError as a RuntimeError without the slide's id)."""
-
-    slide_id: str
-    path: str
-    problem: str
-    hint: str | None
-
-    def error(self) -> SlideError:
-        return SlideError(self.slide_id, self.path, self.problem, self.hint)
 
 
 def open_readers(

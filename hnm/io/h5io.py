@@ -56,6 +56,27 @@ def write_tiles(path: str | os.PathLike[str], coords: np.ndarray, attrs: dict[st
             handle["coords"].attrs[key] = _encode_attr(value)
 
 
+def level0_tiles_attrs(
+    slide_id: str, slide_path: str | os.PathLike[str], patch: int, error: str = ""
+) -> dict[str, Any]:
+    """Tiles attributes of patches read at level 0 of a slide taken as 1 um/px (its sheet's mpp),
+    as benchmarks and tests write them for slides they made; `error` marks a failed slide."""
+    return {
+        "slide_id": slide_id,
+        "slide_path": str(slide_path),
+        "patch_size": patch,
+        "target_mpp": 1.0,
+        "mpp": 1.0,
+        "mpp_source": "sheet",
+        "level": 0,
+        "level_downsample": 1.0,
+        "read_size": patch,
+        "step_level0": patch,
+        "failed": bool(error),
+        "error": error,
+    }
+
+
 def read_tiles(path: str | os.PathLike[str]) -> tuple[np.ndarray, dict[str, Any]]:
     with h5py.File(path, "r") as handle:
         return handle["coords"][:].astype(np.int64), _decode_attrs(handle["coords"].attrs)

@@ -350,3 +350,17 @@ class JpegTileReader(_PatchGrid):
             self._bytes = None
         with self._lock:
             self._cache.clear()
+
+
+@dataclass(frozen=True)
+class ReadFailure:
+    """A slide's read error carried out of a loader process intact (DataLoader would re-raise a
+    SlideError as a RuntimeError without the slide's id)."""
+
+    slide_id: str
+    path: str
+    problem: str
+    hint: str | None
+
+    def error(self) -> SlideError:
+        return SlideError(self.slide_id, self.path, self.problem, self.hint)

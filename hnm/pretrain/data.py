@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from hnm.core.errors import HnmError
+from hnm.core.errors import HnmError, SlideError
 from hnm.io.h5io import read_tiles_or_fail, slide_file
-from hnm.io.patches import JpegTileReader, PatchReader, open_patch_reader
+from hnm.io.patches import JpegTileReader, PatchReader, ReadFailure, open_patch_reader
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +39,20 @@ class TrainingPatches:
         return self.readers[0].patch_size
 
 
-def training_patches(sheet: pd.DataFrame, tiles_files: dict[str, Path]) -> TrainingPatches:
+def training_patches(
+    sheet: pd.DataFrame,
+    tiles_files: dict[str, Path],
+    skipped: dict[str, dict[str, str]] | None = None,
+) -> TrainingPatches:
     """Every patch of the sheet's train slides, read through open_patch_reader like fine-tuning.
 
     Slides whose tiling failed (kept in the run by tiling.on_slide_error: skip) have no patches and
-    are left out with a log line; a train slide without a tiles file among the inputs is an error,
+    are left out with a log line. `skipped` (given in on_slide_error skip mode) holds the slides
+    already found unreadable, which are left out, and gets those that cannot be opened now; without
+    it such a slide is an error. A train slide without a tiles file among the inputs is an error,
     since the workflow passes exactly the train slides' files.
     """
-    train = sheet[sheet["split"] == "train"]
+    train = sheet[(sheet["split"] == "train") & ~sheet["slide_id"].isin(set(skipped or {}))]
     slides: list[str] = []
     rows: list[np.ndarray] = []
     readers: list[Reader] = []
@@ -62,7 +68,14 @@ def training_patches(sheet: pd.DataFrame, tiles_files: dict[str, Path]) -> Train
             continue
         # exact=True, as in fine-tuning: the JPEG-tile reader only where it gives openslide's
         # pixels bit for bit. No tile cache: batches sample all slides at random.
-        readers.append(open_patch_reader(path, coords, attrs, slide, cache_mb=0, exact=True))
+        try:
+            reader = open_patch_reader(path, coords, attrs, slide, cache_mb=0, exact=True)
+        except SlideError as error:
+            if skipped is None:
+                raise
+            skip_slide(skipped, error)
+            continue
+        readers.append(reader)
         rows.append(np.stack([np.full(len(coords), len(slides)), np.arange(len(coords))], axis=1))
         slides.append(slide)
     if not slides:
@@ -71,6 +84,17 @@ def training_patches(sheet: pd.DataFrame, tiles_files: dict[str, Path]) -> Train
     if len(sizes) > 1:
         raise HnmError(f"tiles files disagree on patch_size ({sizes}); tile all slides alike")
     return TrainingPatches(slides, np.concatenate(rows).astype(np.int64), readers)
+
+
+def skip_slide(skipped: dict[str, dict[str, str]], error: SlideError) -> None:
+    """Record an unreadable slide (on_slide_error: skip); the same slide twice means the error is
+    not the slide's, so it is raised."""
+    if error.slide_id in skipped:
+        raise error
+    skipped[error.slide_id] = {"path": str(error.path), "error": error.problem}
+    log.error(
+        "%s: %s; on_slide_error=skip: pretraining goes on without it", error.slide_id, error.problem
+    )
 
 
 def plan_epoch(
@@ -111,11 +135,14 @@ class BatchPatches(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.batches)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def __getitem__(self, index: int) -> torch.Tensor | ReadFailure:
         rows = self.batches[index]
         out = np.empty((len(rows), self.size, self.size, 3), dtype=np.uint8)
         for code in np.unique(rows[:, 0]):
             where = np.flatnonzero(rows[:, 0] == code)
             where = where[np.argsort(rows[where, 1], kind="stable")]
-            out[where] = self.readers[code].read(rows[where, 1])
+            try:
+                out[where] = self.readers[code].read(rows[where, 1])
+            except SlideError as error:
+                return ReadFailure(error.slide_id, error.path, error.problem, error.hint)
         return torch.from_numpy(out)

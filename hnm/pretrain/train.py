@@ -21,10 +21,11 @@ epoch and, on the CPU, ends with the same weights as an uninterrupted run.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -33,6 +34,7 @@ import torch
 
 from hnm.core.checkpoint import Checkpointer, file_digest, fingerprint
 from hnm.core.device import PRECISIONS, resolve_precision
+from hnm.core.errors import SlideError
 from hnm.core.progress import Progress
 from hnm.core.settings import StageSettings, setting
 from hnm.core.threads import torch_threads, usable_cores
@@ -40,9 +42,17 @@ from hnm.encoders.model_file import load_encoder_file, save_encoder_file
 from hnm.finetune.augment import SimCLRAugment
 from hnm.finetune.train import batch_loader, make_views
 from hnm.io.h5io import files_by_slide
+from hnm.io.patches import ReadFailure
 from hnm.mining.schedule import learning_rate
-from hnm.pretrain.data import BatchPatches, TrainingPatches, plan_epoch, training_patches
+from hnm.pretrain.data import (
+    BatchPatches,
+    TrainingPatches,
+    plan_epoch,
+    skip_slide,
+    training_patches,
+)
 from hnm.pretrain.ntxent import nt_xent_loss
+from hnm.tiling.settings import ON_SLIDE_ERROR
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +90,12 @@ class PretrainSettings(StageSettings):
         0, "cap on steps per epoch (0: no cap; for smoke tests)", minimum=0
     )
     workers: int = setting(1, "patch-reading processes", minimum=0)
+    on_slide_error: str = setting(
+        "fail",
+        "a training slide whose pixels cannot be read: fail the job, or skip (pretrain without it; "
+        "the epoch it failed in starts again from that epoch's starting weights)",
+        choices=ON_SLIDE_ERROR,
+    )
     precision: str = setting(
         "auto", "auto: bf16 autocast on CUDA, fp32 on the CPU", choices=PRECISIONS
     )
@@ -116,6 +132,8 @@ def train_epoch(
         steps, f"pretrain epoch {epoch + 1}/{settings.epochs}", log, unit="steps"
     ) as progress:
         for step, patches in zip(range(steps), batches):
+            if isinstance(patches, ReadFailure):
+                raise patches.error()
             lr = learning_rate(
                 epoch + step / steps, settings.lr, settings.cosine_after, settings.epochs
             )
@@ -154,6 +172,63 @@ def _inputs_fingerprint(
     )
 
 
+def _epochs(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    augment: SimCLRAugment,
+    pool: TrainingPatches,
+    done: int,
+    settings: PretrainSettings,
+    device: torch.device,
+    precision: str,
+    timing: dict[str, list[float]],
+) -> Iterator[int]:
+    """Train the epochs after `done` through ONE loader (reading runs ahead across epoch ends),
+    yielding the count done after each so the caller can checkpoint."""
+    plans = {
+        epoch: plan_epoch(
+            len(pool.rows),
+            epoch,
+            settings.seed,
+            settings.batch_size,
+            settings.max_patches_per_epoch,
+            settings.max_steps_per_epoch,
+        )
+        for epoch in range(done, settings.epochs)
+    }
+    batches = iter(
+        batch_loader(
+            BatchPatches([b for steps in plans.values() for b in steps], pool),
+            settings.workers,
+            device,
+        )
+    )
+    for epoch, steps in plans.items():
+        started, cpu_started = time.perf_counter(), time.process_time()
+        loss = train_epoch(
+            model, optimizer, augment, batches, len(steps), epoch, settings, device, precision
+        )
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - started
+        patches = sum(len(b) for b in steps)
+        timing["epoch_seconds"].append(seconds)
+        timing["epoch_cpu_seconds"].append(time.process_time() - cpu_started)
+        timing["losses"].append(loss)
+        timing["patches"].append(patches)
+        log.info(
+            "pretrain epoch %d/%d: %d steps, loss %.4f, lr %.6f, %.1f s, %.1f patches/s",
+            epoch + 1,
+            settings.epochs,
+            len(steps),
+            loss,
+            optimizer.param_groups[0]["lr"],
+            seconds,
+            patches / seconds if seconds else float("nan"),
+        )
+        yield epoch + 1
+
+
 def pretrain(
     sheet: pd.DataFrame,
     tiles: Iterable[str | os.PathLike[str]],
@@ -188,7 +263,10 @@ def _pretrain(
     on_epoch_end: Callable[[int], None] | None,
 ) -> dict[str, Any]:
     tiles_files = files_by_slide(tiles, "tiles")
-    pool = training_patches(sheet, tiles_files)
+    skip = settings.on_slide_error == "skip"
+    # slide -> path and reason, for the slides on_slide_error: skip left out
+    skipped: dict[str, dict[str, str]] = {}
+    pool = training_patches(sheet, tiles_files, skipped if skip else None)
     model, meta = load_encoder_file(encoder_in, device)
     precision = resolve_precision(settings.precision, device)
     if precision == "bf16" and device.type == "cpu":
@@ -212,83 +290,63 @@ def _pretrain(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         done, timing = state["done"], state["timing"]
+        if state.get("skipped", {}).keys() - skipped.keys():
+            skipped = dict(state["skipped"])
+            pool = training_patches(sheet, tiles_files, skipped)
         log.info("resuming from epoch %d of %d", done, settings.epochs)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
     augment = SimCLRAugment(pool.patch_size, meta.mean, meta.std)
-    plans = {
-        epoch: plan_epoch(
-            len(pool.rows),
-            epoch,
-            settings.seed,
-            settings.batch_size,
-            settings.max_patches_per_epoch,
-            settings.max_steps_per_epoch,
-        )
-        for epoch in range(done, settings.epochs)
-    }
     log.info(
         "pretraining %s (SimCLR, NT-Xent T=%g) for %d epoch(s) on %d patches of %d training "
-        "slide(s): %s steps/epoch of batch %d; device %s, %s, %d loader worker(s)",
+        "slide(s), batch %d; device %s, %s, %d loader worker(s)",
         meta.arch,
         settings.temperature,
         settings.epochs,
         len(pool.rows),
         len(pool.slides),
-        len(next(iter(plans.values()), [])),
         settings.batch_size,
         device,
         precision,
         settings.workers,
     )
-    # One loader over every remaining epoch's batches, so reading runs ahead across epoch ends.
-    batches = iter(
-        batch_loader(
-            BatchPatches([b for steps in plans.values() for b in steps], pool),
-            settings.workers,
-            device,
-        )
-    )
-    for epoch, steps in plans.items():
-        started, cpu_started = time.perf_counter(), time.process_time()
-        loss = train_epoch(
-            model, optimizer, augment, batches, len(steps), epoch, settings, device, precision
-        )
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - started
-        patches = sum(len(b) for b in steps)
-        timing["epoch_seconds"].append(seconds)
-        timing["epoch_cpu_seconds"].append(time.process_time() - cpu_started)
-        timing["losses"].append(loss)
-        timing["patches"].append(patches)
-        log.info(
-            "pretrain epoch %d/%d: %d steps, loss %.4f, lr %.6f, %.1f s, %.1f patches/s",
-            epoch + 1,
-            settings.epochs,
-            len(steps),
-            loss,
-            optimizer.param_groups[0]["lr"],
-            seconds,
-            patches / seconds if seconds else float("nan"),
-        )
-        checkpointer.save(
-            {
-                "epoch": epoch + 1,
-                "done": epoch + 1,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "timing": timing,
-            }
-        )
-        if on_epoch_end is not None:
-            on_epoch_end(epoch + 1)
+    while done < settings.epochs:
+        # The weights this epoch starts from: an epoch that meets an unreadable slide starts again
+        # from them without that slide (skip), as a run that never had the slide would.
+        before = copy.deepcopy((model.state_dict(), optimizer.state_dict()))
+        try:
+            for finished in _epochs(
+                model, optimizer, augment, pool, done, settings, device, precision, timing
+            ):
+                done = finished
+                checkpointer.save(
+                    {
+                        "epoch": done,
+                        "done": done,
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "timing": timing,
+                        "skipped": skipped,
+                    }
+                )
+                if on_epoch_end is not None:
+                    on_epoch_end(done)
+                before = copy.deepcopy((model.state_dict(), optimizer.state_dict()))
+        except SlideError as error:
+            if not skip:
+                raise
+            model.load_state_dict(before[0])
+            optimizer.load_state_dict(before[1])
+            skip_slide(skipped, error)
+            log.info("epoch %d starts again without %s", done + 1, error.slide_id)
+            pool = training_patches(sheet, tiles_files, skipped)
     summary = {
         **timing,
         "epochs": settings.epochs,
         "training_slides": len(pool.slides),
         "training_patches": int(len(pool.rows)),
+        "skipped_slides": skipped,
         "initial_source": meta.source,
         "settings": {**asdict(settings), "precision": precision},
     }
