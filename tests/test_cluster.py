@@ -43,7 +43,7 @@ COPIED = ("Snakefile", "rules", "envs", "workflow", "config", "hnm", ".test")
 PROFILE = "workflow/profiles/ci-slurm"
 # A cohort small enough for 2 cores: 6 slides of 1024 px, one hard-negative round, few epochs.
 OVERRIDE = ".test/config/cluster.yaml"
-GPU_RULES = {"extract", "train_mil", "finetune"}
+GPU_RULES = {"pretrain", "extract", "train_mil", "finetune"}
 RUN_LIMIT_S = 420  # per snakemake invocation; SIGINT then, SIGKILL 30 s later
 
 # The furthest target that works end to end (see the report for the state of the stages).
