@@ -14,6 +14,7 @@ FINAL_COLUMNS = (
     ("test_patch_auc_vs_mimic", "tumor vs mimic patch AUC"),
     ("test_slide_auc", "test slide AUC"),
     ("test_accuracy", "test accuracy"),
+    ("finetune_steps_total", "fine-tuning steps (all rounds)"),
     ("finetune_seconds_total", "fine-tuning s (all rounds)"),
 )
 MINING_COLUMNS = (
@@ -60,7 +61,7 @@ def write_summary(
     last = table.groupby("method", sort=False).tail(1)
     rows = []
     for record in last.to_dict("records"):
-        digits = [0 if name == "finetune_seconds_total" else 3 for name, _ in FINAL_COLUMNS]
+        digits = [0 if name.startswith("finetune") else 3 for name, _ in FINAL_COLUMNS]
         rows.append(
             [f"{record['method']} (round {int(record['round'])})"]
             + [

@@ -36,6 +36,7 @@ METRICS = (
     "test_patch_auc_vs_mimic",
     "val_patch_auc",
     "finetune_seconds_total",
+    "finetune_steps_total",
     "pseudo_positive_tumor_share",
     "curriculum_tumor_share",
     "hard_negative_mimic_share",
@@ -106,11 +107,12 @@ def run_rows(results: Path, method: str, seed: int, truth: PatchTruth) -> list[d
     """One row per round of one finished run."""
     rounds = pd.read_csv(results / "final" / "rounds.csv")
     rows = []
-    total = 0.0
+    total, steps = 0.0, 0
     for record in rounds.to_dict("records"):
         round_ = int(record["round"])
         seconds = _finetune_seconds(results, round_)
         total += seconds
+        steps += _finetune_steps(results, round_)
         row = {
             "method": method,
             "seed": seed,
@@ -118,6 +120,7 @@ def run_rows(results: Path, method: str, seed: int, truth: PatchTruth) -> list[d
         }
         row["finetune_seconds"] = seconds
         row["finetune_seconds_total"] = total
+        row["finetune_steps_total"] = steps
         row.update(_mining_row(results, round_, truth))
         rows.append(row)
     return rows
@@ -129,6 +132,20 @@ def _finetune_seconds(results: Path, round_: int) -> float:
         return 0.0
     benchmark = results / "benchmarks" / f"r{round_}" / "finetune.tsv"
     return float(pd.read_csv(benchmark, sep="\t")["s"].iloc[0])
+
+
+def _finetune_steps(results: Path, round_: int) -> int:
+    """SupCon steps of the fine-tuning that made round `round_`'s encoder: the work, which unlike
+    the wall time does not depend on what else the machine was doing."""
+    if round_ == 0:
+        return 0
+    import torch
+
+    saved = torch.load(
+        results / f"r{round_}" / "encoder.pt", map_location="cpu", weights_only=False
+    )
+    extra = saved.get("extra") or {}
+    return int(extra.get("steps_per_epoch", 0)) * len(extra.get("losses") or [])
 
 
 def _mining_row(results: Path, round_: int, truth: PatchTruth) -> dict[str, Any]:
