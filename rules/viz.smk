@@ -5,7 +5,7 @@
 
 rule heatmaps:
     input:
-        sheet="results/sheet.tsv",
+        sheet="results/sheet_eval.tsv",  # with the annotations: outlines, patch truth
         predictions="results/final/predictions.csv",
         scores=FINAL_SCORES,
         tiles=tiles(EVAL_SLIDES),
@@ -51,7 +51,7 @@ rule qupath:
 
 rule mined:
     input:
-        sheet="results/sheet.tsv",
+        sheet="results/sheet_eval.tsv",  # with the annotations: outlines, patch truth
         sets="results/r{round}/mining/sets.parquet",
         tiles=tiles(TRAIN_SLIDES),
         slides=[slide_file(s) for s in TRAIN_SLIDES],
@@ -91,7 +91,7 @@ rule mined:
 
 rule figures:
     input:
-        sheet="results/sheet.tsv",
+        sheet="results/sheet_eval.tsv",  # with the annotations: outlines, patch truth
         predictions="results/final/predictions.csv",
         finetune="results/final/finetune_epochs.csv",
         mil_metrics=expand("results/r{round}/mil/metrics.json", round=range(ROUNDS + 1)),
@@ -131,7 +131,7 @@ rule figures:
 
 rule report_sample:
     input:
-        sheet="results/sheet.tsv",
+        sheet="results/sheet_eval.tsv",  # with the annotations: outlines, patch truth
         predictions="results/final/predictions.csv",
         metrics="results/final/metrics.json",
         rounds="results/final/rounds.csv",
