@@ -29,30 +29,34 @@ results/qc/failed_slides.tsv names it and the reason.
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 
 from hnm.core.checkpoint import Checkpointer, file_digest, fingerprint
 from hnm.core.device import PRECISIONS, resolve_precision
-from hnm.core.errors import HnmError, SlideError
+from hnm.core.errors import SlideError
 from hnm.core.progress import Progress
+from hnm.core.restart import train_skipping_bad_slides
 from hnm.core.settings import setting
 from hnm.encoders.model_file import load_encoder_file, save_encoder_file
 from hnm.finetune.augment import SimCLRAugment
 from hnm.finetune.plan import Pools, StepPlan, plan_epoch, steps_per_epoch
+from hnm.finetune.reading import (
+    StepPatches,
+    batch_loader,
+    skip_slide,
+    usable_pools,
+)
 from hnm.finetune.supcon import supcon_loss
-from hnm.io.h5io import files_by_slide, read_tiles_or_fail, slide_file
-from hnm.io.patches import JpegTileReader, PatchReader, ReadFailure, open_patch_reader
+from hnm.io.h5io import files_by_slide
+from hnm.io.patches import JpegTileReader, PatchReader, ReadFailure
 from hnm.mining.schedule import EncoderSchedule, learning_rate
 from hnm.mining.sets import read_sets
 from hnm.tiling.settings import ON_SLIDE_ERROR
@@ -102,94 +106,6 @@ class FinetuneSettings(EncoderSchedule):
     def epochs(self) -> int:
         """Epochs one fine-tuning job trains: one round's."""
         return self.epochs_per_round
-
-
-# ---------------------------------------------------------------------------------------- reading
-
-
-class StepPatches(torch.utils.data.Dataset):
-    """Dataset of steps: item i = uint8 patches (n, P, P, 3) of plan i, read slide by slide.
-
-    Readers are opened lazily inside each loader process and stay open for the whole round.
-    """
-
-    def __init__(self, plans: list[StepPlan], readers: list[PatchReader | JpegTileReader]) -> None:
-        self.plans = plans
-        self.readers = readers
-
-    def __len__(self) -> int:
-        return len(self.plans)
-
-    def __getitem__(self, index: int) -> torch.Tensor | ReadFailure:
-        rows = self.plans[index].rows
-        size = self.readers[0].patch_size
-        out = np.empty((len(rows), size, size, 3), dtype=np.uint8)
-        for code in np.unique(rows[:, 0]):
-            where = np.flatnonzero(rows[:, 0] == code)
-            order = np.argsort(rows[where, 1], kind="stable")  # nearby patches read together
-            reader = self.readers[code]
-            try:
-                out[where[order]] = reader.read(rows[where[order], 1])
-            except SlideError as error:
-                return ReadFailure(error.slide_id, error.path, error.problem, error.hint)
-        return torch.from_numpy(out)
-
-
-def open_readers(
-    slides: list[str], sheet: pd.DataFrame, tiles_files: dict[str, Path], sets: pd.DataFrame
-) -> list[PatchReader | JpegTileReader]:
-    """One patch reader per slide of the sets, checked against the sheet and its tiles file.
-
-    The readers come from open_patch_reader, like extraction's: JPEG tiles where the slide allows,
-    and (exact) only where they give openslide's pixels bit for bit, so a round trains on the same
-    pixels whichever reader it gets. They keep no decoded tiles between reads: steps sample the
-    whole slide at random, so a cache would rarely hit and, per slide and loader process, would
-    add up.
-    """
-    paths = sheet.set_index("slide_id")["path"].to_dict()
-    largest = sets.groupby("slide_id")["idx"].max().to_dict()
-    readers = []
-    sizes = set()
-    for slide in slides:
-        if slide not in paths:
-            raise HnmError(f"slide '{slide}' is in the sets file but not in the sheet")
-        tiles = slide_file(tiles_files, slide, "tiles")
-        coords, attrs = read_tiles_or_fail(tiles)
-        if attrs.get("failed"):
-            raise HnmError(
-                f"slide '{slide}' is marked failed in {tiles} ({attrs.get('error')}) but has mined "
-                "patches; the sets do not match the tiles (re-run mining)"
-            )
-        if largest[slide] >= len(coords):
-            raise HnmError(
-                f"sets name patch {largest[slide]} of slide '{slide}', but {tiles} has "
-                f"{len(coords)} patches; the sets come from another tiling (re-run the round)"
-            )
-        reader = open_patch_reader(paths[slide], coords, attrs, slide, cache_mb=0, exact=True)
-        sizes.add(reader.patch_size)
-        readers.append(reader)
-    if len(sizes) > 1:
-        raise HnmError(
-            f"tiles files disagree on patch_size ({sorted(sizes)}); tile all slides alike"
-        )
-    return readers
-
-
-def batch_loader(
-    dataset: torch.utils.data.Dataset, workers: int, device: torch.device
-) -> torch.utils.data.DataLoader:
-    """A loader over a dataset whose items are whole batches (fine-tuning steps, pretraining
-    batches): the dataset batches, the workers only read ahead."""
-    return torch.utils.data.DataLoader(
-        dataset,
-        batch_size=None,
-        shuffle=False,
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-        # Two steps queued per worker: enough to hide reading, and one step (both updates, about
-        # 1,000 patches at 224 px) is about 150 MB of shared memory.
-        prefetch_factor=2 if workers else None,
-    )
 
 
 # --------------------------------------------------------------------------------------- training
@@ -405,35 +321,38 @@ def finetune(
         workers,
     )
     run = EpochRun(model, optimizer, augment, settings, start_epoch, device, precision, workers)
-    while done < settings.epochs:
-        # The weights this epoch starts from: an epoch that meets an unreadable slide starts again
-        # from them without that slide (skip), as a run that never had the slide would.
-        before = copy.deepcopy((model.state_dict(), optimizer.state_dict()))
-        try:
-            for finished in run.epochs(pools, readers, done, timing):
-                done = finished
-                checkpointer.save(
-                    {
-                        "epoch": start_epoch + done,
-                        "done": done,
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "timing": timing,
-                        "skipped": skipped,
-                    }
-                )
-                if on_epoch_end is not None:
-                    on_epoch_end(done)
-                before = copy.deepcopy((model.state_dict(), optimizer.state_dict()))
-        except SlideError as error:
-            if not skip:
-                raise
-            model.load_state_dict(before[0])
-            optimizer.load_state_dict(before[1])
-            _skip_slide(skipped, error, start_epoch + done)
-            pools, readers = usable_pools(
-                all_sets, str(sets_path), sheet, tiles_files, skipped, skip
-            )
+    state = {"pools": pools, "readers": readers}
+
+    def finished(count: int) -> None:
+        checkpointer.save(
+            {
+                "epoch": start_epoch + count,
+                "done": count,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "timing": timing,
+                "skipped": skipped,
+            }
+        )
+        if on_epoch_end is not None:
+            on_epoch_end(count)
+
+    def forget(error: SlideError, count: int) -> None:
+        skip_slide(skipped, error, start_epoch + count)
+        state["pools"], state["readers"] = usable_pools(
+            all_sets, str(sets_path), sheet, tiles_files, skipped, skip
+        )
+
+    train_skipping_bad_slides(
+        model,
+        optimizer,
+        done,
+        settings.epochs,
+        lambda count: run.epochs(state["pools"], state["readers"], count, timing),
+        finished,
+        forget if skip else None,
+    )
+    pools = state["pools"]
     end_epoch = start_epoch + settings.epochs
     extra = {
         **timing,
@@ -465,41 +384,6 @@ def finetune(
         ", ".join(f"{s:.1f}" for s in timing["epoch_seconds"]),
     )
     return extra
-
-
-def usable_pools(
-    sets: pd.DataFrame,
-    sets_path: str,
-    sheet: pd.DataFrame,
-    tiles_files: dict[str, Path],
-    skipped: dict[str, dict[str, str]],
-    skip: bool,
-) -> tuple[Pools, list[PatchReader | JpegTileReader]]:
-    """Pools and readers of the sets' slides but the skipped ones; with `skip`, a slide that
-    cannot even be opened joins them."""
-    while True:
-        kept = sets[~sets["slide_id"].isin(list(skipped))]
-        pools = Pools.from_sets(kept, sets_path)
-        try:
-            return pools, open_readers(pools.slides, sheet, tiles_files, kept)
-        except SlideError as error:
-            if not skip:
-                raise
-            _skip_slide(skipped, error, None)
-
-
-def _skip_slide(
-    skipped: dict[str, dict[str, str]], error: SlideError, global_epoch: int | None
-) -> None:
-    if error.slide_id in skipped:  # the same slide twice: the error is not the slide's
-        raise error
-    skipped[error.slide_id] = {"path": os.fspath(error.path), "error": error.problem}
-    log.error(
-        "%s: %s; on_slide_error=skip: its patches leave this round's sets%s",
-        error.slide_id,
-        error.problem,
-        "" if global_epoch is None else f" and epoch {global_epoch} starts again without them",
-    )
 
 
 @dataclass

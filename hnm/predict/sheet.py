@@ -15,13 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from hnm.core.errors import SheetError
-from hnm.io.sheet import (
-    SAFE_ID,
-    _check_same_file,
-    _parse_mpp,
-    _resolve,
-    read_table,
-)
+from hnm.io.sheet import _parse_mpp, check_id_and_file, read_table
 
 REQUIRED_COLUMNS = ("slide_id", "path")
 NEW_SPLIT = "new"  # the split value of every predicted slide in the normalised copy
@@ -52,24 +46,9 @@ def validate_new_slides(path: str | os.PathLike[str], check_files: bool = True) 
     seen_files: dict[tuple[int, int], str] = {}
     for position, record in enumerate(table.to_dict("records")):
         line = position + 2  # the header is line 1
-        slide_id = record["slide_id"]
-        where = f"row {line} (slide_id '{slide_id}')"
-        if not SAFE_ID.match(slide_id):
-            problems.append(
-                f"{where}: slide_id must be 1-128 letters, digits, '.', '_' or '-' and start with a "
-                "letter or digit (no path separators or spaces), since it names output files"
-            )
-        elif slide_id in seen:
-            problems.append(f"{where}: duplicate slide_id, first used in row {seen[slide_id]}")
-        else:
-            seen[slide_id] = line
-        slide_path = _resolve(record["path"], base)
-        if not record["path"]:
-            problems.append(f"{where}: empty path")
-        elif check_files and not slide_path.is_file():
-            problems.append(f"{where}: slide file not found: {slide_path}")
-        elif check_files:
-            _check_same_file(slide_path, where, seen_files, problems)
+        slide_id, where, slide_path = check_id_and_file(
+            record, line, base, seen, seen_files, problems, check_files
+        )
         rows.append(
             {
                 "slide_id": slide_id,

@@ -21,7 +21,6 @@ epoch and, on the CPU, ends with the same weights as an uninterrupted run.
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import time
@@ -36,11 +35,13 @@ from hnm.core.checkpoint import Checkpointer, file_digest, fingerprint
 from hnm.core.device import PRECISIONS, resolve_precision
 from hnm.core.errors import SlideError
 from hnm.core.progress import Progress
+from hnm.core.restart import train_skipping_bad_slides
 from hnm.core.settings import StageSettings, setting
 from hnm.core.threads import torch_threads, usable_cores
 from hnm.encoders.model_file import load_encoder_file, save_encoder_file
 from hnm.finetune.augment import SimCLRAugment
-from hnm.finetune.train import batch_loader, make_views
+from hnm.finetune.reading import batch_loader
+from hnm.finetune.train import make_views
 from hnm.io.h5io import files_by_slide
 from hnm.io.patches import ReadFailure
 from hnm.mining.schedule import learning_rate
@@ -311,36 +312,39 @@ def _pretrain(
         precision,
         settings.workers,
     )
-    while done < settings.epochs:
-        # The weights this epoch starts from: an epoch that meets an unreadable slide starts again
-        # from them without that slide (skip), as a run that never had the slide would.
-        before = copy.deepcopy((model.state_dict(), optimizer.state_dict()))
-        try:
-            for finished in _epochs(
-                model, optimizer, augment, pool, done, settings, device, precision, timing
-            ):
-                done = finished
-                checkpointer.save(
-                    {
-                        "epoch": done,
-                        "done": done,
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "timing": timing,
-                        "skipped": skipped,
-                    }
-                )
-                if on_epoch_end is not None:
-                    on_epoch_end(done)
-                before = copy.deepcopy((model.state_dict(), optimizer.state_dict()))
-        except SlideError as error:
-            if not skip:
-                raise
-            model.load_state_dict(before[0])
-            optimizer.load_state_dict(before[1])
-            skip_slide(skipped, error)
-            log.info("epoch %d starts again without %s", done + 1, error.slide_id)
-            pool = training_patches(sheet, tiles_files, skipped)
+    state = {"pool": pool}
+
+    def finished(count: int) -> None:
+        checkpointer.save(
+            {
+                "epoch": count,
+                "done": count,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "timing": timing,
+                "skipped": skipped,
+            }
+        )
+        if on_epoch_end is not None:
+            on_epoch_end(count)
+
+    def forget(error: SlideError, count: int) -> None:
+        skip_slide(skipped, error)
+        log.info("epoch %d starts again without %s", count + 1, error.slide_id)
+        state["pool"] = training_patches(sheet, tiles_files, skipped)
+
+    train_skipping_bad_slides(
+        model,
+        optimizer,
+        done,
+        settings.epochs,
+        lambda count: _epochs(
+            model, optimizer, augment, state["pool"], count, settings, device, precision, timing
+        ),
+        finished,
+        forget if skip else None,
+    )
+    pool = state["pool"]
     summary = {
         **timing,
         "epochs": settings.epochs,
