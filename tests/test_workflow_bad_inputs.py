@@ -29,7 +29,7 @@ pytestmark = pytest.mark.workflow
 RUN_FOLDER = "run 'o' \"d\" $(touch PWNED) `touch PWNED` (ü)"
 # Only these may run after an annotation changes: the evaluation sheet, evaluation, the report,
 # and the pictures that draw the annotations or patch truth (heatmap outlines, patch ROC, the
-# report's sample of them); nothing that trains.
+# galleries' tumor/mimic marks, the report's sample of them); nothing that trains.
 EVALUATION_RULES = {
     "eval_sheet",
     "evaluate",
@@ -37,6 +37,7 @@ EVALUATION_RULES = {
     "all",
     "figures",
     "heatmaps",
+    "mined",
     "report_sample",
 }
 
