@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 
+from hnm.core.checkpoint import Checkpointer
 from hnm.core.errors import SlideError
 
 
@@ -22,18 +24,33 @@ def train_skipping_bad_slides(
     done: int,
     total: int,
     epochs: Callable[[int], Iterator[int]],
-    finished: Callable[[int], None],
+    checkpointer: Checkpointer,
+    record: dict[str, Any],
     skip_slide: Callable[[SlideError, int], None] | None,
+    epoch_offset: int = 0,
+    on_epoch_end: Callable[[int], None] | None = None,
 ) -> int:
     """Run `epochs(done)` (a generator yielding the count done after each epoch) until `total`
-    are done; `finished(count)` after each (checkpointing); `skip_slide(error, done)` forgets a
-    slide before its epoch starts again, or is None to let the error end the job."""
+    are done. After each, the checkpoint holds the model, the optimizer, the count done, the
+    encoder's epoch (`epoch_offset` + count) and `record` (the caller's live timing and skipped
+    slides), then `on_epoch_end(count)` runs. `skip_slide(error, done)` forgets a slide before its
+    epoch starts again, or is None to let the error end the job."""
     while done < total:
         before = copy.deepcopy((model.state_dict(), optimizer.state_dict()))
         try:
             for count in epochs(done):
                 done = count
-                finished(done)
+                checkpointer.save(
+                    {
+                        "epoch": epoch_offset + done,
+                        "done": done,
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        **record,
+                    }
+                )
+                if on_epoch_end is not None:
+                    on_epoch_end(done)
                 before = copy.deepcopy((model.state_dict(), optimizer.state_dict()))
         except SlideError as error:
             if skip_slide is None:

@@ -323,20 +323,6 @@ def finetune(
     run = EpochRun(model, optimizer, augment, settings, start_epoch, device, precision, workers)
     state = {"pools": pools, "readers": readers}
 
-    def finished(count: int) -> None:
-        checkpointer.save(
-            {
-                "epoch": start_epoch + count,
-                "done": count,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "timing": timing,
-                "skipped": skipped,
-            }
-        )
-        if on_epoch_end is not None:
-            on_epoch_end(count)
-
     def forget(error: SlideError, count: int) -> None:
         skip_slide(skipped, error, start_epoch + count)
         state["pools"], state["readers"] = usable_pools(
@@ -349,8 +335,11 @@ def finetune(
         done,
         settings.epochs,
         lambda count: run.epochs(state["pools"], state["readers"], count, timing),
-        finished,
+        checkpointer,
+        {"timing": timing, "skipped": skipped},
         forget if skip else None,
+        epoch_offset=start_epoch,
+        on_epoch_end=on_epoch_end,
     )
     pools = state["pools"]
     end_epoch = start_epoch + settings.epochs

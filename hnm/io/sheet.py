@@ -148,15 +148,11 @@ def normalise(
         )
     if table.empty:
         raise SheetError(source, ["the sheet has no rows"])
-    problems: list[str] = []
+    rows_checked = RowChecker(base, check_files)
+    problems = rows_checked.problems
     rows = []
-    seen: dict[str, int] = {}
-    seen_files: dict[tuple[int, int], str] = {}
     for position, record in enumerate(table.to_dict("records")):
-        line = position + 2  # the header is line 1
-        slide_id, where, slide_path = check_id_and_file(
-            record, line, base, seen, seen_files, problems, check_files
-        )
+        slide_id, where, slide_path = rows_checked.check(record, position)
         label = label_map.get(record["label"].lower())
         if label is None:
             problems.append(
@@ -216,37 +212,42 @@ def _separator_hint(columns: list[str]) -> str:
     return ""
 
 
-def check_id_and_file(
-    record: dict[str, str],
-    line: int,
-    base: Path,
-    seen: dict[str, int],
-    seen_files: dict[tuple[int, int], str],
-    problems: list[str],
-    check_files: bool,
-) -> tuple[str, str, Path]:
+class RowChecker:
     """The checks every sheet row gets (training sheets and sheets of new slides): a safe, unique
-    slide_id and a path to an existing file not listed under another id. Problems are appended;
-    returns (slide_id, the row's name in messages, the resolved path)."""
-    slide_id = record["slide_id"]
-    where = f"row {line} (slide_id '{slide_id}')"
-    if not SAFE_ID.match(slide_id):
-        problems.append(
-            f"{where}: slide_id must be 1-128 letters, digits, '.', '_' or '-' and start with a "
-            "letter or digit (no path separators or spaces), since it names output files"
-        )
-    elif slide_id in seen:
-        problems.append(f"{where}: duplicate slide_id, first used in row {seen[slide_id]}")
-    else:
-        seen[slide_id] = line
-    slide_path = _resolve(record["path"], base)
-    if not record["path"]:
-        problems.append(f"{where}: empty path")
-    elif check_files and not slide_path.is_file():
-        problems.append(f"{where}: slide file not found: {slide_path}")
-    elif check_files:
-        _check_same_file(slide_path, where, seen_files, problems)
-    return slide_id, where, slide_path
+    slide_id and a path to an existing file not listed under another id. It remembers the ids and
+    files seen so far; problems are appended to `problems`."""
+
+    def __init__(self, base: Path, check_files: bool) -> None:
+        self.base = base
+        self.check_files = check_files
+        self.problems: list[str] = []
+        self.seen: dict[str, int] = {}
+        self.seen_files: dict[tuple[int, int], str] = {}
+
+    def check(self, record: dict[str, str], position: int) -> tuple[str, str, Path]:
+        """(slide_id, the row's name in messages, the resolved path) of the row at `position`."""
+        line = position + 2  # the header is line 1
+        slide_id = record["slide_id"]
+        where = f"row {line} (slide_id '{slide_id}')"
+        if not SAFE_ID.match(slide_id):
+            self.problems.append(
+                f"{where}: slide_id must be 1-128 letters, digits, '.', '_' or '-' and start with "
+                "a letter or digit (no path separators or spaces), since it names output files"
+            )
+        elif slide_id in self.seen:
+            self.problems.append(
+                f"{where}: duplicate slide_id, first used in row {self.seen[slide_id]}"
+            )
+        else:
+            self.seen[slide_id] = line
+        slide_path = _resolve(record["path"], self.base)
+        if not record["path"]:
+            self.problems.append(f"{where}: empty path")
+        elif self.check_files and not slide_path.is_file():
+            self.problems.append(f"{where}: slide file not found: {slide_path}")
+        elif self.check_files:
+            _check_same_file(slide_path, where, self.seen_files, self.problems)
+        return slide_id, where, slide_path
 
 
 def _check_same_file(

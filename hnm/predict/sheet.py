@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from hnm.core.errors import SheetError
-from hnm.io.sheet import _parse_mpp, check_id_and_file, read_table
+from hnm.io.sheet import RowChecker, _parse_mpp, read_table
 
 REQUIRED_COLUMNS = ("slide_id", "path")
 NEW_SPLIT = "new"  # the split value of every predicted slide in the normalised copy
@@ -40,15 +40,11 @@ def validate_new_slides(path: str | os.PathLike[str], check_files: bool = True) 
     if table.empty:
         raise SheetError(source, ["the sheet has no rows"])
     base = path.resolve().parent
-    problems: list[str] = []
+    rows_checked = RowChecker(base, check_files)
+    problems = rows_checked.problems
     rows = []
-    seen: dict[str, int] = {}
-    seen_files: dict[tuple[int, int], str] = {}
     for position, record in enumerate(table.to_dict("records")):
-        line = position + 2  # the header is line 1
-        slide_id, where, slide_path = check_id_and_file(
-            record, line, base, seen, seen_files, problems, check_files
-        )
+        slide_id, where, slide_path = rows_checked.check(record, position)
         rows.append(
             {
                 "slide_id": slide_id,

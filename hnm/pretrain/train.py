@@ -314,20 +314,6 @@ def _pretrain(
     )
     state = {"pool": pool}
 
-    def finished(count: int) -> None:
-        checkpointer.save(
-            {
-                "epoch": count,
-                "done": count,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "timing": timing,
-                "skipped": skipped,
-            }
-        )
-        if on_epoch_end is not None:
-            on_epoch_end(count)
-
     def forget(error: SlideError, count: int) -> None:
         skip_slide(skipped, error)
         log.info("epoch %d starts again without %s", count + 1, error.slide_id)
@@ -341,8 +327,10 @@ def _pretrain(
         lambda count: _epochs(
             model, optimizer, augment, state["pool"], count, settings, device, precision, timing
         ),
-        finished,
+        checkpointer,
+        {"timing": timing, "skipped": skipped},
         forget if skip else None,
+        on_epoch_end=on_epoch_end,
     )
     pool = state["pool"]
     summary = {
