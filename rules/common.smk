@@ -122,9 +122,14 @@ def slide_path(wildcards):
     return slide_file(wildcards.slide)
 
 
-def slide_mpp_flag(wildcards):
-    mpp = SLIDE_ROWS[wildcards.slide]["mpp"]
+def mpp_flag(row):
+    """--mpp from a sheet row's mpp column, or nothing where it is empty (None or NaN)."""
+    mpp = row["mpp"]
     return "" if mpp is None or mpp != mpp else f"--mpp {mpp}"
+
+
+def slide_mpp_flag(wildcards):
+    return mpp_flag(SLIDE_ROWS[wildcards.slide])
 
 
 def tiles(slides=None):
@@ -290,8 +295,7 @@ def predict_files(kind, extension, slides=None):
 
 
 def predict_mpp_flag(wildcards):
-    mpp = PREDICT_ROWS[wildcards.slide]["mpp"]
-    return "" if mpp is None or mpp != mpp else f"--mpp {mpp}"
+    return mpp_flag(PREDICT_ROWS[wildcards.slide])
 
 
 def predict_outputs(wildcards):
