@@ -71,6 +71,9 @@ def test_new_slides_sheet_lists_every_problem_with_its_row(tmp_path: Path) -> No
     (tmp_path / "cols.tsv").write_text("id\tfile\nA\ta.svs\n")
     with pytest.raises(SheetError, match="missing column.s. slide_id, path; required: slide_id"):
         validate_new_slides(tmp_path / "cols.tsv")
+    (tmp_path / "commas.tsv").write_text("slide_id,path\nA,a.svs\n")
+    with pytest.raises(SheetError, match="header looks separated by commas"):
+        validate_new_slides(tmp_path / "commas.tsv")
 
 
 def test_predict_settings_name_the_output_folder() -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -143,7 +143,7 @@ def normalise(
             source,
             [
                 f"missing column(s) {', '.join(missing)}; required: {', '.join(REQUIRED_COLUMNS)}"
-                + _separator_hint(list(table.columns))
+                + separator_hint(list(table.columns), REQUIRED_COLUMNS)
             ],
         )
     if table.empty:
@@ -200,11 +200,12 @@ def normalise(
     return sheet
 
 
-def _separator_hint(columns: list[str]) -> str:
-    """When the header holds the required names joined by another separator, name it."""
+def separator_hint(columns: list[str], required: Sequence[str]) -> str:
+    """When the header holds the `required` names joined by another separator, name it (a sheet
+    saved with the separator the other extension uses reads as one column)."""
     for separator, name in _OTHER_SEPARATORS.items():
         names = {part.strip() for column in columns for part in str(column).split(separator)}
-        if len(names) > len(columns) and set(REQUIRED_COLUMNS) <= names:
+        if len(names) > len(columns) and set(required) <= names:
             return (
                 f". The header looks separated by {name}, which this file's extension does not "
                 "use: save the sheet tab-separated as .tsv or comma-separated as .csv"

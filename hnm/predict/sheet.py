@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from hnm.core.errors import SheetError
-from hnm.io.sheet import RowChecker, _parse_mpp, read_table
+from hnm.io.sheet import RowChecker, _parse_mpp, read_table, separator_hint
 
 REQUIRED_COLUMNS = ("slide_id", "path")
 NEW_SPLIT = "new"  # the split value of every predicted slide in the normalised copy
@@ -35,6 +35,7 @@ def validate_new_slides(path: str | os.PathLike[str], check_files: bool = True) 
                 f"missing column(s) {', '.join(missing)}; required: {', '.join(REQUIRED_COLUMNS)}"
                 " (optional: mpp), tab-separated in a .tsv or comma-separated in a .csv; found "
                 f"column(s) {', '.join(map(repr, table.columns))}"
+                + separator_hint(list(table.columns), REQUIRED_COLUMNS)
             ],
         )
     if table.empty:
