@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hnm.core.device import resolve_device, resolve_precision  # noqa: E402
 from hnm.encoders import build_encoder, save_encoder_file  # noqa: E402
 from hnm.finetune.augment import SimCLRAugment  # noqa: E402
+from hnm.finetune.plan import Pools, plan_epoch  # noqa: E402
 from hnm.finetune.train import (  # noqa: E402
     FinetuneSettings,
     contrastive_update,
@@ -40,7 +41,6 @@ from hnm.finetune.train import (  # noqa: E402
     make_optimizer,
     make_views,
 )
-from hnm.finetune.plan import Pools, plan_epoch  # noqa: E402
 from hnm.io.h5io import level0_tiles_attrs, write_tiles  # noqa: E402
 from hnm.mining.sets import MiningSettings, run_mining  # noqa: E402
 
