@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.workflow_runner import FinishedRun, jobs_run, run, write_config
+
 REPO = Path(__file__).resolve().parents[1]
 TEST_SLIDES = REPO / "tests" / "data" / "slides"
 
@@ -27,6 +29,16 @@ def test_slides() -> Path:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> FinishedRun:
+    """One finished tiny run shared by the tests that read its outputs or add to them without
+    touching the training results (predictions, the report): each run costs about 3 minutes on
+    2 cores, and three modules need the same one."""
+    folder = tmp_path_factory.mktemp("tiny_run")
+    write_config(folder)
+    return FinishedRun(folder, jobs_run(run(folder)))
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

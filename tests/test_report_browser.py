@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from tests.cdp import Browser
-from tests.workflow_runner import run, write_config
+from tests.workflow_runner import FinishedRun, run
 
 pytestmark = pytest.mark.workflow
 
@@ -60,11 +60,8 @@ CHECK = """
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("viz")
-    write_config(folder)
-    run(folder)
-    return folder
+def finished(tiny_run: FinishedRun) -> Path:
+    return tiny_run.folder
 
 
 def test_viz_outputs_exist_for_every_slide(finished: Path) -> None:

@@ -19,7 +19,7 @@ import pytest
 from hnm.io.annotations import load_polygons_by_class
 from hnm.io.h5io import read_tiles
 from hnm.viz.qupath import TILE_CLASS
-from tests.workflow_runner import TINY_CONFIG, _env, command, jobs_run, run, write_config
+from tests.workflow_runner import TINY_CONFIG, FinishedRun, _env, command, jobs_run, run
 
 pytestmark = pytest.mark.workflow
 
@@ -35,11 +35,8 @@ PREDICT_RULES = {
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("trained")
-    write_config(folder)
-    run(folder)
-    return folder
+def trained(tiny_run: FinishedRun) -> Path:
+    return tiny_run.folder
 
 
 def new_slides_sheet(folder: Path, name: str, slides: list[str], mpp: bool = False) -> Path:

@@ -21,6 +21,7 @@ from hnm.encoders import load_encoder_file
 from hnm.io.h5io import read_features, read_tiles
 from tests.workflow_runner import (
     TINY_CONFIG,
+    FinishedRun,
     jobs_run,
     resume,
     run,
@@ -34,14 +35,11 @@ N_SLIDES = sum(sum(c.values()) for c in TINY_CONFIG["demo"]["slides"].values())
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("reference")
-    write_config(folder)
-    result = run(folder)
-    counts = jobs_run(result)
+def reference(tiny_run: FinishedRun) -> Path:
+    counts = tiny_run.jobs
     assert counts.get("tile") == N_SLIDES and counts.get("finetune") == 1, counts
     assert counts.get("pretrain") == 1, counts
-    return folder
+    return tiny_run.folder
 
 
 def test_full_chain_writes_every_output(reference: Path) -> None:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -17,6 +18,14 @@ REPO = Path(__file__).resolve().parents[1]
 # The test configurations are files, so each can also be run by hand:
 #   snakemake --configfile .test/config/tiny.yaml --directory /tmp/hnm-tiny --cores 2
 TEST_CONFIGS = REPO / ".test" / "config"
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    """A workflow run of the tiny test cohort at the default test config, and the jobs it ran."""
+
+    folder: Path
+    jobs: dict[str, int]
 
 
 def load_test_config(name: str) -> dict:
