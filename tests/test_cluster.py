@@ -36,7 +36,7 @@ from tests.cluster.slurm import (
     pid_alive,
 )
 
-pytestmark = [pytest.mark.cluster, pytest.mark.workflow, pytest.mark.timeout(1200)]
+pytestmark = [pytest.mark.cluster, pytest.mark.workflow, pytest.mark.timeout(2400)]
 
 REPO = Path(__file__).resolve().parents[1]
 COPIED = ("Snakefile", "rules", "envs", "workflow", "config", "hnm", ".test")
@@ -44,7 +44,7 @@ PROFILE = "workflow/profiles/ci-slurm"
 # A cohort small enough for 2 cores: 6 slides of 1024 px, one hard-negative round, few epochs.
 OVERRIDE = ".test/config/cluster.yaml"
 GPU_RULES = {"pretrain", "extract", "train_mil", "finetune"}
-RUN_LIMIT_S = 420  # per snakemake invocation; SIGINT then, SIGKILL 30 s later
+RUN_LIMIT_S = 900  # per snakemake invocation; SIGINT then, SIGKILL 30 s later
 
 # The furthest target that works end to end (see the report for the state of the stages).
 TARGETS = ["all"]
