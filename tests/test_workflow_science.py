@@ -4,18 +4,23 @@ The whole chain runs (synth, tiling, round-0 features and MIL, mining, SupCon fi
 re-extraction, round-1 MIL, final report) on 36 small demo slides. The cohort is the demo's,
 scaled down: fewer slides of the same kind, one round instead of two.
 
-What is asserted is the mechanism, which holds at this size: the round-0 pseudo-positives are
-enriched in tumor and the hard negatives in the tumor-like mimics (at least 1.5 x their share;
-measured at seed 0 with the demo's SimCLR-pretrained round-0 encoder: tumor 0.13 of the positive
-slides' patches and 0.27 of the pseudo-positives, mimics 0.14 of the negative slides' patches and
-0.22 of the hard negatives). Whether a hard-negative round then raises patch AUC is a claim about
-means over seeds, which one CI run at one seed cannot carry: here it rose (0.69 -> 0.81) while the
-test slide AUC on 6 slides fell from 1.0 to 0.0; without pretraining the patch AUC fell (0.71 ->
-0.61). That claim is measured by `hnm compare` over seeds (docs/method.md, "Does it pay").
+What is asserted is what holds at this size on any machine: the round-0 pseudo-positives are
+enriched in tumor (at least 1.5 x their share; seed 0: tumor 0.13 of the positive slides' patches,
+0.27 and 0.24 of the pseudo-positives on two machines), and the hard negatives are exactly the
+negative slides' patches the round-0 MIL scores at or above the mined threshold.
+
+Whether those hard negatives fall on the tumor-like mimics is not asserted: it depends on what one
+round-0 MIL on 18 training slides latched onto, and that changes with float rounding. At seed 0
+mimics were 0.14 of the negative slides' patches and 0.22 of the hard negatives on an Intel CPU,
+0.10 on a 2-core AMD EPYC (AVX2) with the same code and seed. Over seeds on a larger cohort they
+are enriched about 2 x (`hnm compare`, docs/comparison.md). Whether a hard-negative round then
+raises patch AUC is also a claim about means over seeds, measured there (docs/method.md, "Does it
+pay").
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +31,7 @@ from hnm.io.h5io import read_tiles
 from tests.workflow_runner import load_test_config, run, write_config
 
 SCIENCE_CONFIG = load_test_config("science")
-# How much more often than their share tumor patches are pseudo-positives and mimic patches hard
-# negatives; chance is 1.
+# How much more often than their share tumor patches are pseudo-positives; chance is 1.
 ENRICHMENT = 1.5
 
 
@@ -65,6 +69,13 @@ def test_mining_finds_the_tumor_and_the_mimics(tmp_path: Path) -> None:
     # Pseudo-positives are where the tumor is ...
     share, in_set = _enrichment(results, sets, positives["slide_id"], "pos", "Tumor")
     assert in_set > ENRICHMENT * share
-    # ... and hard negatives where the mimics are.
-    share, in_set = _enrichment(results, sets, negatives["slide_id"], "hardneg", "Mimic")
-    assert in_set > ENRICHMENT * share
+    # Hard negatives are the negative slides' patches the round-0 MIL scored at or above tau, all
+    # of them; where they fall is printed (see the module docstring for why it is not asserted).
+    tau = json.loads((results / "r0" / "mining" / "summary.json").read_text())["tau_hardneg"]
+    scores = pd.read_parquet(results / "r0" / "mil" / "scores" / "train.parquet")
+    scores = scores[scores["slide_id"].isin(negatives["slide_id"])]
+    scored_above = scores[scores["score"] >= tau]
+    above = set(zip(scored_above["slide_id"], scored_above["idx"]))
+    hard = sets[sets["set"] == "hardneg"]
+    assert above and set(zip(hard["slide_id"], hard["idx"])) == above
+    _enrichment(results, sets, negatives["slide_id"], "hardneg", "Mimic")
