@@ -50,8 +50,12 @@ PRETRAIN = not config["encoder"]["weights"] and int(config["pretrain"]["epochs"]
 INITIAL_ENCODER = (
     "results/pretrain/initial_encoder.pt" if PRETRAIN else "results/r0/encoder.pt"
 )
-# Said once, while the DAG is built (dry runs too), and not again by each cluster job's own parse.
-if workflow.is_main_process:
+# Said once, while the DAG is built (dry runs too), and not again by each cluster job's own parse,
+# nor under `--quiet all` (demo.sh's report step parses the workflow a second time).
+QUIET_ALL = any(
+    q.name == "ALL" for q in getattr(workflow.output_settings, "quiet", None) or ()
+)
+if workflow.is_main_process and not QUIET_ALL:
     print(
         round0_start(
             config["encoder"]["weights"],

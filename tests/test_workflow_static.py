@@ -224,6 +224,9 @@ def test_dry_run_of_the_paper_config_says_where_round0_starts(
     assert result.returncode == 0, result.stdout + result.stderr
     starts = [line for line in result.stderr.splitlines() if "round 0 starts" in line]
     assert len(starts) == 1 and said in starts[0], result.stderr[:3000]
+    if not overlay:  # `--quiet all` (demo.sh's second parse, for the report) keeps it quiet
+        quiet = snakemake(tmp_path, "-n", "--quiet", "all", "--configfile", *files)
+        assert quiet.returncode == 0 and "round 0 starts" not in quiet.stderr, quiet.stderr[:3000]
 
 
 @pytest.mark.parametrize("per_job", [1, 5, 1000])
