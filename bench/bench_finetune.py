@@ -42,7 +42,8 @@ from hnm.finetune.train import (  # noqa: E402
     make_views,
 )
 from hnm.io.h5io import level0_tiles_attrs, write_tiles  # noqa: E402
-from hnm.mining.sets import MiningSettings, run_mining  # noqa: E402
+from hnm.mining.sets import run_mining
+from hnm.mining.settings import MiningSettings  # noqa: E402
 
 
 def _write_slide(path: Path, slide_px: int, tumour: bool, rng: np.random.Generator) -> None:

@@ -24,7 +24,8 @@ rule mine:
         # length is computed by the stage from these (hnm.mining.schedule.EncoderSchedule).
         schedule=(
             f"--epochs-per-round {config['finetune']['epochs_per_round']} "
-            f"--warmup {config['finetune']['warmup']} --rounds {ROUNDS}"
+            f"--warmup {config['finetune']['warmup']} "
+            f"--refresh-offset {config['finetune']['refresh_offset']} --rounds {ROUNDS}"
         ),
     shell:
         "python -m hnm mine --sheet {input.sheet:q} --scores {input.scores:q} --metrics {input.metrics:q} "

@@ -39,7 +39,8 @@ from hnm.core.errors import (
 from hnm.encoders.weights import read_checkpoint
 from hnm.io.sheet import validate_sheet
 from hnm.mil.settings import MilSettings
-from hnm.mining.sets import MiningSettings, run_mining
+from hnm.mining.sets import run_mining
+from hnm.mining.settings import MiningSettings
 
 REPO = Path(__file__).resolve().parents[1]
 HEADER = ["slide_id", "path", "label", "split", "mpp", "annotation"]

@@ -19,7 +19,8 @@ from hnm.finetune.plan import Pools, plan_epoch, steps_per_epoch
 from hnm.finetune.train import FinetuneSettings, finetune
 from hnm.io.h5io import level0_tiles_attrs, write_tiles
 from hnm.mining.schedule import learning_rate
-from hnm.mining.sets import MiningSettings, run_mining
+from hnm.mining.sets import run_mining
+from hnm.mining.settings import MiningSettings
 
 PATCH = 32
 SLIDES = {"n1": 0, "n2": 0, "p1": 1, "p2": 1}

@@ -116,10 +116,13 @@ def test_training_separates_held_out_slides_and_patches(cohort: FeatureCohort, r
         "val_loss",
         "val_auc",
         "val_f1",
+        "val_f1_youden",
         "lr",
         "seconds",
     ]
     assert epochs["epoch"].tolist() == list(range(30))
+    # the authors' gate value: the best per-epoch val F1, each at that epoch's own Youden point
+    assert metrics["val"]["best_epoch_f1"] == pytest.approx(epochs["val_f1_youden"].max())
     assert metrics["selection"]["metric_used"] == "auc"
     assert 0 <= metrics["selected_epoch"] < 30
     assert metrics["val"]["f1"] is not None and 0 < metrics["threshold"] < 1

@@ -12,13 +12,9 @@ import pytest
 from hnm.cli import main
 from hnm.core.errors import ConfigError, HnmError
 from hnm.mining.schedule import EncoderSchedule, curriculum_ratio
-from hnm.mining.sets import (
-    MiningSettings,
-    read_val_f1,
-    run_mining,
-    should_refresh,
-    top_fraction_threshold,
-)
+from hnm.mining.derived import top_fraction_threshold
+from hnm.mining.sets import read_val_f1, run_mining, should_refresh
+from hnm.mining.settings import MiningSettings
 
 # Hand-made cohort: two negative slides, two positive slides (and one train slide without patches).
 NEGATIVE = {"n1": [0.1, 0.5, 0.9, 0.9], "n2": [0.2, 0.3]}
@@ -107,7 +103,8 @@ def test_sets_by_hand_round_zero() -> None:
     assert summary["excluded_slides"] == ["empty"]
     assert summary["refreshed"] is True and summary["best_val_f1"] == pytest.approx(0.8)
     assert summary["score_quantiles"]["negative_slides"]["q1"] == pytest.approx(0.9)
-    assert set(sets.columns) == {"slide_id", "idx", "set", "score"}
+    assert set(sets.columns) == {"slide_id", "idx", "set", "score", "epoch"}
+    assert (sets["epoch"] == -1).all()  # round-mode sets hold for the whole round
     # The curriculum patch is also a pos row: one row per (patch, set).
     assert len(sets[(sets.slide_id == "p1") & (sets.idx == 0)]) == 2
 
@@ -143,7 +140,7 @@ def test_no_negative_slide_is_a_clear_error() -> None:
 
 
 def test_confident_negatives() -> None:
-    sets, summary = mine(MiningSettings(neg_ratio=0.5, confident_negatives=True, r_neg0=0.2))
+    sets, summary = mine(MiningSettings(neg_ratio=0.5, confident_negatives="fixed", r_neg0=0.2))
     # Positive-slide scores (7): lowest k = ceil(1.4) = 2 -> .05 and .1, both <= eta.
     assert summary["tau_confneg"] == pytest.approx(0.1)
     assert members(sets, "confneg") == {("p2", 1), ("p1", 4)}

@@ -14,7 +14,7 @@ from hnm.core.settings import StageSettings
 from hnm.demo.settings import DemoSettings
 from hnm.mil.settings import MilSettings
 from hnm.mining.schedule import EncoderSchedule
-from hnm.mining.sets import MiningSettings
+from hnm.mining.settings import MiningSettings
 from hnm.tiling.settings import TilingSettings
 
 SECTION_CLASSES = config_schema.section_classes()

@@ -22,16 +22,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hnm.encoders import build_encoder, load_weights, save_encoder_file, weights_digest
+    from hnm.encoders.inputs import resolve_input
 
     settings = EncoderSettings.from_args(args)
     kwargs = dict(settings.arch_kwargs)
     if not settings.arch.startswith(("torchvision:", "timm:")):
         kwargs = {"norm": settings.norm, **kwargs}
     model = build_encoder(settings.arch, kwargs, seed=args.seed, proj_dim=settings.proj_dim)
+    layout = None
     if settings.weights:
         report = load_weights(settings.weights, model, load_head=settings.load_head)
         log.info("loaded weights %s", report.summary())
-        source, sha = report.path, report.sha256
+        source, sha, layout = report.path, report.sha256, report.layout
         if not report.head_loaded:
             log.info("projection head: random init with seed %d", args.seed)
     else:
@@ -42,6 +44,13 @@ def run(args: argparse.Namespace) -> int:
             args.seed,
         )
         source, sha = f"random:{args.seed}", ""
+    model.spec = resolve_input(model.spec, layout, settings.channel_order, settings.normalize)
+    log.info(
+        "input: %s, mean %s, std %s",
+        model.spec.channel_order.upper(),
+        model.spec.mean,
+        model.spec.std,
+    )
     save_encoder_file(
         args.out,
         model,

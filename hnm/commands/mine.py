@@ -6,7 +6,7 @@ import argparse
 import logging
 
 from hnm.mining.schedule import EncoderSchedule
-from hnm.mining.sets import MiningSettings
+from hnm.mining.settings import MiningSettings
 
 log = logging.getLogger(__name__)
 
@@ -14,7 +14,9 @@ log = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sheet", required=True, help="normalised slide sheet (results/sheet.tsv)")
     parser.add_argument("--scores", required=True, help="MIL patch scores of the train split")
-    parser.add_argument("--metrics", required=True, help="MIL metrics.json (reads val.f1)")
+    parser.add_argument(
+        "--metrics", required=True, help="MIL metrics.json (reads the val F1 the gate compares)"
+    )
     parser.add_argument("--round", type=int, required=True, help="this round's index R")
     parser.add_argument("--previous-sets", help="round R-1's sets.parquet (omit in round 0)")
     parser.add_argument("--previous-summary", help="round R-1's summary.json (omit in round 0)")
@@ -52,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         read_normalised_sheet(args.sheet),
         scores,
         args.scores,
-        read_val_f1(args.metrics),
+        read_val_f1(args.metrics, settings.gate_metric),
         args.round,
         settings,
         previous_sets,

@@ -42,7 +42,7 @@ def section_classes() -> list[type[StageSettings]]:
     from hnm.extract.stage import ExtractSettings
     from hnm.finetune.train import FinetuneSettings
     from hnm.mil.settings import MilSettings
-    from hnm.mining.sets import MiningSettings
+    from hnm.mining.settings import MiningSettings
     from hnm.predict.settings import PredictSettings
     from hnm.pretrain.train import PretrainSettings
     from hnm.tiling.settings import TilingSettings

@@ -54,6 +54,7 @@ class EncoderFileMeta:
     extra: dict[str, Any] = field(default_factory=dict)
     weights_sha256: str = ""
     format_version: int = FORMAT_VERSION
+    channel_order: str = "rgb"  # files written before it was recorded were all fed RGB
 
 
 def weights_digest(module: torch.nn.Module | dict[str, torch.Tensor]) -> str:
@@ -105,6 +106,7 @@ def save_encoder_file(
         "proj_dim": int(model.proj_dim),
         "mean": [float(v) for v in spec.mean],
         "std": [float(v) for v in spec.std],
+        "channel_order": spec.channel_order,
         "patch_size": int(spec.patch_size),
         "fixed_input": bool(spec.fixed_input),
         "classifier_prefixes": list(spec.classifier_prefixes),
@@ -159,6 +161,7 @@ def _meta(path: Path, payload: dict[str, Any], digest: str) -> EncoderFileMeta:
         extra=dict(payload.get("extra") or {}),
         weights_sha256=digest,
         format_version=int(payload["format_version"]),
+        channel_order=str(payload.get("channel_order", "rgb")),
     )
 
 
@@ -182,6 +185,7 @@ def load_encoder_file(
         feature_dim=int(payload["feature_dim"]),
         mean=tuple(payload["mean"]),
         std=tuple(payload["std"]),
+        channel_order=str(payload.get("channel_order", "rgb")),
         patch_size=int(payload["patch_size"]),
         fixed_input=bool(payload.get("fixed_input", built.fixed_input)),
         classifier_prefixes=tuple(payload.get("classifier_prefixes", built.classifier_prefixes)),

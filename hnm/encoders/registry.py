@@ -23,13 +23,15 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class EncoderSpec:
-    """How to build a backbone and feed it: RGB uint8 patches -> (x/255 - mean) / std."""
+    """How to build a backbone and feed it: uint8 patches in `channel_order` -> (x/255 - mean) / std
+    (mean and std per input channel; hnm.encoders.inputs chooses them for a weights file)."""
 
     arch: str
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
     feature_dim: int = 0
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    channel_order: str = "rgb"
     patch_size: int = 224
     # Convolutional nets with adaptive pooling take any patch size; ViTs do not.
     fixed_input: bool = False

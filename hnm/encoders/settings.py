@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hnm.core.settings import StageSettings, setting
+from hnm.encoders.inputs import CHANNEL_ORDERS, NORMALISATIONS
 from hnm.encoders.simclr import PROJECTION_DIM
 
 
@@ -42,3 +43,15 @@ class EncoderSettings(StageSettings):
         choices=("auto", "never", "require"),
     )
     proj_dim: int = setting(PROJECTION_DIM, "projection head output size", minimum=1)
+    channel_order: str = setting(
+        "auto",
+        "channel order the encoder is fed: auto (the weights' own: BGR for ItS2CLR/HNM-authors "
+        "SimCLR files, RGB otherwise), rgb or bgr",
+        choices=("auto", *CHANNEL_ORDERS),
+    )
+    normalize: str = setting(
+        "auto",
+        "input normalisation: auto (none for DSMIL/ItS2CLR/HNM-authors SimCLR files, which were "
+        "trained on [0, 1] pixels; the architecture's ImageNet mean/std otherwise), imagenet or none",
+        choices=("auto", *NORMALISATIONS),
+    )

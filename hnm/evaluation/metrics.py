@@ -119,3 +119,14 @@ def choose_threshold(labels: Any, probs: Any, method: str = "f1") -> tuple[float
     else:
         threshold = thresholds[best]
     return float(threshold), float(criterion[best])
+
+
+def f1_at_youden(labels: Any, probs: Any) -> float | None:
+    """F1 at the Youden point chosen on these same probabilities: the per-epoch validation F1
+    of the authors' MIL log, whose best over all epochs their gated refresh compares (optimistic
+    by construction, as the threshold is fitted to what it scores). None without both classes."""
+    y, s = _as_arrays(labels, probs)
+    if y.size == 0 or y.min() == y.max():
+        return None
+    threshold, _ = choose_threshold(y, s, "youden")
+    return binary_metrics(y, s >= threshold)["f1"]

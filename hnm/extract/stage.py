@@ -109,7 +109,9 @@ class Preprocess:
         std: tuple[float, ...],
         device: torch.device,
         channels_last: bool,
+        channel_order: str = "rgb",
     ) -> None:
+        self.bgr = channel_order == "bgr"
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255.0
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255.0
         self.device = device
@@ -123,6 +125,8 @@ class Preprocess:
         batch = batch.to(self.device, non_blocking=True)
         if batch.dtype == torch.uint8:
             batch = batch.permute(0, 3, 1, 2)  # NHWC storage = channels_last NCHW, no copy
+        if self.bgr:
+            batch = batch.flip(1)
         x = batch.float().sub_(self.mean).div_(self.std)
         return x.contiguous(memory_format=self.format)
 
@@ -137,7 +141,7 @@ class Preprocess:
             self._rows[w] = (scale, shift)
         scale, shift = self._rows[w]
         out = buffer[:n]
-        out.copy_(batch)
+        out.copy_(batch.flip(3) if self.bgr else batch)
         rows = out.view(n * h, w * c)
         torch.addcmul(shift, rows, scale, out=rows)
         return out.permute(0, 3, 1, 2).contiguous(memory_format=self.format)
@@ -393,7 +397,7 @@ def _run(
         settings.workers,
         torch.get_num_threads(),
     )
-    preprocess = Preprocess(meta.mean, meta.std, device, channels_last)
+    preprocess = Preprocess(meta.mean, meta.std, device, channels_last, meta.channel_order)
     progress = Progress(len(coords), slide_id, log, unit="patches")
     started = time.perf_counter()
     with FeatureWriter(

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from hnm.encoders.inputs import to_channel_order
+
 # ITU-R 601 luma weights, as in PIL's and torchvision's grayscale conversion.
 LUMA = (0.299, 0.587, 0.114)
 CROP_ATTEMPTS = 10
@@ -276,8 +278,10 @@ class SimCLRAugment:
         mean: tuple[float, float, float],
         std: tuple[float, float, float],
         settings: AugmentSettings | None = None,
+        channel_order: str = "rgb",
     ) -> None:
         self.size = int(size)
+        self.channel_order = channel_order
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
         self.settings = settings or AugmentSettings()
@@ -289,9 +293,11 @@ class SimCLRAugment:
         return apply_params(to_float(images), params, self.size, self.settings)
 
     def normalise(self, views: torch.Tensor) -> torch.Tensor:
+        """RGB views in [0, 1] -> the encoder's input: its channel order, then its mean/std.
+        The augmentations themselves (grayscale, hue) always work on true RGB."""
         mean = self.mean.to(views.device)
         std = self.std.to(views.device)
-        return (views - mean) / std
+        return (to_channel_order(views, self.channel_order, 1) - mean) / std
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return self.normalise(self.views(images, generator))

@@ -10,7 +10,7 @@ positives with negatives (positive-anchor update) from successive permutations o
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -24,38 +24,64 @@ if TYPE_CHECKING:  # train.py imports this module; the settings are only annotat
 
 @dataclass
 class Pools:
-    """The sampling pools as (slide code, patch index) arrays; slide codes index `slides`."""
+    """The sampling pools as (slide code, patch index) arrays; slide codes index `slides`.
+
+    `moving` holds, for the epochs whose curriculum or confident negatives are re-cut every epoch
+    (sets rows with an epoch, hnm.mining.derived), that epoch's curriculum and negatives; `at`
+    gives the pools of one epoch.
+    """
 
     slides: list[str]
     hardneg: np.ndarray  # (n, 2) int64
     positives: np.ndarray  # pseudo-positives, for the negative-anchor update
     curriculum: np.ndarray  # for the positive-anchor update
     negatives: np.ndarray  # hard + confident negatives, for the positive-anchor update
+    moving: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     @classmethod
     def from_sets(cls, sets: pd.DataFrame, sets_path: str) -> "Pools":
         slides = sorted(set(sets["slide_id"]))
         codes = pd.Categorical(sets["slide_id"], categories=slides).codes.astype(np.int64)
         table = np.stack([codes, sets["idx"].to_numpy(np.int64)], axis=1)
+        epochs = sets["epoch"].to_numpy(np.int64) if "epoch" in sets.columns else None
 
-        def pool(*names: str) -> np.ndarray:
-            rows = np.unique(table[sets["set"].isin(names).to_numpy()], axis=0)  # sorted, unique
-            return rows.reshape(-1, 2)
+        def pool(names: tuple[str, ...], epoch: int = -1) -> np.ndarray:
+            chosen = sets["set"].isin(names).to_numpy()
+            if epochs is not None:
+                chosen = chosen & ((epochs == -1) | (epochs == epoch))
+            return np.unique(table[chosen], axis=0).reshape(-1, 2)  # sorted, unique
 
+        moving = {
+            int(epoch): (pool(("curriculum",), epoch), pool(("hardneg", "confneg"), epoch))
+            for epoch in (np.unique(epochs[epochs >= 0]) if epochs is not None else [])
+        }
         pools = cls(
-            slides, pool("hardneg"), pool("pos"), pool("curriculum"), pool("hardneg", "confneg")
+            slides,
+            pool(("hardneg",)),
+            pool(("pos",)),
+            pool(("curriculum",)),
+            pool(("hardneg", "confneg")),
+            moving,
         )
-        for name, array in (
-            ("hardneg", pools.hardneg),
-            ("pos", pools.positives),
-            ("curriculum", pools.curriculum),
+        curricula = [c for c, _ in moving.values()] if moving else [pools.curriculum]
+        for name, empty in (
+            ("hardneg", len(pools.hardneg) == 0),
+            ("pos", len(pools.positives) == 0),
+            ("curriculum", any(len(c) == 0 for c in curricula)),
         ):
-            if len(array) == 0:
+            if empty:
                 raise HnmError(
                     f"sets file {sets_path} has no '{name}' patches; fine-tuning needs hard "
                     "negatives, pseudo-positives and curriculum positives (re-run `hnm mine`)"
                 )
         return pools
+
+    def at(self, epoch: int) -> "Pools":
+        """The pools of global epoch `epoch` (the same object where nothing moves)."""
+        if epoch not in self.moving:
+            return self
+        curriculum, negatives = self.moving[epoch]
+        return replace(self, curriculum=curriculum, negatives=negatives, moving={})
 
 
 @dataclass

@@ -4,6 +4,16 @@ HNM makes two updates per iteration that differ only in which views act as ancho
 (label-0 views, pulled towards other negatives) and "positive" (label-1 views). Views of uncertain
 patches (label -1) are removed from every denominator and are never anchors or positives, so a
 pseudo-label we do not trust neither attracts nor repels anything.
+
+Two batch averages (setting `finetune.supcon_average`):
+- "anchors": the mean of L_i over the anchors that have at least one positive, so the loss is the
+  per-anchor mean whatever the batch holds;
+- "all_views": the authors' (their SupConLoss): the sum of L_i over the counted anchors divided by
+  EVERY view of the batch (2N rows), an anchor-less row adding 0 but counting. Gradients point the
+  same way, scaled by (counted anchors / views): with 25 curriculum positives among 511 patches
+  the positive-anchor update weighs about 0.05 x what "anchors" gives it, the negative-anchor
+  update about 0.8 x, so under SGD the noisy pseudo-positive update is 16 x weaker relative to the
+  hard-negative one than with "anchors".
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ from hnm.core.errors import ConfigError
 
 UNCERTAIN = -1
 ANCHOR_LABEL = {"negative": 0, "positive": 1}
+AVERAGES = ("anchors", "all_views")
 _FAR = 1.0e4
 
 
@@ -22,18 +33,22 @@ def supcon_loss(
     labels: torch.Tensor,
     mode: str,
     temperature: float = 0.07,
+    average: str = "anchors",
 ) -> torch.Tensor:
-    """Mean over counted anchors of L_i = -1/|P(i)| sum_p [l_ip - log sum_{a in A(i)} exp(l_ia)].
+    """Batch average (`average`, module docstring) of
+    L_i = -1/|P(i)| sum_p [l_ip - log sum_{a in A(i)} exp(l_ia)].
 
     projections: (M, D), one row per view (both views of a patch are separate rows with the same
     label); labels: (M,) in {0, 1, -1 = uncertain}. A(i) = every other non-uncertain view;
     P(i) = the views of A(i) with the anchor's label. An anchor with an empty P(i) adds nothing
-    and is not counted; with no counted anchor the loss is 0 (still attached to the graph, so
-    backward works).
+    and is not counted ("anchors") or counts as 0 ("all_views"); with no counted anchor the loss
+    is 0 (still attached to the graph, so backward works).
     Computed in float32 whatever the autocast dtype: bf16 logits / 0.07 lose too many digits.
     """
     if mode not in ANCHOR_LABEL:
         raise ConfigError(f"SupCon mode must be one of {sorted(ANCHOR_LABEL)}, got '{mode}'")
+    if average not in AVERAGES:
+        raise ConfigError(f"SupCon average must be one of {list(AVERAGES)}, got '{average}'")
     if projections.ndim != 2 or labels.shape != projections.shape[:1]:
         raise ValueError(
             f"projections must be (M, D) with labels (M,), got {tuple(projections.shape)} and "
@@ -65,4 +80,6 @@ def supcon_loss(
     per_anchor = -positive_sum / positives_per_anchor.clamp(min=1)
     # No .item()/any() here: a host sync per step would stall the GPU pipeline.
     total = torch.where(counted, per_anchor, torch.zeros_like(per_anchor)).sum()
+    if average == "all_views":
+        return total / count
     return total / counted.sum().clamp(min=1)

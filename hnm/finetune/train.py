@@ -41,7 +41,7 @@ import torch
 
 from hnm.core.checkpoint import Checkpointer, file_digest, fingerprint
 from hnm.core.device import PRECISIONS, resolve_precision
-from hnm.core.errors import SlideError
+from hnm.core.errors import HnmError, SlideError
 from hnm.core.progress import Progress
 from hnm.core.restart import train_skipping_bad_slides
 from hnm.core.settings import setting
@@ -54,10 +54,15 @@ from hnm.finetune.reading import (
     skip_slide,
     usable_pools,
 )
-from hnm.finetune.supcon import supcon_loss
+from hnm.finetune.supcon import AVERAGES, supcon_loss
 from hnm.io.h5io import files_by_slide
 from hnm.io.patches import JpegTileReader, PatchReader, ReadFailure
-from hnm.mining.schedule import EncoderSchedule, learning_rate
+from hnm.mining.schedule import (
+    LR_SCHEDULES,
+    EncoderSchedule,
+    learning_rate,
+    stepped_learning_rate,
+)
 from hnm.mining.sets import read_sets
 from hnm.tiling.settings import ON_SLIDE_ERROR
 
@@ -86,7 +91,20 @@ class FinetuneSettings(EncoderSchedule):
     cosine_after: int = setting(
         10, "global epoch after which the learning rate follows a cosine to 0", minimum=0
     )
+    lr_schedule: str = setting(
+        "smooth",
+        "smooth: after cosine_after a cosine reaching 0 at the last epoch, updated every step; "
+        "stepped (the authors'): CosineAnnealingLR(T_max = all epochs) stepped once per epoch "
+        "from cosine_after on, so it never reaches 0",
+        choices=LR_SCHEDULES,
+    )
     temperature: float = setting(0.07, "SupCon temperature", above=0)
+    supcon_average: str = setting(
+        "anchors",
+        "SupCon batch mean: anchors (over the anchors that have a positive) or all_views (the "
+        "authors': over every view of the batch, so the 5%-positive update weighs about 0.05 x)",
+        choices=AVERAGES,
+    )
     workers: int = setting(1, "patch-reading processes", minimum=0)
     precision: str = setting(
         "auto", "auto: bf16 autocast on CUDA, fp32 on the CPU", choices=PRECISIONS
@@ -102,10 +120,15 @@ class FinetuneSettings(EncoderSchedule):
     )
     seed: int = 0
 
-    @property
-    def epochs(self) -> int:
-        """Epochs one fine-tuning job trains: one round's."""
-        return self.epochs_per_round
+    def rate(self, global_epoch: int, step: int, steps: int) -> float:
+        """The learning rate of one step (lr_schedule)."""
+        if self.lr_schedule == "stepped":
+            return stepped_learning_rate(
+                global_epoch, self.lr, self.cosine_after, self.total_epochs
+            )
+        return learning_rate(
+            global_epoch + step / steps, self.lr, self.cosine_after, self.total_epochs
+        )
 
 
 # --------------------------------------------------------------------------------------- training
@@ -137,7 +160,9 @@ def contrastive_update(
     )
     with autocast:
         projections = model(views)
-    loss = supcon_loss(projections, labels.repeat(2), mode, settings.temperature)
+    loss = supcon_loss(
+        projections, labels.repeat(2), mode, settings.temperature, settings.supcon_average
+    )
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -173,12 +198,7 @@ def train_epoch(
         for step, patches in zip(range(len(plans)), batches):
             if isinstance(patches, ReadFailure):
                 raise patches.error()
-            lr = learning_rate(
-                global_epoch + step / len(plans),
-                settings.lr,
-                settings.cosine_after,
-                settings.total_epochs,
-            )
+            lr = settings.rate(global_epoch, step, len(plans))
             for group in optimizer.param_groups:
                 group["lr"] = lr
             patches = patches.to(device, non_blocking=True)
@@ -234,12 +254,28 @@ def make_optimizer(
 def scheduler_state(settings: FinetuneSettings, epoch: int) -> dict[str, Any]:
     """The schedule is a pure function of the global epoch; this records which function."""
     return {
-        "kind": "constant_then_cosine",
+        "kind": f"constant_then_cosine_{settings.lr_schedule}",
         "base_lr": settings.lr,
         "cosine_after": settings.cosine_after,
         "total_epochs": settings.total_epochs,
         "epoch": epoch,
     }
+
+
+def job_epochs(
+    settings: FinetuneSettings, round_index: int, start_epoch: int, encoder_in: Any
+) -> int:
+    """Epochs this job trains: from the input encoder's epoch to the start of the next round
+    (settings.round_start); an encoder already past that point is refused, not overtrained."""
+    end = settings.round_start(round_index + 1)
+    if end <= start_epoch:
+        raise HnmError(
+            f"encoder {encoder_in} (round {round_index}) has trained {start_epoch} epochs, but the "
+            f"schedule (epochs_per_round {settings.epochs_per_round}, refresh_offset "
+            f"{settings.refresh_offset}, rounds {settings.rounds}) ends round {round_index} at "
+            f"epoch {end}; re-run the earlier rounds with the current settings"
+        )
+    return end - start_epoch
 
 
 def finetune(
@@ -254,11 +290,13 @@ def finetune(
     workers: int = 2,
     on_epoch_end: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Fine-tune `encoder_in` for settings.epochs epochs and write `out`; returns a summary."""
+    """Fine-tune `encoder_in` over its round's epochs (settings.round_epochs) and write `out`;
+    returns a summary."""
     all_sets = read_sets(sets_path)
     tiles_files = files_by_slide(tiles, "tiles")
     model, meta = load_encoder_file(encoder_in, device)
     start_epoch = meta.epoch
+    epochs = job_epochs(settings, meta.round, start_epoch, encoder_in)
     precision = resolve_precision(settings.precision, device)
     if precision == "bf16" and device.type == "cpu":
         log.warning("bf16 autocast on the CPU: slower than fp32 on many CPUs, and not bit-exact")
@@ -288,13 +326,14 @@ def finetune(
             "resuming from epoch %d (global epoch %d) of %d",
             done,
             start_epoch + done,
-            settings.epochs,
+            epochs,
         )
     skip = settings.on_slide_error == "skip"
     pools, readers = usable_pools(all_sets, str(sets_path), sheet, tiles_files, skipped, skip)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
+    first = pools.at(start_epoch)
     patch_size = readers[0].patch_size
     if meta.patch_size != patch_size:
         log.info(
@@ -302,25 +341,27 @@ def finetune(
             patch_size,
             meta.patch_size,
         )
-    augment = SimCLRAugment(patch_size, meta.mean, meta.std)
+    augment = SimCLRAugment(patch_size, meta.mean, meta.std, channel_order=meta.channel_order)
     log.info(
         "fine-tuning %s from global epoch %d for %d epoch(s): |H| = %d hard negatives, %d "
         "pseudo-positives, %d curriculum, %d negatives for the positive update; %d steps/epoch of "
         "batch %d; device %s, %s, %d loader worker(s)",
         meta.arch,
         start_epoch,
-        settings.epochs,
-        len(pools.hardneg),
-        len(pools.positives),
-        len(pools.curriculum),
-        len(pools.negatives),
+        epochs,
+        len(first.hardneg),
+        len(first.positives),
+        len(first.curriculum),
+        len(first.negatives),
         steps_per_epoch(len(pools.hardneg), settings),
         settings.batch_size,
         device,
         precision,
         workers,
     )
-    run = EpochRun(model, optimizer, augment, settings, start_epoch, device, precision, workers)
+    run = EpochRun(
+        model, optimizer, augment, settings, start_epoch, epochs, device, precision, workers
+    )
     state = {"pools": pools, "readers": readers}
 
     def forget(error: SlideError, count: int) -> None:
@@ -333,7 +374,7 @@ def finetune(
         model,
         optimizer,
         done,
-        settings.epochs,
+        epochs,
         lambda count: run.epochs(state["pools"], state["readers"], count, timing),
         checkpointer,
         {"timing": timing, "skipped": skipped},
@@ -342,12 +383,12 @@ def finetune(
         on_epoch_end=on_epoch_end,
     )
     pools = state["pools"]
-    end_epoch = start_epoch + settings.epochs
+    end_epoch = start_epoch + epochs
     extra = {
         **timing,
         "hard_negatives": int(len(pools.hardneg)),
         "pseudo_positives": int(len(pools.positives)),
-        "curriculum_positives": int(len(pools.curriculum)),
+        "curriculum_positives": int(len(pools.at(start_epoch).curriculum)),
         "steps_per_epoch": steps_per_epoch(len(pools.hardneg), settings),
         "sets": os.fspath(sets_path),
         "sets_sha256": file_digest(sets_path),
@@ -384,6 +425,7 @@ class EpochRun:
     augment: SimCLRAugment
     settings: FinetuneSettings
     start_epoch: int
+    job_epochs: int  # this job's: the round's epochs from start_epoch on
     device: torch.device
     precision: str
     workers: int
@@ -403,12 +445,12 @@ class EpochRun:
         settings = self.settings
         epochs = {
             local: plan_epoch(
-                pools,
+                pools.at(self.start_epoch + local),
                 settings,
                 self.start_epoch + local,
                 self.start_epoch + local >= settings.warmup,
             )
-            for local in range(done, settings.epochs)
+            for local in range(done, self.job_epochs)
         }
         batches = iter(
             batch_loader(
@@ -443,7 +485,7 @@ class EpochRun:
                 "lr %.5f, %.1f s, %.1f patches/s",
                 global_epoch,
                 local + 1,
-                settings.epochs,
+                self.job_epochs,
                 len(plans),
                 "both" if global_epoch >= settings.warmup else "negative-anchor",
                 epoch_losses["loss_negative"],

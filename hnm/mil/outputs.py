@@ -4,6 +4,7 @@ on validation, the model, the epoch log and metrics.json, each file atomically."
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,16 @@ from hnm.mil.settings import MilSettings
 log = logging.getLogger(__name__)
 
 SLIDE_COLUMNS = ["slide_id", "split", "label", "bag_logit", "bag_prob"]
-EPOCH_COLUMNS = ["epoch", "train_loss", "val_loss", "val_auc", "val_f1", "lr", "seconds"]
+EPOCH_COLUMNS = [
+    "epoch",
+    "train_loss",
+    "val_loss",
+    "val_auc",
+    "val_f1",
+    "val_f1_youden",
+    "lr",
+    "seconds",
+]
 
 
 @dataclass
@@ -34,6 +44,13 @@ class TrainedModel:
     model: torch.nn.Module
     rows: list[dict[str, Any]]
     selected_epoch: int
+
+
+def best_epoch_f1(rows: list[dict[str, Any]]) -> float | None:
+    """The largest val_f1_youden of the epoch log; None where no epoch had one."""
+    values = [row.get("val_f1_youden") for row in rows]
+    present = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    return max(present) if present else None
 
 
 def write_outputs(
@@ -81,6 +98,8 @@ def write_outputs(
             "f1": threshold_f1,
             "accuracy": threshold_accuracy,
             "f1_at_0.5": chosen_row["val_f1"],
+            # the authors' gate: the best per-epoch F1, each epoch at its own Youden point
+            "best_epoch_f1": best_epoch_f1(trained.rows),
         },
         "threshold": threshold,
         "threshold_method": settings.threshold_method,

@@ -29,7 +29,7 @@ from hnm.core.errors import CheckpointError, HnmError
 from hnm.core.formatting import fmt_metric
 from hnm.core.progress import Progress
 from hnm.core.threads import intra_op_threads, torch_threads
-from hnm.evaluation.metrics import binary_metrics, roc_auc
+from hnm.evaluation.metrics import binary_metrics, f1_at_youden, roc_auc
 from hnm.io.h5io import files_by_slide
 from hnm.io.sheet import read_normalised_sheet
 from hnm.mil import build_aggregator
@@ -225,7 +225,7 @@ def _train_epochs(
             lr = run.optimizer.param_groups[0]["lr"]
             train_loss = train_epoch(run, cohort, settings, train_pos, train_neg, weights)
             advance_schedule(run, settings)
-            val_loss, val_auc, val_f1 = validate(run.model, cohort, val, settings)
+            val_loss, val_auc, val_f1, val_f1_youden = validate(run.model, cohort, val, settings)
             seconds = time.perf_counter() - started
             run.rows.append(
                 {
@@ -234,6 +234,7 @@ def _train_epochs(
                     "val_loss": val_loss,
                     "val_auc": val_auc,
                     "val_f1": val_f1,
+                    "val_f1_youden": val_f1_youden,
                     "lr": lr,
                     "seconds": seconds,
                 }
@@ -344,10 +345,11 @@ def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> torch.Tensor:
 
 def validate(
     model: torch.nn.Module, cohort: Cohort, val: np.ndarray, settings: MilSettings
-) -> tuple[float | None, float | None, float | None]:
-    """(val loss, val AUC, val F1 at probability 0.5); the loss is the unweighted bag-mode loss."""
+) -> tuple[float | None, float | None, float | None, float | None]:
+    """(val loss, val AUC, val F1 at probability 0.5, val F1 at val's own Youden point); the loss
+    is the unweighted bag-mode loss."""
     if len(val) == 0:
-        return None, None, None
+        return None, None, None, None
     scored = score_bags(model, cohort, val)
     device = scored.bag_logits.device
     labels = torch.tensor([float(cohort.bags[i].label) for i in val], device=device)
@@ -357,7 +359,7 @@ def validate(
     probs = torch.sigmoid(scored.bag_logits).cpu().numpy()
     y = labels.cpu().numpy()
     f1 = binary_metrics(y, probs >= 0.5)["f1"] if y.any() else None
-    return float(loss.item()), roc_auc(y, probs), f1
+    return float(loss.item()), roc_auc(y, probs), f1, f1_at_youden(y, probs)
 
 
 def _selection_key(

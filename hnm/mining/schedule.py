@@ -37,18 +37,47 @@ class EncoderSchedule(StageSettings):
         "global epoch from which the positive-anchor update runs and r(t) grows (paper: 5)",
         minimum=0,
     )
+    refresh_offset: int = setting(
+        0,
+        "epochs round 0 trains beyond epochs_per_round, taken from the last round (the authors' "
+        "trainer refreshes the pseudo-labels after epochs 6, 11, ..., 96 of 100: 1)",
+        minimum=0,
+    )
     rounds: int = 2
 
     def check(self) -> list[str]:
+        problems = []
         if self.rounds < 0:
-            return [f"rounds must be at least 0 (got {self.rounds}); set the workflow's rounds"]
-        return []
+            problems.append(
+                f"rounds must be at least 0 (got {self.rounds}); set the workflow's rounds"
+            )
+        if self.refresh_offset >= self.epochs_per_round:
+            problems.append(
+                f"refresh_offset ({self.refresh_offset}) must be smaller than epochs_per_round "
+                f"({self.epochs_per_round}): the last round would train no epoch"
+            )
+        return problems
 
     @property
     def total_epochs(self) -> int:
         """Encoder epochs of the whole schedule: the cosine and the curriculum end there. With no
         rounds (plain DSMIL) one round's length keeps the schedule well defined."""
         return self.epochs_per_round * max(self.rounds, 1)
+
+    def round_start(self, round_index: int) -> int:
+        """The global epoch at which fine-tuning from round `round_index`'s encoder starts, i.e.
+        how many epochs encoder_r has completed: r * epochs_per_round + refresh_offset, 0 for
+        round 0 and total_epochs from the last round on (so the offset moves every refresh, and
+        the first and last rounds absorb it)."""
+        if round_index <= 0:
+            return 0
+        if round_index >= max(self.rounds, 1):
+            return self.total_epochs
+        return round_index * self.epochs_per_round + self.refresh_offset
+
+    def round_epochs(self, round_index: int) -> range:
+        """The global epochs that fine-tuning round_index -> round_index + 1 trains."""
+        return range(self.round_start(round_index), self.round_start(round_index + 1))
 
     @classmethod
     def add_rounds_argument(cls, parser: argparse.ArgumentParser) -> None:
@@ -80,6 +109,42 @@ def curriculum_ratio(
         return float(r_final)
     progress = min(1.0, (epoch - warmup) / (total_epochs - warmup))
     return float(r0 + progress * (r_final - r0))
+
+
+def lagged_ratio(
+    epoch: int, start: float, r_final: float, warmup: int, total_epochs: int, before: float
+) -> float:
+    """The authors' self-paced ratio for global epoch `epoch` (curriculum_update: epoch).
+
+    Their trainer recomputes the ratio at the END of each epoch t >= warmup as
+    start + (t - warmup) * (r_final - start) / (total_epochs - warmup), and the next epoch uses it:
+    epoch e trains with the value of t = e - 1, and with `before` (the loader's initial ratio:
+    r0 for the curriculum, 0 for the confident negatives) while e - 1 < warmup.
+    """
+    t = epoch - 1
+    if t < warmup:
+        return float(before)
+    if total_epochs <= warmup:
+        return float(r_final)
+    return float(start + (t - warmup) * (r_final - start) / (total_epochs - warmup))
+
+
+LR_SCHEDULES = ("smooth", "stepped")
+
+
+def stepped_learning_rate(
+    epoch: int, base_lr: float, cosine_after: int = 10, total_epochs: int = 100
+) -> float:
+    """The authors' rate (lr_schedule: stepped): CosineAnnealingLR(T_max = total_epochs,
+    eta_min = 0) stepped once at the end of every epoch from `cosine_after` on.
+
+    Epoch e has seen max(0, e - cosine_after) steps, so the rate is constant within an epoch and
+    never reaches 0: 90 steps of a 100-step cosine leave 2.96e-4 at the last epoch for lr 0.01.
+    """
+    if base_lr < 0:
+        raise ConfigError(f"lr must be >= 0, got {base_lr}")
+    steps = max(0, int(epoch) - cosine_after)
+    return float(base_lr * 0.5 * (1.0 + math.cos(math.pi * steps / total_epochs)))
 
 
 def learning_rate(

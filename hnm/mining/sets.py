@@ -34,7 +34,7 @@ import json
 import logging
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -42,72 +42,15 @@ import numpy as np
 import pandas as pd
 
 from hnm.core.errors import ConfigError, HnmError
-from hnm.core.settings import StageSettings, setting
+from hnm.mining.derived import EVERY_EPOCH, derive, top_fraction_threshold
 from hnm.mining.health import mining_health
-from hnm.mining.schedule import EncoderSchedule, curriculum_ratio
+from hnm.mining.settings import MiningSettings
 
 log = logging.getLogger(__name__)
 
 SETS = ("hardneg", "pos", "curriculum", "confneg", "uncertain")
 SCORE_COLUMNS = ("slide_id", "idx", "score")
 QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
-
-
-@dataclass(frozen=True)
-class MiningSettings(StageSettings):
-    """Every knob of mining, declared once (hnm.core.settings); `schedule` is the encoder's epoch
-    schedule, whose settings belong to the finetune section (hnm.mining.schedule.EncoderSchedule).
-    """
-
-    section = "mining"
-
-    eta: float = setting(
-        0.3, "pseudo-positive threshold on sigmoid instance scores", minimum=0, maximum=1
-    )
-    neg_ratio: float = setting(
-        0.2,
-        "hard negatives = top neg_ratio of negative-slide patches (1.0 = all, ItS2CLR)",
-        minimum=0,
-        maximum=1,
-    )
-    r0: float = setting(
-        0.2, "curriculum: fraction of pseudo-positives used up to warm-up", minimum=0, maximum=1
-    )
-    r_final: float = setting(
-        0.8,
-        "curriculum: the fraction grows linearly to this at the last epoch of the schedule",
-        minimum=0,
-        maximum=1,
-    )
-    confident_negatives: bool = setting(
-        False, "add the lowest-scoring positive-slide patches as negatives of the second update"
-    )
-    r_neg0: float = setting(
-        0.2,
-        "confident negatives: lowest fraction of positive-slide scores (no schedule)",
-        minimum=0,
-        maximum=1,
-    )
-    gate: bool = setting(
-        True, "keep the previous sets when this round's val F1 is below the best so far"
-    )
-    schedule: EncoderSchedule = field(default_factory=EncoderSchedule)
-
-
-def curriculum_epoch(round_index: int, epochs_per_round: int) -> int:
-    """The global epoch at which round R's sets start being used (see the module docstring)."""
-    return round_index * epochs_per_round
-
-
-def top_fraction_threshold(scores: np.ndarray, fraction: float) -> float:
-    """The k-th largest score, k = max(1, ceil(fraction * n)); NaN for no scores."""
-    scores = np.asarray(scores, dtype=np.float64)
-    if scores.size == 0:
-        return float("nan")
-    # round() first: 0.2 * 10 is 2.0000000000000004 in floating point and must not become 3.
-    k = max(1, math.ceil(round(fraction * scores.size, 9)))
-    k = min(k, scores.size)
-    return float(np.partition(scores, scores.size - k)[scores.size - k])
 
 
 def attach_labels(scores: pd.DataFrame, sheet: pd.DataFrame, scores_path: str) -> pd.DataFrame:
@@ -167,7 +110,7 @@ def _require_classes(scored: pd.DataFrame, scores_path: str) -> None:
 
 
 def mine_sets(
-    scored: pd.DataFrame, settings: MiningSettings, epoch: float
+    scored: pd.DataFrame, settings: MiningSettings, round_index: int, confneg_active: bool
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Fresh sets from labelled scores (slide_id, idx, score, label) -> (sets rows, thresholds)."""
     negative = scored[scored["label"] == 0]
@@ -187,78 +130,65 @@ def mine_sets(
             positive["score"].max(),
             len(pseudo),
         )
-    r_t = curriculum_ratio(
-        epoch,
-        settings.r0,
-        settings.r_final,
-        settings.schedule.warmup,
-        settings.schedule.total_epochs,
-    )
-    curriculum, tau_curriculum = _curriculum(pseudo, r_t)
-
     low = positive[(positive["score"] <= settings.eta) & ~positive.index.isin(pseudo.index)]
-    tau_confneg = float("nan")
-    confneg = low.iloc[:0]
-    if settings.confident_negatives and not positive.empty:
-        # "the lowest r_neg0 quantile" of all positive-slide scores, and at most eta.
-        tau_confneg = -top_fraction_threshold(-positive["score"].to_numpy(), settings.r_neg0)
-        confneg = low[low["score"] <= tau_confneg]
-    uncertain = low[~low.index.isin(confneg.index)]
-
-    sets = _rows(
-        {
-            "hardneg": hardneg,
-            "pos": pseudo,
-            "curriculum": curriculum,
-            "confneg": confneg,
-            "uncertain": uncertain,
-        }
-    )
-    thresholds = {
-        "tau_hardneg": tau,
-        "tau_curriculum": tau_curriculum,
-        "tau_confneg": tau_confneg,
-        "r_t": r_t,
-        "positives_fallback": bool(fallback),
-    }
+    moving = derive(pseudo, low, settings, round_index, confneg_active)
+    sets = _rows({"hardneg": hardneg, "pos": pseudo, **_moving_parts(moving)})
+    thresholds = {"tau_hardneg": tau, **moving.thresholds, "positives_fallback": bool(fallback)}
     return sets, thresholds
 
 
-def _curriculum(pseudo: pd.DataFrame, r_t: float) -> tuple[pd.DataFrame, float]:
-    """The top r(t) of the pseudo-positives by score: one quantile over all positive slides."""
-    tau = top_fraction_threshold(pseudo["score"].to_numpy(), r_t)
-    return pseudo[pseudo["score"] >= tau], tau
+def _moving_parts(moving: Any) -> dict[str, pd.DataFrame]:
+    return {
+        "curriculum": moving.curriculum,
+        "confneg": moving.confneg,
+        "uncertain": moving.uncertain,
+    }
 
 
 def _rows(named: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """One frame of (slide_id, idx, set, score), ordered by set, slide and patch index."""
-    slide_ids = np.concatenate(
-        [frame["slide_id"].astype(str).to_numpy(dtype=object) for frame in named.values()]
-    )
-    idx = np.concatenate([frame["idx"].to_numpy(dtype=np.int64) for frame in named.values()])
-    score = np.concatenate([frame["score"].to_numpy(dtype=np.float64) for frame in named.values()])
+    """One frame of (slide_id, idx, set, score, epoch), ordered by set, epoch, slide and patch
+    index; a frame without an `epoch` column holds for every epoch of the round."""
+
+    def column(name: str, dtype: Any, default: Any = None) -> np.ndarray:
+        return np.concatenate(
+            [
+                frame[name].to_numpy(dtype=dtype)
+                if name in frame.columns
+                else np.full(len(frame), default, dtype=dtype)
+                for frame in named.values()
+            ]
+        )
+
+    slide_ids = column("slide_id", object).astype(str).astype(object)
+    idx = column("idx", np.int64)
+    score = column("score", np.float64)
+    epoch = column("epoch", np.int64, EVERY_EPOCH)
     set_code = np.concatenate(
         [np.full(len(frame), SETS.index(name), dtype=np.int64) for name, frame in named.items()]
     )
     slide_code, _ = pd.factorize(slide_ids, sort=True)
-    order = np.lexsort((idx, slide_code, set_code))
+    order = np.lexsort((idx, slide_code, epoch, set_code))
     return pd.DataFrame(
         {
             "slide_id": pd.Series(slide_ids[order], dtype=str),
             "idx": idx[order],
             "set": pd.Series(np.asarray(SETS, dtype=object)[set_code[order]], dtype=str),
             "score": score[order],
+            "epoch": epoch[order],
         }
     )
 
 
-def recut_curriculum(sets: pd.DataFrame, r_t: float) -> tuple[pd.DataFrame, float]:
-    """Kept sets with the curriculum re-chosen from their `pos` rows at a new r(t)."""
-    kept = sets[sets["set"] != "curriculum"]
-    curriculum, tau = _curriculum(sets[sets["set"] == "pos"], r_t)
-    parts = {name: kept[kept["set"] == name] for name in SETS if name != "curriculum"}
-    parts["curriculum"] = curriculum
-    return _rows(parts), tau
+def rederive(
+    sets: pd.DataFrame, settings: MiningSettings, round_index: int, confneg_active: bool
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Kept sets (a refused refresh) with the curriculum and the confident negatives cut again
+    from their pseudo-positives and low-scoring positive-slide patches at this round's epochs."""
+    pseudo = sets[sets["set"] == "pos"]
+    low = sets[sets["set"].isin(["confneg", "uncertain"])].drop_duplicates(["slide_id", "idx"])
+    moving = derive(pseudo, low.drop(columns="epoch"), settings, round_index, confneg_active)
+    kept = {name: sets[sets["set"] == name] for name in ("hardneg", "pos")}
+    return _rows({**kept, **_moving_parts(moving)}), moving.thresholds
 
 
 def read_sets(path: str | os.PathLike[str]) -> pd.DataFrame:
@@ -275,22 +205,35 @@ def read_sets(path: str | os.PathLike[str]) -> pd.DataFrame:
         raise HnmError(f"sets file {path} has unknown set name(s) {unknown}; known: {SETS}")
     sets["slide_id"] = sets["slide_id"].astype(str)
     sets["idx"] = sets["idx"].astype(np.int64)
+    # files from before the per-epoch sets hold every row for the whole round
+    sets["epoch"] = sets["epoch"].astype(np.int64) if "epoch" in sets.columns else EVERY_EPOCH
     return sets
 
 
-def read_val_f1(metrics_path: str | os.PathLike[str]) -> float:
-    """metrics.json["val"]["f1"]; NaN (never better than anything) when it is null."""
+def sets_at(sets: pd.DataFrame, epoch: int) -> pd.DataFrame:
+    """The rows that hold at global epoch `epoch`: the whole round's and that epoch's own."""
+    return sets[(sets["epoch"] == EVERY_EPOCH) | (sets["epoch"] == epoch)]
+
+
+GATE_KEYS = {"snapshot": "f1", "best_epoch": "best_epoch_f1"}
+
+
+def read_val_f1(metrics_path: str | os.PathLike[str], gate_metric: str = "snapshot") -> float:
+    """The val F1 the gate compares (metrics.json's val.f1, or val.best_epoch_f1 for the
+    authors' best over all MIL epochs); NaN (never better than anything) when it is null."""
+    key = GATE_KEYS[gate_metric]
     try:
         metrics = json.loads(Path(metrics_path).read_text())
     except FileNotFoundError as error:
         raise HnmError(f"MIL metrics file {metrics_path} does not exist") from error
     except json.JSONDecodeError as error:
         raise HnmError(f"MIL metrics file {metrics_path} is not valid JSON: {error}") from error
-    value = metrics.get("val", {}).get("f1", "missing") if isinstance(metrics, dict) else "missing"
+    value = metrics.get("val", {}).get(key, "missing") if isinstance(metrics, dict) else "missing"
     if value == "missing" or not (value is None or isinstance(value, (int, float))):
         raise HnmError(
-            f"MIL metrics file {metrics_path} has no numeric val.f1 (the gated refresh compares "
-            'validation F1 between rounds); expected {"val": {"f1": <float>, ...}}'
+            f"MIL metrics file {metrics_path} has no numeric val.{key} (the gated refresh "
+            f"compares validation F1 between rounds, gate_metric {gate_metric}); expected "
+            f'{{"val": {{"{key}": <float>, ...}}}}: re-run `hnm train-mil` for that round'
         )
     return float("nan") if value is None else float(value)
 
@@ -317,6 +260,8 @@ def describe(
 
     A slide without scored patches takes its label from `sheet_labels` (the sheet), so the summary
     and the log show its class rather than None."""
+    # a patch in a per-epoch set counts once, whichever epochs it belongs to
+    sets = sets.drop_duplicates(["slide_id", "idx", "set"])
     counts = {name: int((sets["set"] == name).sum()) for name in SETS}
     per_slide: dict[str, dict[str, Any]] = {}
     labels = scored.groupby("slide_id")["label"].first()
@@ -360,35 +305,29 @@ def run_mining(
         )
     scored = attach_labels(scores, sheet, scores_path)
     _require_classes(scored, scores_path)
-    epoch = curriculum_epoch(round_index, settings.schedule.epochs_per_round)
+    schedule = settings.schedule
     previous_best = _previous_best(previous_summary)
     refresh = should_refresh(val_f1, previous_best, settings.gate)
-
+    # The authors' loader adds confident negatives from the first ACCEPTED refresh on (round 0's
+    # sets come from the initial MIL, no refresh) and never stops adding them after that.
+    confneg_active = bool((previous_summary or {}).get("confident_negatives_active")) or (
+        round_index > 0 and refresh
+    )
     if refresh:
-        sets, thresholds = mine_sets(scored, settings, epoch)
+        sets, thresholds = mine_sets(scored, settings, round_index, confneg_active)
         sets_from_round = round_index
     else:
         assert previous_sets is not None and previous_summary is not None
-        r_t = curriculum_ratio(
-            epoch,
-            settings.r0,
-            settings.r_final,
-            settings.schedule.warmup,
-            settings.schedule.total_epochs,
-        )
-        sets, tau_curriculum = recut_curriculum(previous_sets, r_t)
-        thresholds = {
-            key: previous_summary.get(key)
-            for key in ("tau_hardneg", "tau_confneg", "positives_fallback")
-        }
-        thresholds.update(r_t=r_t, tau_curriculum=tau_curriculum)
+        sets, thresholds = rederive(previous_sets, settings, round_index, confneg_active)
+        thresholds["tau_hardneg"] = previous_summary.get("tau_hardneg")
+        thresholds["positives_fallback"] = previous_summary.get("positives_fallback")
         sets_from_round = previous_summary.get("sets_from_round", round_index - 1)
-
     best = val_f1 if previous_best is None else _nanmax(val_f1, previous_best)
     expected = sorted(sheet.loc[sheet["split"] == "train", "slide_id"].astype(str))
     summary: dict[str, Any] = {
         "round": round_index,
-        "epoch": epoch,
+        "epoch": schedule.round_start(round_index),
+        "epochs": [schedule.round_start(round_index), schedule.round_start(round_index + 1)],
         "val_f1": val_f1,
         "best_val_f1": best,
         "previous_best_val_f1": previous_best,

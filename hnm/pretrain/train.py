@@ -298,7 +298,7 @@ def _pretrain(
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
-    augment = SimCLRAugment(pool.patch_size, meta.mean, meta.std)
+    augment = SimCLRAugment(pool.patch_size, meta.mean, meta.std, channel_order=meta.channel_order)
     log.info(
         "pretraining %s (SimCLR, NT-Xent T=%g) for %d epoch(s) on %d patches of %d training "
         "slide(s), batch %d; device %s, %s, %d loader worker(s)",
