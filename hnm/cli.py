@@ -22,6 +22,7 @@ from hnm.core.lifetime import exit_with_parent
 STAGES: dict[str, tuple[str, str]] = {
     "synth": ("synth", "write one synthetic demo slide (pyramidal JPEG TIFF) and its ground truth"),
     "check-sheet": ("check_sheet", "validate a slide sheet and report every problem at once"),
+    "sheet": ("sheet", "write the slide sheet of a public dataset (camelyon16) as distributed"),
     "tile": ("tile", "detect tissue and write the patch grid of one slide"),
     "failures": ("failures", "gather per-slide failures into one report"),
     "init-encoder": ("init_encoder", "write the round-0 encoder from local weights or a seed"),

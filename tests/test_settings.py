@@ -61,7 +61,9 @@ def test_config_yaml_holds_the_workflow_defaults(repo_root) -> None:  # noqa: AN
             assert config[key] == schema["default"], key
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "paper.yaml", "its2clr.yaml", "dsmil.yaml"])
+@pytest.mark.parametrize(
+    "name", ["config.yaml", "paper.yaml", "its2clr.yaml", "dsmil.yaml", "camelyon16.yaml"]
+)
 def test_every_config_file_names_known_settings(repo_root, name) -> None:  # noqa: ANN001
     config = load_yaml(repo_root, "config", name)
     for cls in SECTION_CLASSES:
