@@ -18,7 +18,7 @@ from hnm.encoders import build_encoder, load_encoder_file, save_encoder_file
 from hnm.finetune.plan import Pools, plan_epoch, steps_per_epoch
 from hnm.finetune.train import FinetuneSettings, finetune
 from hnm.io.h5io import level0_tiles_attrs, write_tiles
-from hnm.mining.schedule import learning_rate
+from hnm.mining.schedule import EncoderSchedule, learning_rate
 from hnm.mining.sets import run_mining
 from hnm.mining.settings import MiningSettings
 
@@ -314,3 +314,53 @@ def test_a_slide_unreadable_at_fine_tuning_fails_or_is_skipped(
     _model, meta = load_encoder_file(tmp_path / "skip.pt")
     assert meta.extra["skipped_slides"] == skipped
     assert meta.epoch == SETTINGS.epochs_per_round
+
+
+def test_authors_rounds_follow_the_refresh_offset_and_per_epoch_sets(cohort, tmp_path) -> None:  # noqa: ANN001
+    """refresh_offset 1: round 0 trains one epoch more, the last round one fewer; per-epoch sets
+    (curriculum re-cut every epoch, self-paced confident negatives) feed each epoch its own
+    pools, and the stepped rate is what each epoch trained with."""
+    sheet = pd.read_csv(cohort["sheet"], sep="\t")
+    settings = FinetuneSettings(
+        epochs_per_round=2,
+        rounds=3,
+        warmup=1,
+        refresh_offset=1,
+        batch_size=8,
+        seed=3,
+        lr=0.05,
+        cosine_after=1,
+        lr_schedule="stepped",
+        supcon_average="all_views",
+        max_steps_per_epoch=1,
+    )
+    mining = MiningSettings(
+        neg_ratio=0.5,
+        curriculum_update="epoch",
+        confident_negatives="self_paced",
+        gate=False,
+        schedule=EncoderSchedule(epochs_per_round=2, rounds=3, warmup=1, refresh_offset=1),
+    )
+    sets0 = pd.read_parquet(cohort["sets"])
+    scores = sets0.drop_duplicates(["slide_id", "idx"])[["slide_id", "idx", "score"]]
+    encoder, ends = cohort["encoder"], []
+    previous = None
+    for round_index in range(3):
+        sets, summary = run_mining(sheet, scores, "s", 0.8, round_index, mining, *(previous or ()))
+        previous = (sets, summary)
+        assert (sets["epoch"] >= 0).any()  # per-epoch rows
+        sets_path = tmp_path / f"sets{round_index}.parquet"
+        sets.to_parquet(sets_path)
+        out = tmp_path / f"r{round_index + 1}.pt"
+        finetune(
+            sheet, sets_path, cohort["tiles"], encoder, out, None, settings, torch.device("cpu"), 0
+        )
+        _, meta = load_encoder_file(out)
+        ends.append(meta.epoch)
+        rates = [
+            settings.rate(e, 0, 1) for e in range(ends[-2] if len(ends) > 1 else 0, meta.epoch)
+        ]
+        assert meta.scheduler["kind"] == "constant_then_cosine_stepped"
+        assert len(meta.extra["losses"]) == len(rates)
+        encoder = out
+    assert ends == [3, 5, 6]
