@@ -293,3 +293,61 @@ def test_gate_compares_the_best_epoch_f1_like_the_authors(tmp_path) -> None:
             decisions[metric].append(previous[1]["refreshed"])
     assert decisions["best_epoch"] == expected
     assert decisions["snapshot"] != expected  # today's default gate: a different run
+
+
+# ---- the ready-made config and the hard-negative quantile ------------------------------------------
+
+
+def test_paper_config_takes_every_authors_choice(repo_root) -> None:
+    import yaml
+
+    base = yaml.safe_load((repo_root / "config" / "config.yaml").read_text())
+    paper = yaml.safe_load((repo_root / "config" / "paper.yaml").read_text())
+    merged = {
+        key: {**base.get(key, {}), **paper.get(key, {})}
+        for key in ("encoder", "mining", "finetune")
+    }
+    expected = {
+        "encoder": {"norm": "instance", "channel_order": "bgr", "normalize": "none"},
+        "mining": {
+            "curriculum_update": "epoch",
+            "confident_negatives": "self_paced",
+            "gate_metric": "best_epoch",
+            "eta": 0.3,
+            "neg_ratio": 0.2,
+            "r0": R0,
+            "r_final": RT,
+            "r_neg0": 0.2,
+        },
+        "finetune": {
+            "refresh_offset": 1,
+            "lr_schedule": "stepped",
+            "supcon_average": "all_views",
+            "momentum": 0.0,
+            "lr": 0.01,
+            "cosine_after": 10,
+            "warmup": WARMUP,
+            "epochs_per_round": EVERY,
+            "batch_size": 512,
+            "temperature": T,
+        },
+    }
+    for section, values in expected.items():
+        for key, value in values.items():
+            assert merged[section][key] == value, f"{section}.{key}"
+    assert paper["rounds"] * paper["finetune"]["epochs_per_round"] == E
+
+
+@pytest.mark.parametrize("fraction", [0.05, 0.2, 0.5, 1.0])
+def test_hard_negative_cut_equals_the_authors_quantile_for_their_ratios(fraction: float) -> None:
+    """Their tau is numpy's interpolated quantile at 1 - neg_ratio; hnm's the k-th largest score.
+    The two keep the same patches whenever 1 / neg_ratio is a whole number (every ratio the paper
+    uses); for others (0.3, 0.7) some pool sizes keep one patch more under hnm's rule."""
+    from hnm.mining.derived import top_fraction_threshold
+
+    rng = np.random.default_rng(1)
+    for n in range(5, 300):
+        scores = rng.random(n)
+        theirs = scores >= np.quantile(scores, 1 - fraction)
+        ours = scores >= top_fraction_threshold(scores, fraction)
+        assert np.array_equal(theirs, ours), n

@@ -13,19 +13,19 @@ Edge behaviour, chosen and tested:
   holds at least a fraction f and never splits equal scores. neg_ratio = 1.0 keeps all negatives
   (ItS2CLR); neg_ratio = 0 keeps only the top-scoring negative(s), since an empty H would leave
   fine-tuning with no epoch to iterate over.
-- Confident negatives (optional): positive-slide patches with s <= eta that are also among the
-  lowest r_neg0 fraction of ALL positive-slide scores (the same k-th rule, from below); it has no
-  schedule. They join the negatives of the positive-anchor update only.
+- Confident negatives (mining.confident_negatives) and the curriculum move with the schedule; they
+  are cut in hnm.mining.derived (per round, or per epoch as the authors' trainer does, with an
+  `epoch` column on their rows). They join the negatives of the positive-anchor update only.
 - No patch above eta: the pseudo-positives fall back to each positive slide's top-scoring patch
   (DSMIL's critical instance, the one patch the MIL assumption says a positive bag must contain),
   recorded as `positives_fallback` in the summary. Fine-tuning then keeps both updates.
 - A slide with no patches simply contributes no rows (listed in the summary with n_patches 0); no
   negative slide with patches, or no positive one, is an error naming the files.
 - Curriculum epoch: sets mined in round R feed fine-tuning R -> R+1, which starts at global epoch
-  t = R * epochs_per_round (encoder_R has completed that many epochs), so r(t) is taken there.
+  schedule.round_start(R) (encoder_R has completed that many epochs), so r(t) is taken there.
 - Gated refresh: when this round's validation F1 is below the best so far, the previous sets stay
-  (the pseudo-labels are kept), but the curriculum is re-cut from the kept pseudo-positives at the
-  new t, because r(t) depends on the epoch, not on the pseudo-labels.
+  (the pseudo-labels are kept), but the curriculum and confident negatives are re-cut from the
+  kept pools at the new epochs, because their ratios depend on the epoch, not the pseudo-labels.
 """
 
 from __future__ import annotations
