@@ -97,3 +97,17 @@ def test_augmentation_feeds_the_encoders_channel_order(order: str) -> None:
     expected = views.flip(1) if order == "bgr" else views
     expected = (expected - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
     torch.testing.assert_close(augment.normalise(views), expected)
+
+
+def test_instance_norm_on_patches_too_small_is_refused() -> None:
+    from hnm.core.errors import ConfigError
+    from hnm.encoders.inputs import check_patch_size
+
+    with pytest.raises(ConfigError, match="32 px patches give 1 x 1.*tiling.patch_size >= 33"):
+        check_patch_size("resnet_mini", {"norm": "instance"}, 32)
+    check_patch_size("resnet_mini", {"norm": "instance"}, 64)  # 2 x 2: fine
+    check_patch_size("resnet_mini", {"norm": "batch"}, 32)  # BatchNorm normalises over the batch
+    # what it guards against: torch's own error, deep in the forward pass
+    net = build_encoder("resnet_mini", {"norm": "instance"}, seed=0).backbone.eval()
+    with pytest.raises(ValueError, match="more than 1 spatial element"), torch.inference_mode():
+        net(torch.rand(2, 3, 32, 32))

@@ -10,10 +10,13 @@ apply it, so a round never changes what its encoder sees.
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
+from typing import Any
 
 import torch
 
+from hnm.core.errors import ConfigError
 from hnm.encoders.registry import EncoderSpec
 
 CHANNEL_ORDERS = ("rgb", "bgr")
@@ -51,3 +54,21 @@ def resolve_input(
 def to_channel_order(rgb: torch.Tensor, order: str, dim: int) -> torch.Tensor:
     """RGB images (channels along `dim`) in the encoder's channel order."""
     return rgb.flip(dim) if order == "bgr" else rgb
+
+
+# Our ResNets halve the resolution five times (stem conv, max-pool, three strided stages).
+RESNET_STRIDE = 32
+
+
+def check_patch_size(arch: str, arch_kwargs: dict[str, Any], patch_size: int) -> None:
+    """Refuse InstanceNorm on patches that leave the last stage 1 x 1, before any work: torch
+    fails there (statistics over one element) with an error that names neither setting."""
+    if arch_kwargs.get("norm") != "instance":
+        return
+    side = math.ceil(patch_size / RESNET_STRIDE)
+    if side < 2:
+        raise ConfigError(
+            f"encoder.norm instance needs a feature map of at least 2 x 2 in the last stage of "
+            f"{arch}, but {patch_size} px patches give {side} x {side}; use tiling.patch_size >= "
+            f"{RESNET_STRIDE + 1} (the paper: 224) or encoder.norm batch"
+        )

@@ -25,6 +25,7 @@ from hnm.core.errors import ConfigError, SlideError
 from hnm.core.progress import Progress
 from hnm.core.settings import StageSettings, setting
 from hnm.encoders import EncoderFileMeta, load_encoder_file, read_encoder_meta
+from hnm.encoders.inputs import check_patch_size
 from hnm.extract.sources import available_cores, choose_source
 from hnm.io.h5io import FeatureWriter, read_tiles_or_fail
 from hnm.io.patches import PatchGeometry
@@ -306,6 +307,7 @@ def extract_slide(
         encoder = JobEncoder(encoder_path, settings)
     model, meta, backbone = encoder.load(device)
     geometry = PatchGeometry.from_attrs(tiles_attrs)
+    check_patch_size(meta.arch, meta.arch_kwargs, geometry.patch_size)
     if geometry.patch_size != meta.patch_size:
         if model.spec.fixed_input:
             raise ConfigError(

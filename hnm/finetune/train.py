@@ -45,6 +45,7 @@ from hnm.core.errors import HnmError, SlideError
 from hnm.core.progress import Progress
 from hnm.core.restart import train_skipping_bad_slides
 from hnm.core.settings import setting
+from hnm.encoders.inputs import check_patch_size
 from hnm.encoders.model_file import load_encoder_file, save_encoder_file
 from hnm.finetune.augment import SimCLRAugment
 from hnm.finetune.plan import Pools, StepPlan, plan_epoch, steps_per_epoch
@@ -335,6 +336,7 @@ def finetune(
         torch.backends.cudnn.benchmark = True
     first = pools.at(start_epoch)
     patch_size = readers[0].patch_size
+    check_patch_size(meta.arch, meta.arch_kwargs, patch_size)
     if meta.patch_size != patch_size:
         log.info(
             "training at the tiles' patch size %d px (the encoder's nominal size is %d)",

@@ -38,6 +38,7 @@ from hnm.core.progress import Progress
 from hnm.core.restart import train_skipping_bad_slides
 from hnm.core.settings import StageSettings, setting
 from hnm.core.threads import torch_threads, usable_cores
+from hnm.encoders.inputs import check_patch_size
 from hnm.encoders.model_file import load_encoder_file, save_encoder_file
 from hnm.finetune.augment import SimCLRAugment
 from hnm.finetune.reading import batch_loader
@@ -298,6 +299,7 @@ def _pretrain(
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
+    check_patch_size(meta.arch, meta.arch_kwargs, pool.patch_size)
     augment = SimCLRAugment(pool.patch_size, meta.mean, meta.std, channel_order=meta.channel_order)
     log.info(
         "pretraining %s (SimCLR, NT-Xent T=%g) for %d epoch(s) on %d patches of %d training "
