@@ -11,10 +11,15 @@
 
 import os
 import sys
+import time
 
 from snakemake.utils import min_version
 
 min_version("9.0")
+
+
+# When this run started: the onerror handler reads the job logs written since (hnm.core.failed_logs).
+RUN_STARTED = time.time()
 
 
 # Found beside this file, so `snakemake -s path/to/Snakefile -d my_run` works from any folder.
@@ -47,6 +52,15 @@ onsuccess:
     for summary in (results_summary("results"), end_of_run_summary("results")):
         if summary:
             print(summary, file=sys.stderr)
+
+
+onerror:
+    # Snakemake names a failed job's log; hnm's own error line in it says what to do.
+    from hnm.core.failed_logs import failure_summary
+
+    summary = failure_summary(log, since=RUN_STARTED)
+    if summary:
+        print(summary, file=sys.stderr)
 
 
 rule all:
