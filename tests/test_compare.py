@@ -15,6 +15,7 @@ from hnm.compare.runner import _check_shared, _share
 from hnm.compare.spec import load_spec
 from hnm.compare.table import FinalScores
 from hnm.core.errors import HnmError
+from hnm.demo.settings import DemoSettings
 from tests.workflow_runner import TEST_CONFIGS, _env
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,6 +60,34 @@ def test_a_run_gets_cohort_then_method_then_seed(tmp_path: Path) -> None:
 def test_a_bad_spec_is_refused_before_anything_runs(tmp_path: Path, changes, named) -> None:  # noqa: ANN001
     with pytest.raises(HnmError, match=named.replace("(", r"\(").replace(")", r"\)")):
         load_spec(write_spec(tmp_path, **changes))
+
+
+def test_the_c16_cohort_has_camelyon16s_bag_counts_and_valid_demo_settings(tmp_path: Path) -> None:
+    """The cohort block of config/compare_c16.yaml, with simple methods in place of the placeholder
+    (whose settings do not exist yet): it loads, and every run gets Camelyon16's bag counts."""
+    raw = yaml.safe_load((REPO / "config" / "compare_c16.yaml").read_text())
+    assert set(raw["methods"]) == {
+        "hnm_authors",
+        "its2clr_authors",
+        "hnm_today",
+        "hnm_authors_anchor_mean",
+        "hnm_authors_no_confneg",
+        "dsmil_frozen",
+    }
+    raw["methods"] = {"plain": {"rounds": 4}, "ref": {"rounds": 4, "mil": {"ranking_loss": False}}}
+    raw["reference"] = "ref"
+    copy = tmp_path / "c16.yaml"
+    copy.write_text(yaml.safe_dump(raw))
+    spec = load_spec(copy)
+    assert spec.seeds == (0, 1, 2)
+    base = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["demo"]
+    demo = DemoSettings.from_config({**base, **spec.run_config(1, "plain")["demo"]})
+    assert demo.cohort_seed == 20261206
+    bags = {split: sum(counts.values()) for split, counts in demo.slides.items()}
+    assert bags == {"train": 216, "val": 54, "test": 129}
+    assert demo.slides["test"] == {"tumor": 49, "normal": 80}
+    tumor_share = (demo.slides["train"]["tumor"] + demo.slides["val"]["tumor"]) / 270
+    assert abs(tumor_share - 111 / 270) < 0.02  # Camelyon16: 111 tumor of 270 train + val
 
 
 class FixedScores:
