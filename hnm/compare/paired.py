@@ -97,7 +97,7 @@ def seeds_needed(alpha: float = 0.05) -> int:
 
 
 def verdict(low: float, high: float, differences: Sequence[float]) -> str:
-    """ "better"/"worse" when the two-level interval excludes 0 and every seed agrees in sign."""
+    """Better or worse when the two-level interval excludes 0 and every seed agrees in sign."""
     d = np.asarray(differences, dtype=np.float64)
     if d.size == 0 or not np.all(np.isfinite(d)) or not (np.isfinite(low) and np.isfinite(high)):
         return "undecided"
