@@ -10,10 +10,12 @@ import pandas as pd
 import pytest
 import yaml
 
+from hnm.compare.paired import paired_differences
 from hnm.compare.runner import _check_shared, _share
 from hnm.compare.spec import load_spec
-from hnm.compare.table import FinalScores, paired_differences
+from hnm.compare.table import FinalScores
 from hnm.core.errors import HnmError
+from hnm.demo.settings import DemoSettings
 from tests.workflow_runner import TEST_CONFIGS, _env
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,6 +51,7 @@ def test_a_run_gets_cohort_then_method_then_seed(tmp_path: Path) -> None:
         ({"reference": "c"}, "reference 'c'"),
         ({"cohort": {"mining": {"neg_ratio": 1.0}}}, "cohort sets mining"),
         ({"seeds": [1, 1]}, "seeds must be distinct"),
+        ({"seeds": list(range(21))}, "21 seeds; at most 20"),
         ({"methods": {"a/b": {}, "b": {}}}, "method name 'a/b'"),
         ({"bootstrap": 10}, "bootstrap must be at least 100"),
         ({"extra": 1}, "unknown key(s) extra"),
@@ -57,6 +60,34 @@ def test_a_run_gets_cohort_then_method_then_seed(tmp_path: Path) -> None:
 def test_a_bad_spec_is_refused_before_anything_runs(tmp_path: Path, changes, named) -> None:  # noqa: ANN001
     with pytest.raises(HnmError, match=named.replace("(", r"\(").replace(")", r"\)")):
         load_spec(write_spec(tmp_path, **changes))
+
+
+def test_the_c16_cohort_has_camelyon16s_bag_counts_and_valid_demo_settings(tmp_path: Path) -> None:
+    """The cohort block of config/compare_c16.yaml, with simple methods in place of the placeholder
+    (whose settings do not exist yet): it loads, and every run gets Camelyon16's bag counts."""
+    raw = yaml.safe_load((REPO / "config" / "compare_c16.yaml").read_text())
+    assert set(raw["methods"]) == {
+        "hnm_authors",
+        "its2clr_authors",
+        "hnm_today",
+        "hnm_authors_anchor_mean",
+        "hnm_authors_no_confneg",
+        "dsmil_frozen",
+    }
+    raw["methods"] = {"plain": {"rounds": 4}, "ref": {"rounds": 4, "mil": {"ranking_loss": False}}}
+    raw["reference"] = "ref"
+    copy = tmp_path / "c16.yaml"
+    copy.write_text(yaml.safe_dump(raw))
+    spec = load_spec(copy)
+    assert spec.seeds == (0, 1, 2)
+    base = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["demo"]
+    demo = DemoSettings.from_config({**base, **spec.run_config(1, "plain")["demo"]})
+    assert demo.cohort_seed == 20261206
+    bags = {split: sum(counts.values()) for split, counts in demo.slides.items()}
+    assert bags == {"train": 216, "val": 54, "test": 129}
+    assert demo.slides["test"] == {"tumor": 49, "normal": 80}
+    tumor_share = (demo.slides["train"]["tumor"] + demo.slides["val"]["tumor"]) / 270
+    assert abs(tumor_share - 111 / 270) < 0.02  # Camelyon16: 111 tumor of 270 train + val
 
 
 class FixedScores:
@@ -79,9 +110,14 @@ def test_paired_difference_is_the_mean_over_seeds_of_each_seeds_difference(tmp_p
     }
     paired = paired_differences(spec, final, ["s1", "s2"], resamples=100)
     assert set(paired["method"]) == {"a"}  # the reference is not paired with itself
-    # (0.9 - 0.8 + 0.6 - 0.7) / 2 = 0; slides do not matter, so the interval is that point.
+    # (0.9 - 0.8 + 0.6 - 0.7) / 2 = 0; slides do not matter, so the slide-only interval is that
+    # point, while drawing seeds spreads it from -0.1 (seed 1 drawn twice) to +0.1 (seed 0 twice).
     assert np.allclose(paired["difference"], 0.0)
-    assert np.allclose(paired["ci_low"], 0.0) and np.allclose(paired["ci_high"], 0.0)
+    assert np.allclose(paired["ci_slides_low"], 0.0) and np.allclose(paired["ci_slides_high"], 0.0)
+    assert np.allclose(paired["ci_seeds_slides_low"], -0.1)
+    assert np.allclose(paired["ci_seeds_slides_high"], 0.1)
+    assert set(paired["seed_differences"]) == {"+0.100, -0.100"}
+    assert set(paired["verdict"]) == {"undecided"}
 
 
 def test_final_scores_metrics_by_hand() -> None:
@@ -157,7 +193,8 @@ def test_a_small_comparison_writes_its_tables(tmp_path: Path) -> None:
     assert runs["test_patch_auc"].between(0, 1).all()
     paired = pd.read_csv(out / "paired.csv")
     assert set(paired["metric"]) == {"test_patch_auc", "test_patch_auc_vs_mimic", "test_slide_auc"}
-    assert (paired["ci_low"] <= paired["ci_high"]).all()
+    assert (paired["ci_slides_low"] <= paired["ci_slides_high"]).all()
+    assert (paired["ci_seeds_slides_low"] <= paired["ci_seeds_slides_high"]).all()
     summary = (out / "summary.md").read_text()
     assert "| ranked (round 0) |" in summary and "Against plain" in summary
     # The methods used the seed's round-0 features, not features of their own.

@@ -20,6 +20,9 @@ from hnm.core.errors import HnmError
 METHOD_KEYS = frozenset({"rounds", "mil", "mining", "finetune"})
 # Keys the comparison sets itself.
 RESERVED_KEYS = frozenset({"seed"})
+# The exact sign-flip test of the per-seed differences lists all 2^n sign patterns
+# (hnm.compare.paired); 20 seeds is a million patterns, and far more workflow runs than anyone waits for.
+MAX_SEEDS = 20
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -92,6 +95,11 @@ def load_spec(path: str | Path) -> CompareSpec:
         )
     if len(set(seeds)) != len(seeds) or not all(isinstance(s, int) and s >= 0 for s in seeds):
         raise HnmError(f"comparison file {source}: seeds must be distinct integers >= 0")
+    if len(seeds) > MAX_SEEDS:
+        raise HnmError(
+            f"comparison file {source}: {len(seeds)} seeds; at most {MAX_SEEDS} (the exact "
+            "sign-flip test lists every sign pattern of the per-seed differences)"
+        )
     bootstrap = int(raw.get("bootstrap", 1000))
     if bootstrap < 100:
         raise HnmError(f"comparison file {source}: bootstrap must be at least 100 resamples")

@@ -6,6 +6,7 @@ import math
 
 import pandas as pd
 
+from hnm.compare.paired import seeds_needed, smallest_sign_flip_p
 from hnm.compare.runner import RunRecord
 from hnm.compare.spec import CompareSpec
 
@@ -70,21 +71,7 @@ def write_summary(
             ]
         )
     lines += _markdown(["method"] + [label for _, label in FINAL_COLUMNS], rows)
-    lines += [
-        "",
-        f"## Against {spec.reference}, paired by seed (95% bootstrap over test slides)",
-        "",
-    ]
-    rows = [
-        [
-            str(r["method"]),
-            str(r["metric"]),
-            f"{r['difference']:+.3f}",
-            f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]",
-        ]
-        for r in paired.to_dict("records")
-    ]
-    lines += _markdown(["method", "metric", "difference", "95% interval"], rows)
+    lines += [""] + paired_section(spec, paired)
     lines += ["", "## Every round", ""]
     per_round = [
         ("test_patch_auc", "test patch AUC"),
@@ -109,3 +96,62 @@ def write_summary(
     ]
     lines += _markdown(["run", "seconds"], [[r.name, f"{r.seconds:.0f}"] for r in records])
     return "\n".join(lines) + "\n"
+
+
+def seeds_sentence(seeds: int, alpha: float = 0.05) -> str:
+    """What the number of seeds allows the sign-flip test to say, with the numbers."""
+    smallest = smallest_sign_flip_p(seeds)
+    needed = seeds_needed(alpha)
+    if smallest < alpha:
+        return (
+            f"With {seeds} seeds the smallest two-sided sign-flip p is 2/2^{seeds} = "
+            f"{smallest:.3f}, so the seeds alone can reach p < {alpha:g}."
+        )
+    return (
+        f"With {seeds} seed{'s' if seeds != 1 else ''} the smallest two-sided sign-flip p is "
+        f"2/2^{seeds} = {smallest:.3f}, so the seeds alone can never reach p < {alpha:g}; that "
+        f"takes at least {needed} seeds (2/2^{needed} = {smallest_sign_flip_p(needed):.3f})."
+    )
+
+
+def paired_section(spec: CompareSpec, paired: pd.DataFrame) -> list[str]:
+    """The paired table with what each interval resamples, and what the seeds can decide."""
+    seeds = ", ".join(str(s) for s in spec.seeds)
+    lines = [
+        f"## Against {spec.reference}, paired by seed",
+        "",
+        f"Each method's final round minus {spec.reference}'s at the same seed. *per seed*: the "
+        f"differences at seeds {seeds}; *difference*: their mean; *seeds and slides*: 95% "
+        "interval of a two-level bootstrap that draws seeds, and within each drawn seed its test "
+        "slides, with replacement (one slide draw scores both methods of a seed); *slides only*: "
+        "95% interval of a bootstrap over the test slides with the seeds held fixed, which "
+        "leaves out how much the seed moves the result; *sign-flip p*: exact two-sided sign-flip p of the "
+        "per-seed differences; *verdict*: better or worse only when the seeds-and-slides "
+        "interval excludes 0 and every seed's difference has its sign. "
+        + seeds_sentence(len(spec.seeds)),
+        "",
+    ]
+    rows = [
+        [
+            str(r["method"]),
+            str(r["metric"]),
+            f"{r['difference']:+.3f}",
+            str(r["seed_differences"]),
+            f"[{r['ci_seeds_slides_low']:+.3f}, {r['ci_seeds_slides_high']:+.3f}]",
+            f"[{r['ci_slides_low']:+.3f}, {r['ci_slides_high']:+.3f}]",
+            f"{r['sign_flip_p']:.3f}",
+            str(r["verdict"]),
+        ]
+        for r in paired.to_dict("records")
+    ]
+    header = [
+        "method",
+        "metric",
+        "difference",
+        "per seed",
+        "95% interval, seeds and slides",
+        "95% interval, slides only",
+        "sign-flip p",
+        "verdict",
+    ]
+    return lines + _markdown(header, rows)

@@ -8,8 +8,8 @@ Three tables:
   of all training patches of the slides mined from.
 - table.csv: per method and round, the mean and standard deviation over seeds.
 - paired.csv: per method, its final round against the reference method's final round at the same
-  seed, averaged over seeds, with a 95% interval from a paired bootstrap over test slides (one
-  resample of the test slides serves both methods, so the interval reflects the test set's size).
+  seed: the per-seed differences, their mean, 95% intervals from a bootstrap over seeds and test
+  slides and from one over test slides alone, a sign-flip p and a verdict (hnm.compare.paired).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from hnm.compare.paired import paired_differences
 from hnm.compare.spec import CompareSpec
 from hnm.core.errors import HnmError
 from hnm.evaluation.metrics import roc_auc
@@ -52,7 +53,6 @@ HEALTH = {
     "pos_overlap_previous",
     "hardneg_overlap_previous",
 }
-PAIRED = ("test_patch_auc", "test_patch_auc_vs_mimic", "test_slide_auc")
 
 
 class PatchTruth:
@@ -215,57 +215,6 @@ class FinalScores:
 def _auc(labels: Any, scores: Any) -> float:
     value = roc_auc(labels, scores) if len(labels) else None
     return float("nan") if value is None else float(value)
-
-
-def paired_differences(
-    spec: CompareSpec,
-    final: dict[tuple[str, int], FinalScores],
-    test_slides: list[str],
-    resamples: int,
-    seed: int = 0,
-) -> pd.DataFrame:
-    """Each method minus the reference at the same seed, mean over seeds, with a 95% interval."""
-    rng = np.random.default_rng(seed)
-    draws = [list(rng.choice(test_slides, size=len(test_slides))) for _ in range(resamples)]
-    rows = []
-    for method in spec.methods:
-        if method == spec.reference:
-            continue
-        for name in PAIRED:
-
-            def difference(slides: list[str], name: str = name, method: str = method) -> float:
-                return float(
-                    np.nanmean(
-                        [
-                            final[method, s].metric(name, slides)
-                            - final[spec.reference, s].metric(name, slides)
-                            for s in spec.seeds
-                        ]
-                    )
-                )
-
-            observed = difference(test_slides)
-            low, high = _interval([difference(d) for d in draws])
-            rows.append(
-                {
-                    "method": method,
-                    "reference": spec.reference,
-                    "metric": name,
-                    "difference": observed,
-                    "ci_low": low,
-                    "ci_high": high,
-                    "seeds": len(spec.seeds),
-                    "resamples": resamples,
-                }
-            )
-    return pd.DataFrame(rows)
-
-
-def _interval(values: list[float]) -> tuple[float, float]:
-    finite = np.asarray([v for v in values if np.isfinite(v)])
-    if finite.size == 0:
-        return float("nan"), float("nan")
-    return float(np.quantile(finite, 0.025)), float(np.quantile(finite, 0.975))
 
 
 def collect(
