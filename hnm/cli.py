@@ -32,6 +32,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "mine": ("mine", "mine hard negatives and pseudo-positive sets from patch scores"),
     "finetune": ("finetune", "fine-tune the encoder with SupCon on the mined sets"),
     "evaluate": ("evaluate", "slide- and patch-level metrics on held-out slides"),
+    "probe": ("probe", "one round's feature quality: linear probe and the MIL over seeds"),
     "report": ("report", "gather per-round metrics into rounds.csv"),
     "heatmaps": ("heatmaps", "draw the final model's patch scores over slide thumbnails"),
     "qupath": ("qupath", "export patch scores as GeoJSON tiles for QuPath"),

@@ -17,6 +17,7 @@ from hnm.core.cliflags import to_flags
 from hnm.core.errors import SheetError
 from hnm.core.gpu_slots import command_prefix
 from hnm.core.overrides import typed_overrides
+from hnm.evaluation.settings import PROBE_SETTINGS
 from hnm.extract.batches import extraction_batches
 from hnm.io.sheet import demo_sheet, validate_sheet
 from hnm.predict.settings import PredictSettings
@@ -111,6 +112,18 @@ def annotation_files():
     return [path for path in SHEET["annotation"] if path]
 
 
+# Feature quality (rules/probe.smk) needs patch truth: it runs where the sheet names annotations.
+PROBE = bool(annotation_files())
+MIL_SEEDS = list(config["evaluation"]["mil_seeds"])
+
+
+def probe_outputs():
+    """Every round's probe.json, or none without annotations."""
+    if not PROBE:
+        return []
+    return expand("results/r{round}/eval/probe.json", round=range(ROUNDS + 1))
+
+
 # What the training sheet (results/sheet.tsv) holds: every column but the annotations. Demo slides
 # count by their path in the run folder, so a run folder started from another's files (hnm compare)
 # or moved elsewhere keeps its sheet.
@@ -194,6 +207,12 @@ def rule_threads(rule_name):
 
 def flags(section, skip=()):
     return to_flags(config[section], skip=skip)
+
+
+def evaluation_flags():
+    """The evaluation settings but the probe's (PROBE_SETTINGS, read by the probe job alone), so
+    that changing those does not re-run the evaluation and pictures."""
+    return flags("evaluation", skip=PROBE_SETTINGS)
 
 
 def previous_mining(wildcards):

@@ -47,7 +47,7 @@ rule evaluate:
         mem_mb=4000,
         runtime=30,
     params:
-        settings=flags("evaluation"),
+        settings=evaluation_flags(),
     shell:
         "python -m hnm evaluate --sheet {input.sheet:q} --mil-metrics {input.metrics:q} "
         "--mil-slides {input.slides:q} --train-scores {input.train:q} --val-scores {input.val:q} "

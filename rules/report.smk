@@ -32,6 +32,7 @@ rule final:
         mining=expand("results/r{round}/mining/summary.json", round=range(ROUNDS)),
         encoders=expand("results/r{round}/encoder.pt", round=range(1, ROUNDS + 1)),
         predictions=f"results/r{ROUNDS}/eval/predictions.csv",
+        probe=probe_outputs(),
         failures="results/qc/failed_slides.tsv",
     output:
         metrics=report(
@@ -56,6 +57,7 @@ rule final:
     shell:
         "python -m hnm report --mil-metrics {input.rounds_mil:q} --eval-metrics "
         "{input.rounds_eval:q} --mining-summaries {input.mining:q} --encoders {input.encoders:q} "
-        "--predictions {input.predictions:q} --failures {input.failures:q} "
+        "--predictions {input.predictions:q} --probe-metrics {input.probe:q} "
+        "--failures {input.failures:q} "
         "--out-metrics {output.metrics:q} --out-predictions {output.predictions:q} "
         "--out-rounds {output.rounds:q} --out-finetune {output.finetune:q} > {log:q} 2>&1"

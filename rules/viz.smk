@@ -22,7 +22,7 @@ rule heatmaps:
         mem_mb=2000,
         runtime=30,
     params:
-        settings=f"{flags('evaluation')} {flags('viz')}",
+        settings=f"{evaluation_flags()} {flags('viz')}",
     shell:
         "python -m hnm heatmaps --sheet {input.sheet:q} --predictions {input.predictions:q} "
         "--scores {input.scores:q} --tiles {input.tiles:q} --out {output:q} {params.settings} "
@@ -82,7 +82,7 @@ rule mined:
         mem_mb=2000,
         runtime=30,
     params:
-        settings=f"{flags('evaluation')} {flags('viz')}",
+        settings=f"{evaluation_flags()} {flags('viz')}",
     shell:
         "python -m hnm mined --sheet {input.sheet:q} --round {wildcards.round} "
         "--sets {input.sets:q} --tiles {input.tiles:q} --out-overlay {output.overlay:q} "
@@ -118,7 +118,7 @@ rule figures:
         mem_mb=2000,
         runtime=30,
     params:
-        settings=f"{flags('evaluation')} {flags('viz')}",
+        settings=f"{evaluation_flags()} {flags('viz')}",
     shell:
         "python -m hnm figures --sheet {input.sheet:q} --predictions {input.predictions:q} "
         "--mil-metrics {input.mil_metrics:q} --eval-metrics {input.eval_metrics:q} "

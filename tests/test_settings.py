@@ -29,6 +29,7 @@ COMMAND_SETTINGS = {
     "mine": ["MiningSettings", "EncoderSchedule"],
     "finetune": ["FinetuneSettings"],
     "evaluate": ["EvaluationSettings"],
+    "probe": ["MilSettings", "EvaluationSettings"],
     "heatmaps": ["EvaluationSettings", "VizSettings"],
     "mined": ["EvaluationSettings", "VizSettings"],
     "figures": ["EvaluationSettings", "VizSettings"],

@@ -61,6 +61,21 @@ def test_full_chain_writes_every_output(reference: Path) -> None:
     rounds = pd.read_csv(results / "final" / "rounds.csv")
     assert list(rounds["round"]) == [0, 1]
     assert rounds.loc[0, "hard_negatives"] > 0
+    # Feature quality, since the demo slides are annotated: each round's linear probe and its MIL
+    # trained again at evaluation.mil_seeds, in rounds.csv.
+    for round_ in (0, 1):
+        quality = json.loads((results / f"r{round_}" / "eval" / "probe.json").read_text())
+        assert quality["probe"]["reason"] is None, quality["probe"]
+        assert quality["mil_seeds"]["seeds"] == [TINY_CONFIG.get("seed", 0), 1, 2]
+    for column in (
+        "probe_test_auc",
+        "probe_test_auc_vs_mimic",
+        "mil_seeds_test_patch_auc_mean",
+        "mil_seeds_test_patch_auc_sd",
+        "mil_seeds_test_slide_auc_mean",
+        "mil_seeds_test_slide_auc_sd",
+    ):
+        assert rounds[column].between(0.0, 1.0).all(), (column, list(rounds[column]))
     # Rerunning a finished workflow does nothing.
     assert "Nothing to be done" in run(reference).stderr
 

@@ -342,3 +342,34 @@ def test_a_second_cohort_in_its_own_folder_does_not_see_the_firsts_files(tmp_pat
     assert [p.name for p in (tmp_path / "own run").iterdir()] == [".snakemake"]
     mixed = plan(first, cwd=first)
     assert "sheet" not in mixed and "init_encoder" not in mixed, mixed
+
+
+def test_feature_quality_runs_where_annotations_exist(tmp_path: Path) -> None:
+    """rules/probe.smk: one probe job per round when the sheet names annotations (the demo's do),
+    read by rule final; none without them, and rule final passes no probe file. The probe's
+    settings reach the probe job only, so changing them re-runs nothing else."""
+    demo = snakemake(tmp_path, "-n", "-p")
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    rounds = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["rounds"]
+    assert planned_jobs(demo)["probe"] == rounds + 1
+    probes = " ".join(f"results/r{r}/eval/probe.json" for r in range(rounds + 1))
+    assert f"--probe-metrics {probes} --failures" in demo.stdout
+    for line in re.findall(r"python -m hnm (?:evaluate|heatmaps|mined|figures) .*", demo.stdout):
+        assert "--mil-seeds" not in line and "--probe-c" not in line, line
+    assert re.search(r"python -m hnm probe .*--mil-seeds '\[1, 2\]'", demo.stdout)
+
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    rows = ["slide_id\tpath\tlabel\tsplit"]
+    for split in ("train", "train", "val", "test"):
+        for label in ("tumor", "normal"):
+            slide_id = f"{split}_{label}_{len(rows)}"
+            (slides / f"{slide_id}.svs").write_text(slide_id)  # a dry run opens no slide
+            rows.append(f"{slide_id}\t{slide_id}.svs\t{label}\t{split}")
+    (slides / "sheet.tsv").write_text("\n".join(rows) + "\n")
+    workdir = tmp_path / "unannotated"
+    workdir.mkdir()
+    plain = snakemake(workdir, "-n", "-p", "--config", f"sheet={slides / 'sheet.tsv'}")
+    assert plain.returncode == 0, plain.stdout + plain.stderr
+    assert "probe" not in planned_jobs(plain)
+    assert re.search(r"python -m hnm report .*--probe-metrics\s+--failures", plain.stdout)

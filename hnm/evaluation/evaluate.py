@@ -100,9 +100,9 @@ def evaluate(
     if slide_metrics["auc"] is None:
         log.warning("slide AUC on %s is undefined: the split lacks a class", split)
 
-    patch_metrics: dict[str, Any] = {}
+    per_split: dict[str, Any] = {}
     for patch_split in SPLITS:
-        result = _patch_metrics(
+        result = patch_metrics(
             sheet,
             mil.scores.get(patch_split),
             tiles_files,
@@ -111,7 +111,7 @@ def evaluate(
             min_fraction,
         )
         if result is not None:
-            patch_metrics[patch_split] = result
+            per_split[patch_split] = result
 
     metrics = {
         "split": split,
@@ -121,7 +121,7 @@ def evaluate(
         "selected_epoch": mil_metrics.get("selected_epoch"),
         "aggregator": mil_metrics.get("aggregator"),
         "slide": slide_metrics,
-        "patch": patch_metrics,
+        "patch": per_split,
     }
     with atomic_path(predictions_path) as temporary:
         predictions.to_csv(temporary, index=False)
@@ -133,12 +133,12 @@ def evaluate(
         fmt_metric(slide_metrics["accuracy"]),
         fmt_metric(slide_metrics["f1"]),
         threshold,
-        ", ".join(patch_metrics) or "no split (no annotations)",
+        ", ".join(per_split) or "no split (no annotations)",
     )
     return metrics
 
 
-def _patch_metrics(
+def patch_metrics(
     sheet: pd.DataFrame,
     scores_path: str | os.PathLike[str] | None,
     tiles_files: dict[str, Path],
@@ -175,7 +175,7 @@ def _patch_metrics(
         group = by_slide[slide_id]
         idx = group["idx"].to_numpy(np.int64)
         if annotation:
-            masks = _annotated_labels(slide_id, annotation, tiles_files, idx, classes, min_fraction)
+            masks = annotated_labels(slide_id, annotation, tiles_files, idx, classes, min_fraction)
         else:
             masks = [np.zeros(len(idx), dtype=bool) for _ in classes]
         labels.append(masks)
@@ -194,14 +194,14 @@ def _patch_metrics(
             truth[on_positive], score[on_positive], int(sum(p.any() for p in positive_slide))
         ),
         "versus": {
-            name: _versus_summary(truth, other & ~truth, score)
+            name: versus_summary(truth, other & ~truth, score)
             for name, other in zip(classes[1:], others)
         },
         "skipped": skipped,
     }
 
 
-def _versus_summary(truth: np.ndarray, other: np.ndarray, score: np.ndarray) -> dict[str, Any]:
+def versus_summary(truth: np.ndarray, other: np.ndarray, score: np.ndarray) -> dict[str, Any]:
     """Tumor patches against the patches of one other class (a patch in both counts as tumor)."""
     pair = truth | other
     both = bool(truth.any() and other.any())
@@ -212,7 +212,7 @@ def _versus_summary(truth: np.ndarray, other: np.ndarray, score: np.ndarray) -> 
     }
 
 
-def _annotated_labels(
+def annotated_labels(
     slide_id: str,
     annotation: str,
     tiles_files: dict[str, Path],

@@ -2,7 +2,9 @@
 
 rounds.csv is what a researcher reads to see whether the hard-negative rounds helped: per round the
 MIL validation/test slide AUC, patch AUC where ground truth exists, how many hard negatives were
-mined, and what fine-tuning, extraction and MIL training cost.
+mined, and what fine-tuning, extraction and MIL training cost. Where annotations exist, the round's
+feature quality (eval/probe.json, hnm.evaluation.feature_quality) adds the linear probe's test AUC
+and the mean and sd of the MIL's test AUCs over seeds.
 """
 
 from __future__ import annotations
@@ -25,6 +27,16 @@ from hnm.evaluation.warnings import read_failures, run_warnings
 
 log = logging.getLogger(__name__)
 
+# From eval/probe.json: the linear probe's test AUC (tumor vs rest), and the MIL's test AUCs over
+# seeds; empty without annotations, or where the probe had nothing to fit on (probe.json says why).
+PROBE_COLUMNS = [
+    "probe_test_auc",
+    "mil_seeds_test_patch_auc_mean",
+    "mil_seeds_test_patch_auc_sd",
+    "mil_seeds_test_slide_auc_mean",
+    "mil_seeds_test_slide_auc_sd",
+]
+
 ROUND_COLUMNS = [
     "round",
     "val_slide_auc",
@@ -40,6 +52,7 @@ ROUND_COLUMNS = [
     "extraction_seconds",
     "extraction_patches_per_second",
     "mil_epoch_seconds",
+    *PROBE_COLUMNS,
 ]
 
 
@@ -51,6 +64,7 @@ class RoundFiles:
     eval_metrics: Path
     mining_summary: Path | None = None
     next_encoder: Path | None = None
+    probe: Path | None = None
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -66,14 +80,32 @@ def _patch_auc(evaluation: dict[str, Any], split: str) -> float | None:
     return overall.get("auc")
 
 
+def _column_name(class_name: str) -> str:
+    """A class name as a column suffix: lower case, runs of other characters as one `_`."""
+    return re.sub(r"[^0-9a-z]+", "_", class_name.lower()).strip("_")
+
+
 def _versus_aucs(evaluation: dict[str, Any]) -> dict[str, float | None]:
     """{split}_patch_auc_vs_{class}: tumor against each other annotated class, per val/test."""
     columns: dict[str, float | None] = {}
     for split in ("val", "test"):
         versus = (evaluation.get("patch", {}).get(split) or {}).get("versus") or {}
         for name, summary in versus.items():
-            column = re.sub(r"[^0-9a-z]+", "_", name.lower()).strip("_")
-            columns[f"{split}_patch_auc_vs_{column}"] = summary.get("auc")
+            columns[f"{split}_patch_auc_vs_{_column_name(name)}"] = summary.get("auc")
+    return columns
+
+
+def probe_columns(quality: dict[str, Any]) -> dict[str, float | None]:
+    """PROBE_COLUMNS and probe_test_auc_vs_{class} from one round's probe.json."""
+    probe = quality.get("probe") or {}
+    seeds = quality.get("mil_seeds") or {}
+    columns: dict[str, float | None] = {"probe_test_auc": probe.get("auc")}
+    for metric in ("test_patch_auc", "test_slide_auc"):
+        summary = seeds.get(metric) or {}
+        columns[f"mil_seeds_{metric}_mean"] = summary.get("mean")
+        columns[f"mil_seeds_{metric}_sd"] = summary.get("sd")
+    for name, summary in (probe.get("versus") or {}).items():
+        columns[f"probe_test_auc_vs_{_column_name(name)}"] = (summary or {}).get("auc")
     return columns
 
 
@@ -161,6 +193,7 @@ def round_row(round_: int, files: RoundFiles) -> dict[str, Any]:
         ),
         "mil_epoch_seconds": (mil.get("timing") or {}).get("epoch_seconds_mean"),
         **_versus_aucs(evaluation),
+        **(probe_columns(_read_json(files.probe)) if files.probe else {}),
     }
 
 
@@ -199,11 +232,13 @@ def write_report(
             finetune_epochs(encoders).to_csv(temporary, index=False)
     for row in table.to_dict("records"):
         log.info(
-            "round %d: val AUC %s, test AUC %s, test patch AUC %s, hard negatives %s",
+            "round %d: val AUC %s, test AUC %s, test patch AUC %s, probe test AUC %s, "
+            "hard negatives %s",
             row["round"],
             fmt_metric(row["val_slide_auc"]),
             fmt_metric(row["test_slide_auc"]),
             fmt_metric(row["test_patch_auc"]),
+            fmt_metric(row["probe_test_auc"]),
             row["hard_negatives"],
         )
     return table
