@@ -15,6 +15,10 @@ FINAL_COLUMNS = (
     ("test_patch_auc_vs_mimic", "tumor vs mimic patch AUC"),
     ("test_slide_auc", "test slide AUC"),
     ("test_accuracy", "test accuracy"),
+    ("probe_test_auc", "linear probe: test patch AUC"),
+    ("probe_test_auc_vs_mimic", "linear probe: tumor vs mimic"),
+    ("mil_seeds_test_patch_auc_mean", "MIL over MIL seeds: test patch AUC"),
+    ("mil_seeds_test_patch_auc_sd", "MIL seeds' sd of test patch AUC"),
     ("finetune_steps_total", "fine-tuning steps (all rounds)"),
     ("finetune_seconds_total", "fine-tuning s (all rounds)"),
 )
@@ -77,6 +81,8 @@ def write_summary(
         ("test_patch_auc", "test patch AUC"),
         ("test_patch_auc_vs_mimic", "tumor vs mimic"),
         ("test_slide_auc", "test slide AUC"),
+        ("probe_test_auc", "linear probe"),
+        ("mil_seeds_test_patch_auc_mean", "MIL seeds: patch AUC"),
         *MINING_COLUMNS,
     ]
     rows = [
