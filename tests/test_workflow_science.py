@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from hnm.io.annotations import load_polygons, patch_labels
 from hnm.io.h5io import read_tiles
@@ -49,6 +50,9 @@ def _enrichment(results: Path, sets: pd.DataFrame, slides: pd.Series, name: str,
     in_set = np.mean([flags[s][i] for s, i in zip(chosen["slide_id"], chosen["idx"])])
     print(f"{region}: {share:.2f} of the slides' patches, {in_set:.2f} of set {name}")
     return share, in_set
+
+
+pytestmark = pytest.mark.workflow
 
 
 def test_mining_finds_the_tumor_and_takes_the_top_scored_negatives(tmp_path: Path) -> None:
