@@ -79,6 +79,7 @@ def _rule_resources(description: str) -> dict[str, Any]:
 
 def workflow_properties() -> dict[str, dict[str, Any]]:
     """The keys that belong to the workflow as a whole, with config/config.yaml's defaults."""
+    from hnm.io.sheet import DEFAULT_LABELS
     from hnm.mining.schedule import EncoderSchedule
 
     return {
@@ -91,6 +92,8 @@ def workflow_properties() -> dict[str, dict[str, Any]]:
             "type": "object",
             "description": "label names in the sheet -> class (1 = tumor / positive, 0 = normal)",
             "additionalProperties": {"type": "integer", "enum": [0, 1]},
+            # declared once, in hnm.io.sheet (what `hnm check-sheet` uses without a config)
+            "default": dict(DEFAULT_LABELS),
         },
         "allow_one_class_eval_splits": {
             "type": "boolean",
