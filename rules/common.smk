@@ -20,6 +20,7 @@ from hnm.core.overrides import typed_overrides
 from hnm.evaluation.settings import PROBE_SETTINGS
 from hnm.extract.batches import extraction_batches
 from hnm.io.sheet import demo_sheet, validate_sheet
+from hnm.mil.files import MIL_FILES
 from hnm.predict.settings import PredictSettings
 from hnm.predict.sheet import validate_new_slides
 from hnm.pretrain.start import round0_start
@@ -166,15 +167,7 @@ def features(round_):
 
 def mil_outputs(round_):
     folder = f"results/r{round_}/mil"
-    return {
-        "model": f"{folder}/model.pt",
-        "metrics": f"{folder}/metrics.json",
-        "epochs": f"{folder}/epochs.csv",
-        "slides": f"{folder}/slides.parquet",
-        "train": f"{folder}/scores/train.parquet",
-        "val": f"{folder}/scores/val.parquet",
-        "test": f"{folder}/scores/test.parquet",
-    }
+    return {name: f"{folder}/{path}" for name, path in MIL_FILES.items()}
 
 
 def gpu_resources():

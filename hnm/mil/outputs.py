@@ -19,6 +19,7 @@ from hnm.core.formatting import fmt_metric
 from hnm.evaluation.metrics import binary_metrics, choose_threshold
 from hnm.io.sheet import SPLITS
 from hnm.mil.data import Cohort
+from hnm.mil.files import mil_file
 from hnm.mil.scoring import score_bags
 from hnm.mil.settings import MilSettings
 
@@ -117,7 +118,7 @@ def write_outputs(
         },
         "code_version": __version__,
     }
-    with atomic_path(out_dir / "model.pt") as temporary:
+    with atomic_path(mil_file(out_dir, "model")) as temporary:
         torch.save(
             {
                 "state_dict": {k: v.cpu() for k, v in trained.model.state_dict().items()},
@@ -131,9 +132,9 @@ def write_outputs(
             },
             temporary,
         )
-    with atomic_path(out_dir / "epochs.csv") as temporary:
+    with atomic_path(mil_file(out_dir, "epochs")) as temporary:
         pd.DataFrame(trained.rows, columns=EPOCH_COLUMNS).to_csv(temporary, index=False)
-    write_json(out_dir / "metrics.json", metrics)
+    write_json(mil_file(out_dir, "metrics"), metrics)
     log.info(
         "selected epoch %d (val auc %s, val loss %s); threshold %.4f (%s), val F1 there %s; "
         "mean epoch %.2f s",
@@ -155,11 +156,11 @@ def _score_all(out_dir: Path, model: torch.nn.Module, cohort: Cohort) -> pd.Data
     for split in SPLITS:
         slides, scores = score_slides(model, cohort, cohort.indices(split))
         slide_tables.append(slides)
-        write_parquet(out_dir / "scores" / f"{split}.parquet", scores)
+        write_parquet(mil_file(out_dir, split), scores)
     # Empty splits left out: their column types would turn the others' to object.
     filled = [table for table in slide_tables if len(table)]
     slides = pd.concat(filled, ignore_index=True) if filled else pd.DataFrame(columns=SLIDE_COLUMNS)
-    write_parquet(out_dir / "slides.parquet", slides)
+    write_parquet(mil_file(out_dir, "slides"), slides)
     return slides
 
 

@@ -1,0 +1,24 @@
+"""The files `hnm train-mil` writes into a round's MIL folder, named once.
+
+Torch-free on purpose: the workflow's rules (rules/common.smk) read these names at parse time,
+and the training stage writes by them, so the two can never drift apart.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hnm.io.sheet import SPLITS
+
+MIL_FILES: dict[str, str] = {
+    "model": "model.pt",
+    "metrics": "metrics.json",
+    "epochs": "epochs.csv",
+    "slides": "slides.parquet",
+    **{split: f"scores/{split}.parquet" for split in SPLITS},
+}
+
+
+def mil_file(folder: str | Path, name: str) -> Path:
+    """The path of file `name` (a key of MIL_FILES) in MIL folder `folder`."""
+    return Path(folder) / MIL_FILES[name]
