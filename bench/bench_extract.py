@@ -35,8 +35,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hnm.encoders import build_encoder, load_encoder_file, save_encoder_file  # noqa: E402
+from hnm.extract.settings import ExtractSettings
 from hnm.extract.sources import available_cores, gpu_decoder  # noqa: E402
-from hnm.extract.stage import ExtractSettings, extract_slide, precision_context  # noqa: E402
+from hnm.extract.stage import extract_slide, precision_context  # noqa: E402
 from hnm.io.h5io import write_tiles  # noqa: E402
 
 

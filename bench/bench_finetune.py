@@ -34,15 +34,10 @@ from hnm.core.device import resolve_device, resolve_precision  # noqa: E402
 from hnm.encoders import build_encoder, save_encoder_file  # noqa: E402
 from hnm.finetune.augment import SimCLRAugment  # noqa: E402
 from hnm.finetune.plan import Pools, plan_epoch  # noqa: E402
-from hnm.finetune.train import (  # noqa: E402
-    FinetuneSettings,
-    contrastive_update,
-    finetune,
-    make_optimizer,
-    make_views,
-)
+from hnm.finetune.settings import FinetuneSettings  # noqa: E402
+from hnm.finetune.train import contrastive_update, finetune, make_optimizer, make_views  # noqa: E402
 from hnm.io.h5io import level0_tiles_attrs, write_tiles  # noqa: E402
-from hnm.mining.sets import run_mining
+from hnm.mining.sets import run_mining  # noqa: E402
 from hnm.mining.settings import MiningSettings  # noqa: E402
 
 

@@ -37,7 +37,8 @@ from hnm.finetune.augment import SimCLRAugment  # noqa: E402
 from hnm.finetune.train import make_views  # noqa: E402
 from hnm.io.h5io import level0_tiles_attrs, write_tiles  # noqa: E402
 from hnm.pretrain.ntxent import nt_xent_loss  # noqa: E402
-from hnm.pretrain.train import PretrainSettings, pretrain, pretrain_threads  # noqa: E402
+from hnm.pretrain.settings import PretrainSettings  # noqa: E402
+from hnm.pretrain.train import pretrain, pretrain_threads
 
 
 def step_rate(args: argparse.Namespace, device: torch.device, precision: str) -> float:

@@ -19,9 +19,9 @@ import pytest
 import torch
 
 from hnm.evaluation.metrics import f1_at_youden
+from hnm.finetune.settings import EncoderSchedule, FinetuneSettings
 from hnm.finetune.supcon import supcon_loss
-from hnm.finetune.train import FinetuneSettings, job_epochs
-from hnm.mining.schedule import EncoderSchedule
+from hnm.finetune.train import job_epochs
 from hnm.mining.sets import read_val_f1, run_mining
 from hnm.mining.settings import MiningSettings
 

@@ -11,7 +11,8 @@ from PIL import Image
 
 from hnm.cli import main
 from hnm.encoders import build_encoder, load_encoder_file, save_encoder_file
-from hnm.extract.stage import ExtractSettings, extract_slide
+from hnm.extract.settings import ExtractSettings
+from hnm.extract.stage import extract_slide
 from hnm.io.h5io import read_feature_attrs, read_features, write_tiles
 from hnm.io.patches import PatchReader
 from hnm.io.slide import read_rgb

@@ -16,9 +16,10 @@ from hnm.cli import main
 from hnm.core.errors import SlideError
 from hnm.encoders import build_encoder, load_encoder_file, save_encoder_file
 from hnm.finetune.plan import Pools, plan_epoch, steps_per_epoch
-from hnm.finetune.train import FinetuneSettings, finetune
+from hnm.finetune.settings import EncoderSchedule, FinetuneSettings
+from hnm.finetune.train import finetune
 from hnm.io.h5io import level0_tiles_attrs, write_tiles
-from hnm.mining.schedule import EncoderSchedule, learning_rate
+from hnm.mining.schedule import learning_rate
 from hnm.mining.sets import run_mining
 from hnm.mining.settings import MiningSettings
 

@@ -476,7 +476,8 @@ def test_stage_features_equal_the_cpu_path(
     which, test_slides, vips_pyramid, vips_rgb_pyramid, tmp_path
 ):
     from hnm.encoders import build_encoder, save_encoder_file
-    from hnm.extract.stage import ExtractSettings, extract_slide
+    from hnm.extract.settings import ExtractSettings
+    from hnm.extract.stage import extract_slide
     from hnm.io.h5io import read_features
 
     if which != "rgb_coded_svs":

@@ -9,6 +9,7 @@ every module of it from there.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import venv
 from pathlib import Path
@@ -37,11 +38,20 @@ sys.exit(1 if failed else 0)
 
 
 def test_pip_install_dot_imports_every_module_and_plans(tmp_path: Path) -> None:
+    # a copy of what git tracks, so the build leaves nothing in the checkout (setuptools builds
+    # in the source tree) and nothing untracked (a local results/ or .venv/) leaks into it
+    source = tmp_path / "source"
+    tracked = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True
+    ).stdout.split(b"\0")
+    for name in filter(None, (item.decode() for item in tracked)):
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, source / name)
     env = tmp_path / "venv"
     venv.create(env, with_pip=True)
     python = env / "bin" / "python"
     install = subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", f"{REPO}[workflow]"],
+        [str(python), "-m", "pip", "install", "--quiet", f"{source}[workflow]"],
         capture_output=True,
         text=True,
         timeout=1200,

@@ -11,8 +11,9 @@ import pytest
 
 from hnm.cli import main
 from hnm.core.errors import ConfigError, HnmError
+from hnm.finetune.settings import EncoderSchedule
 from hnm.mining.derived import top_fraction_threshold
-from hnm.mining.schedule import EncoderSchedule, curriculum_ratio
+from hnm.mining.schedule import curriculum_ratio
 from hnm.mining.sets import read_val_f1, run_mining, should_refresh
 from hnm.mining.settings import MiningSettings
 

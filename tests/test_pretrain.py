@@ -19,7 +19,8 @@ from hnm.encoders.weights import read_checkpoint
 from hnm.io.h5io import level0_tiles_attrs, read_features, write_tiles
 from hnm.pretrain.data import plan_epoch
 from hnm.pretrain.ntxent import nt_xent_loss
-from hnm.pretrain.train import PretrainSettings, pretrain
+from hnm.pretrain.settings import PretrainSettings
+from hnm.pretrain.train import pretrain
 
 PATCH = 32
 # slide -> (split, tiling failed); the val slide and the failed one must never be read.

@@ -8,12 +8,12 @@ import importlib
 import pytest
 import yaml
 
-from hnm.core import config_schema
+from hnm import config_schema
 from hnm.core.errors import ConfigError
 from hnm.core.settings import StageSettings
 from hnm.demo.settings import DemoSettings
+from hnm.finetune.settings import EncoderSchedule
 from hnm.mil.settings import MilSettings
-from hnm.mining.schedule import EncoderSchedule
 from hnm.mining.settings import MiningSettings
 from hnm.tiling.settings import TilingSettings
 
@@ -84,8 +84,7 @@ def test_schema_section_is_the_class_schema(repo_root, cls) -> None:
 
 def test_committed_schema_is_the_generated_one() -> None:
     assert config_schema.SCHEMA_PATH.read_text() == config_schema.render(), (
-        "workflow/schemas/config.schema.yaml is stale: "
-        "run `python -m hnm.core.config_schema --write`"
+        "workflow/schemas/config.schema.yaml is stale: run `python -m hnm.config_schema --write`"
     )
 
 

@@ -86,6 +86,18 @@ def rules_with_stages() -> dict[str, tuple[str, str]]:
     return found
 
 
+def _runtime_nodes(tree: ast.AST):
+    """Every node of `tree` but those under `if TYPE_CHECKING:` (imports for annotations only)."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING":
+            stack.extend(node.orelse)
+            continue
+        stack.extend(ast.iter_child_nodes(node))
+
+
 def hnm_imports(module_file: Path, seen: set[Path] | None = None) -> set[str]:
     """Top-level names of third-party modules imported by a file and the hnm modules it imports."""
     seen = set() if seen is None else seen
@@ -93,7 +105,7 @@ def hnm_imports(module_file: Path, seen: set[Path] | None = None) -> set[str]:
         return set()
     seen.add(module_file)
     third_party: set[str] = set()
-    for node in ast.walk(ast.parse(module_file.read_text())):
+    for node in _runtime_nodes(ast.parse(module_file.read_text())):
         names = []
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]

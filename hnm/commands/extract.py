@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from hnm.extract.stage import ExtractSettings
+from hnm.extract.settings import ExtractSettings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from hnm.finetune.train import FinetuneSettings
-from hnm.mining.schedule import EncoderSchedule
+from hnm.finetune.settings import EncoderSchedule, FinetuneSettings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from hnm.mining.schedule import EncoderSchedule
+from hnm.finetune.settings import EncoderSchedule
 from hnm.mining.settings import MiningSettings
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from hnm.pretrain.train import PretrainSettings
+from hnm.pretrain.settings import PretrainSettings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -7,9 +7,6 @@ import torch
 
 from hnm.core.errors import ConfigError
 
-# Numeric precision of a stage's forward passes: auto = bf16 autocast on CUDA, fp32 on the CPU.
-PRECISIONS = ("auto", "fp32", "bf16")
-
 
 def resolve_device(name: str) -> torch.device:
     """`auto` takes CUDA when present; asking for `cuda` on a machine without it is an error."""

@@ -23,6 +23,11 @@ from hnm.core.errors import ConfigError
 
 S = TypeVar("S", bound="StageSettings")
 
+# What a stage does with a slide it cannot open or read (several stages' `on_slide_error`).
+ON_SLIDE_ERROR = ("fail", "skip")
+# Numeric precision of a stage's forward passes: auto = bf16 autocast on CUDA, fp32 on the CPU.
+PRECISIONS = ("auto", "fp32", "bf16")
+
 _JSON_TYPES = {int: "integer", float: "number", str: "string", bool: "boolean"}
 
 

@@ -15,18 +15,15 @@ import logging
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from hnm.core.errors import ConfigError, HnmError, SlideError
 from hnm.extract import gpu_decode
+from hnm.extract.settings import ExtractSettings
 from hnm.io.jpeg_tiles import JpegTiledLevel
 from hnm.io.patches import JpegTileReader, PatchGeometry, PatchReader, open_patch_reader
-
-if TYPE_CHECKING:  # stage.py imports this module; the settings are only annotations here
-    from hnm.extract.stage import ExtractSettings
 
 log = logging.getLogger(__name__)
 

@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from hnm.core.errors import HnmError
-
-if TYPE_CHECKING:  # train.py imports this module; the settings are only annotations here
-    from hnm.finetune.train import FinetuneSettings
+from hnm.finetune.settings import FinetuneSettings
 
 
 @dataclass

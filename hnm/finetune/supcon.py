@@ -21,10 +21,10 @@ from __future__ import annotations
 import torch
 
 from hnm.core.errors import ConfigError
+from hnm.finetune.settings import AVERAGES
 
 UNCERTAIN = -1
 ANCHOR_LABEL = {"negative": 0, "positive": 1}
-AVERAGES = ("anchors", "all_views")
 _FAR = 1.0e4
 
 

@@ -40,11 +40,10 @@ import pandas as pd
 import torch
 
 from hnm.core.checkpoint import Checkpointer, file_digest, fingerprint
-from hnm.core.device import PRECISIONS, resolve_precision
+from hnm.core.device import resolve_precision
 from hnm.core.errors import HnmError, SlideError
 from hnm.core.progress import Progress
 from hnm.core.restart import train_skipping_bad_slides
-from hnm.core.settings import setting
 from hnm.encoders.inputs import check_patch_size
 from hnm.encoders.model_file import load_encoder_file, save_encoder_file
 from hnm.finetune.augment import SimCLRAugment
@@ -55,81 +54,13 @@ from hnm.finetune.reading import (
     skip_slide,
     usable_pools,
 )
-from hnm.finetune.supcon import AVERAGES, supcon_loss
+from hnm.finetune.settings import FinetuneSettings
+from hnm.finetune.supcon import supcon_loss
 from hnm.io.h5io import files_by_slide
 from hnm.io.patches import JpegTileReader, PatchReader, ReadFailure
-from hnm.mining.schedule import (
-    LR_SCHEDULES,
-    EncoderSchedule,
-    learning_rate,
-    stepped_learning_rate,
-)
 from hnm.mining.sets import read_sets
-from hnm.tiling.settings import ON_SLIDE_ERROR
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class FinetuneSettings(EncoderSchedule):
-    """Every knob of fine-tuning, declared once (hnm.core.settings); the epoch schedule
-    (epochs_per_round, warmup, rounds -> total_epochs) comes from EncoderSchedule, which mining
-    shares. Defaults are the demo's (config/paper.yaml: batch 512, 5 epochs per round, warm-up 5).
-    """
-
-    section = "finetune"
-
-    batch_size: int = setting(64, "patches per update (paper: 512)", minimum=2)
-    neg_fraction: float = setting(
-        0.8, "hard-negative share of the negative-anchor batch", above=0, below=1
-    )
-    pos_fraction_positive_mode: float = setting(
-        0.05, "curriculum-positive share of the positive-anchor batch", above=0, below=1
-    )
-    lr: float = setting(0.01, "SGD learning rate", above=0)
-    weight_decay: float = setting(1e-4, "SGD weight decay", minimum=0)
-    momentum: float = setting(0.9, "SGD momentum (the authors' code: 0)", minimum=0, maximum=1)
-    cosine_after: int = setting(
-        10, "global epoch after which the learning rate follows a cosine to 0", minimum=0
-    )
-    lr_schedule: str = setting(
-        "smooth",
-        "smooth: after cosine_after a cosine reaching 0 at the last epoch, updated every step; "
-        "stepped (the authors'): CosineAnnealingLR(T_max = all epochs) stepped once per epoch "
-        "from cosine_after on, so it never reaches 0",
-        choices=LR_SCHEDULES,
-    )
-    temperature: float = setting(0.07, "SupCon temperature", above=0)
-    supcon_average: str = setting(
-        "anchors",
-        "SupCon batch mean: anchors (over the anchors that have a positive) or all_views (the "
-        "authors': over every view of the batch, so the 5%-positive update weighs about 0.05 x)",
-        choices=AVERAGES,
-    )
-    workers: int = setting(1, "patch-reading processes", minimum=0)
-    precision: str = setting(
-        "auto", "auto: bf16 autocast on CUDA, fp32 on the CPU", choices=PRECISIONS
-    )
-    max_steps_per_epoch: int = setting(
-        0, "cap on steps per epoch (0: no cap; for smoke tests)", minimum=0
-    )
-    on_slide_error: str = setting(
-        "fail",
-        "a slide whose pixels cannot be read: fail the job, or skip (drop its patches from the "
-        "round's sets and list it in results/qc/failed_slides.tsv)",
-        choices=ON_SLIDE_ERROR,
-    )
-    seed: int = 0
-
-    def rate(self, global_epoch: int, step: int, steps: int) -> float:
-        """The learning rate of one step (lr_schedule)."""
-        if self.lr_schedule == "stepped":
-            return stepped_learning_rate(
-                global_epoch, self.lr, self.cosine_after, self.total_epochs
-            )
-        return learning_rate(
-            global_epoch + step / steps, self.lr, self.cosine_after, self.total_epochs
-        )
 
 
 # --------------------------------------------------------------------------------------- training

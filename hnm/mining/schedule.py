@@ -8,88 +8,9 @@ exactly the values an uninterrupted schedule would have used.
 
 from __future__ import annotations
 
-import argparse
 import math
-from dataclasses import dataclass
 
 from hnm.core.errors import ConfigError
-from hnm.core.settings import StageSettings, setting
-
-
-@dataclass(frozen=True)
-class EncoderSchedule(StageSettings):
-    """The global epoch schedule of the encoder, shared by mining (the curriculum r(t)) and
-    fine-tuning (learning rate, positive-anchor update); part of the `finetune` config section.
-
-    Declared here, apart from the rest of the fine-tuning settings, so that `hnm mine` takes the
-    same flags, defaults and bounds without importing torch. `rounds` is the workflow's number of
-    hard-negative rounds (a job-level value, not a finetune key), and `total_epochs` the one place
-    where the length of the whole schedule is computed.
-    """
-
-    section = "finetune"
-
-    epochs_per_round: int = setting(
-        2, "fine-tuning epochs between pseudo-label refreshes (paper: 5)", minimum=1
-    )
-    warmup: int = setting(
-        1,
-        "global epoch from which the positive-anchor update runs and r(t) grows (paper: 5)",
-        minimum=0,
-    )
-    refresh_offset: int = setting(
-        0,
-        "epochs round 0 trains beyond epochs_per_round, taken from the last round (the authors' "
-        "trainer refreshes the pseudo-labels after epochs 6, 11, ..., 96 of 100: 1)",
-        minimum=0,
-    )
-    rounds: int = 2
-
-    def check(self) -> list[str]:
-        problems = []
-        if self.rounds < 0:
-            problems.append(
-                f"rounds must be at least 0 (got {self.rounds}); set the workflow's rounds"
-            )
-        if self.refresh_offset >= self.epochs_per_round:
-            problems.append(
-                f"refresh_offset ({self.refresh_offset}) must be smaller than epochs_per_round "
-                f"({self.epochs_per_round}): the last round would train no epoch"
-            )
-        return problems
-
-    @property
-    def total_epochs(self) -> int:
-        """Encoder epochs of the whole schedule: the cosine and the curriculum end there. With no
-        rounds (plain DSMIL) one round's length keeps the schedule well defined."""
-        return self.epochs_per_round * max(self.rounds, 1)
-
-    def round_start(self, round_index: int) -> int:
-        """The global epoch at which fine-tuning from round `round_index`'s encoder starts, i.e.
-        how many epochs encoder_r has completed: r * epochs_per_round + refresh_offset, 0 for
-        round 0 and total_epochs from the last round on (so the offset moves every refresh, and
-        the first and last rounds absorb it)."""
-        if round_index <= 0:
-            return 0
-        if round_index >= max(self.rounds, 1):
-            return self.total_epochs
-        return round_index * self.epochs_per_round + self.refresh_offset
-
-    def round_epochs(self, round_index: int) -> range:
-        """The global epochs that fine-tuning round_index -> round_index + 1 trains."""
-        return range(self.round_start(round_index), self.round_start(round_index + 1))
-
-    @classmethod
-    def add_rounds_argument(cls, parser: argparse.ArgumentParser) -> None:
-        """`--rounds`, the workflow-level count that both mining and fine-tuning need."""
-        parser.add_argument(
-            "--rounds",
-            type=int,
-            default=cls.rounds,
-            help="hard-negative rounds R of the whole schedule (the workflow's rounds); with "
-            "--epochs-per-round it fixes where the curriculum and the cosine end "
-            "(default %(default)s)",
-        )
 
 
 def curriculum_ratio(

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from hnm.core.settings import StageSettings, setting
-from hnm.mining.schedule import EncoderSchedule
+from hnm.finetune.settings import EncoderSchedule
 
 CONFIDENT_NEGATIVES = ("none", "fixed", "self_paced")
 CURRICULUM_UPDATES = ("round", "epoch")

@@ -25,18 +25,17 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import pandas as pd
 import torch
 
 from hnm.core.checkpoint import Checkpointer, file_digest, fingerprint
-from hnm.core.device import PRECISIONS, resolve_precision
+from hnm.core.device import resolve_precision
 from hnm.core.errors import SlideError
 from hnm.core.progress import Progress
 from hnm.core.restart import train_skipping_bad_slides
-from hnm.core.settings import StageSettings, setting
 from hnm.core.threads import torch_threads, usable_cores
 from hnm.encoders.inputs import check_patch_size
 from hnm.encoders.model_file import load_encoder_file, save_encoder_file
@@ -54,54 +53,12 @@ from hnm.pretrain.data import (
     training_patches,
 )
 from hnm.pretrain.ntxent import nt_xent_loss
-from hnm.tiling.settings import ON_SLIDE_ERROR
+from hnm.pretrain.settings import PretrainSettings
 
 log = logging.getLogger(__name__)
 
 # Keeps the augmentation stream of pretraining apart from fine-tuning's for the same seed.
 _AUGMENT_STREAM = 7_919
-
-
-@dataclass(frozen=True)
-class PretrainSettings(StageSettings):
-    """Every knob of pretraining, declared once (hnm.core.settings). Defaults are the demo's: a
-    few short epochs (seconds on a CPU); config/paper.yaml follows DSMIL's SimCLR setting.
-
-    The optimizer is Adam, as in DSMIL's SimCLR code (whose weights ItS2CLR and the paper start
-    from): it needs no large-batch LARS tuning, so one lr serves batches from 32 to 512.
-    """
-
-    section = "pretrain"
-
-    epochs: int = setting(
-        3,
-        "SimCLR epochs before round 0 (0: no pretraining; also off when encoder.weights is set)",
-        minimum=0,
-    )
-    batch_size: int = setting(64, "patches per step (two views each)", minimum=2)
-    lr: float = setting(0.001, "Adam learning rate", above=0)
-    weight_decay: float = setting(1e-6, "Adam weight decay", minimum=0)
-    cosine_after: int = setting(
-        1, "epoch after which the learning rate follows a cosine to 0", minimum=0
-    )
-    temperature: float = setting(0.5, "NT-Xent temperature (DSMIL's SimCLR: 0.5)", above=0)
-    max_patches_per_epoch: int = setting(
-        1024, "patches drawn afresh each epoch from the training split (0: all)", minimum=0
-    )
-    max_steps_per_epoch: int = setting(
-        0, "cap on steps per epoch (0: no cap; for smoke tests)", minimum=0
-    )
-    workers: int = setting(1, "patch-reading processes", minimum=0)
-    on_slide_error: str = setting(
-        "fail",
-        "a training slide whose pixels cannot be read: fail the job, or skip (pretrain without it; "
-        "the epoch it failed in starts again from that epoch's starting weights)",
-        choices=ON_SLIDE_ERROR,
-    )
-    precision: str = setting(
-        "auto", "auto: bf16 autocast on CUDA, fp32 on the CPU", choices=PRECISIONS
-    )
-    seed: int = 0
 
 
 def pretrain_threads(job_threads: int) -> int:

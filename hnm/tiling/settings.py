@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hnm.core.settings import StageSettings, setting
+from hnm.core.settings import ON_SLIDE_ERROR, StageSettings, setting
 from hnm.tiling.grid import GridParams
 from hnm.tiling.tissue import TissueParams
 
 # What a stage does with a slide it cannot read (tiling, and extraction for pixels read later).
-ON_SLIDE_ERROR = ("fail", "skip")
 
 
 @dataclass(frozen=True)
