@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hnm.encoders import build_encoder, load_encoder_file, save_encoder_file  # noqa: E402
 from hnm.extract.settings import ExtractSettings
-from hnm.extract.sources import available_cores, gpu_decoder  # noqa: E402
+from hnm.extract.sources import gpu_decoder, usable_cores  # noqa: E402
 from hnm.extract.stage import extract_slide, precision_context  # noqa: E402
 from hnm.io.h5io import write_tiles  # noqa: E402
 
@@ -64,7 +64,7 @@ def synthetic_slide(path: Path, side: int, kind: str = "synth") -> Path:
             from hnm.demo.synth import write_synthetic_slide
 
             write_synthetic_slide(
-                path, width=side, height=side, mpp=0.5, label=0, seed=0, workers=available_cores()
+                path, width=side, height=side, mpp=0.5, label=0, seed=0, workers=usable_cores()
             )
             how = "hnm.demo.synth"
         except ImportError:
@@ -346,7 +346,7 @@ def part_gpu(args: argparse.Namespace, work: Path, results: dict) -> None:
             work / "gtiles_warm.h5", slide, grid(width, height, 224, 4 * batch), 224, mpp
         )
         row = {"encoder_img_s": round(enc), "patches": count}
-        for decode_choice, workers in (("gpu", args.gpu_readers), ("cpu", available_cores())):
+        for decode_choice, workers in (("gpu", args.gpu_readers), ("cpu", usable_cores())):
             if decode_choice == "gpu" and not ok:
                 continue
             settings = ExtractSettings(
@@ -371,7 +371,7 @@ def part_gpu(args: argparse.Namespace, work: Path, results: dict) -> None:
         say(
             f"  {arch}: encoder {enc:,.0f} img/s; stage {row.get('stage_gpu_path')} "
             f"{row.get('stage_gpu_img_s', 0):,} img/s; stage {row.get('stage_cpu_path')} with "
-            f"{available_cores()} reader processes {row.get('stage_cpu_img_s', 0):,} img/s; "
+            f"{usable_cores()} reader processes {row.get('stage_cpu_img_s', 0):,} img/s; "
             f"{count} patches; target 0.8 x min(encoder, decode) = {target:,.0f}"
         )
 
@@ -480,7 +480,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
     results: dict = {
-        "machine": f"{available_cores()} cores, torch {torch.__version__}",
+        "machine": f"{usable_cores()} cores, torch {torch.__version__}",
         "cuda": torch.cuda.is_available(),
     }
     say(f"bench_extract: {results['machine']}; CUDA: {results['cuda']}")

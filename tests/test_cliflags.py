@@ -15,3 +15,26 @@ def test_flags_from_a_config_section() -> None:
         skip=["skip_me"],
     )
     assert flags == "--batch-size 256 --no-ranking-loss --gate --weights '' --name 'a b'"
+
+
+def test_job_flags_have_one_meaning_in_every_stage() -> None:
+    """--seed, --device, --threads and --checkpoint-dir are declared once (JOB_FLAGS): every stage
+    that takes one takes it with the same type, default and help."""
+    import argparse
+    import importlib
+
+    from hnm.cli import STAGES
+    from hnm.core.cliflags import JOB_FLAGS
+
+    seen = {name: 0 for name in JOB_FLAGS}
+    for stage, (module_name, _) in STAGES.items():
+        parser = argparse.ArgumentParser()
+        importlib.import_module(f"hnm.commands.{module_name}").add_arguments(parser)
+        actions = {a.option_strings[0]: a for a in parser._actions if a.option_strings}
+        for name, (flag, options) in JOB_FLAGS.items():
+            if flag in actions:
+                seen[name] += 1
+                action = actions[flag]
+                assert action.help == options["help"], (stage, flag)
+                assert action.default == options["default"], (stage, flag)
+    assert seen["threads"] >= 5 and seen["seed"] >= 4 and seen["checkpoint_dir"] >= 3

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from hnm.core.cliflags import add_job_arguments
 from hnm.extract.settings import ExtractSettings
 
 
@@ -22,13 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--round", type=int, required=True)
     parser.add_argument("--out", nargs="+", required=True, help="features file to write per slide")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=0,
-        help="CPU threads for the encoder; 0 = all cores this job may use",
-    )
+    add_job_arguments(parser, "device", "threads")
     ExtractSettings.add_arguments(parser)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from hnm.core.cliflags import add_job_arguments
 from hnm.finetune.settings import EncoderSchedule, FinetuneSettings
 
 
@@ -15,29 +16,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--encoder-in", required=True, help="results/r{r}/encoder.pt")
     parser.add_argument("--out", required=True, help="results/r{r+1}/encoder.pt to write")
-    parser.add_argument(
-        "--checkpoint-dir",
-        default="",
-        help="resumable state (not a Snakemake output); empty = no checkpoints",
-    )
     EncoderSchedule.add_rounds_argument(parser)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument(
-        "--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)"
-    )
+    add_job_arguments(parser, "checkpoint_dir", "seed", "device", "threads")
     FinetuneSettings.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from hnm.core.device import resolve_device
+    from hnm.core.threads import usable_cores
     from hnm.finetune.train import finetune
     from hnm.io.sheet import read_normalised_sheet
 
-    if args.threads > 0:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads or usable_cores())
     settings = FinetuneSettings.from_args(args, rounds=args.rounds, seed=args.seed)
     finetune(
         read_normalised_sheet(args.sheet),

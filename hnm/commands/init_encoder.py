@@ -5,15 +5,14 @@ from __future__ import annotations
 import argparse
 import logging
 
+from hnm.core.cliflags import add_job_arguments
 from hnm.encoders.settings import EncoderSettings
 
 log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seed of every randomly initialised weight"
-    )
+    add_job_arguments(parser, "seed")
     parser.add_argument(
         "--out", required=True, help="encoder file to write (results/r0/encoder.pt)"
     )

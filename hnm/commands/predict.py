@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from hnm.core.cliflags import add_job_arguments
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -25,10 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-predictions", required=True, help="predictions CSV to write")
     parser.add_argument("--out-scores", required=True, help="patch scores parquet to write")
     parser.add_argument("--out-summary", required=True, help="JSON summary to write")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument(
-        "--threads", type=int, default=0, help="CPU threads; 0 = all cores this job may use"
-    )
+    add_job_arguments(parser, "device", "threads")
 
 
 def run(args: argparse.Namespace) -> int:

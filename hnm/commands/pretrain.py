@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from hnm.core.cliflags import add_job_arguments
 from hnm.pretrain.settings import PretrainSettings
 
 
@@ -16,16 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--encoder-in", required=True, help="init_encoder's file (random weights from the seed)"
     )
     parser.add_argument("--out", required=True, help="round 0's encoder (results/r0/encoder.pt)")
-    parser.add_argument(
-        "--checkpoint-dir",
-        default="",
-        help="resumable state (not a Snakemake output); empty = no checkpoints",
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument(
-        "--threads", type=int, default=0, help="CPU thread budget of the job (0: every usable core)"
-    )
+    add_job_arguments(parser, "checkpoint_dir", "seed", "device", "threads")
     PretrainSettings.add_arguments(parser)
 
 

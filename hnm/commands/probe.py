@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from hnm.core.cliflags import add_job_arguments
 from hnm.evaluation.settings import EvaluationSettings
 from hnm.mil.settings import MilSettings
 
@@ -27,20 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the round's evaluation metrics.json (its own MIL's test AUCs)",
     )
     parser.add_argument("--out", required=True, help="probe.json to write")
-    parser.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        help="the run's seed: the round's own MIL's, and the probe's patch sample's",
-    )
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (the MILs)")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=0,
-        help="the job's CPU thread budget (0: the cores it may use): BLAS threads of the probe; "
-        "the MILs take as many of them as their bag size makes useful",
-    )
+    add_job_arguments(parser, "seed", "device", "threads")
     MilSettings.add_arguments(parser)
     EvaluationSettings.add_arguments(parser)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from hnm.core.cliflags import add_job_arguments
 from hnm.mil.settings import MilSettings
 
 
@@ -15,20 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out-dir", required=True, help="outputs: model.pt, metrics.json, scores/ ..."
     )
-    parser.add_argument(
-        "--checkpoint-dir",
-        default=None,
-        help="resumable state, outside the declared outputs (omit: no resume)",
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=0,
-        help="the job's CPU thread budget (0: the cores it may use); torch gets as many as the "
-        "bag size makes useful, often 1 (oversubscribed cores stall small ops)",
-    )
+    add_job_arguments(parser, "checkpoint_dir", "seed", "device", "threads")
     MilSettings.add_arguments(parser)
 
 
@@ -39,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
         args.sheet,
         args.features,
         args.out_dir,
-        args.checkpoint_dir,
+        args.checkpoint_dir or None,
         MilSettings.from_args(args, seed=args.seed),
         device=args.device,
         threads=args.threads,

@@ -7,6 +7,7 @@ argparse BooleanOptionalAction switches, values are shell-quoted.
 
 from __future__ import annotations
 
+import argparse
 import json
 import shlex
 from collections.abc import Iterable, Mapping
@@ -27,3 +28,39 @@ def to_flags(settings: Mapping[str, Any], skip: Iterable[str] = ()) -> str:
         else:
             parts.append(f"{flag} {shlex.quote(str(value))}")
     return " ".join(parts)
+
+
+# The flags that belong to a job rather than to a config section, each declared here once with one
+# meaning, so `--threads` means the same in every stage that takes it.
+JOB_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
+    "seed": ("--seed", {"type": int, "default": 0, "help": "the run's seed (config `seed`)"}),
+    "device": (
+        "--device",
+        {"default": "auto", "help": "auto (CUDA where present), cpu, cuda or cuda:N"},
+    ),
+    "threads": (
+        "--threads",
+        {
+            "type": int,
+            "default": 0,
+            "help": "the job's CPU thread budget (Snakemake's `threads`; 0: every core this "
+            "process may run on); each stage sizes its own thread pools within it",
+        },
+    ),
+    "checkpoint_dir": (
+        "--checkpoint-dir",
+        {
+            "default": "",
+            "help": "resumable state, outside the declared outputs (Snakemake deletes those of a "
+            "failed job); empty: no checkpoints",
+        },
+    ),
+}
+
+
+def add_job_arguments(parser: argparse.ArgumentParser, *names: str) -> None:
+    """Add the job-level flags `names` (keys of JOB_FLAGS) to a stage's parser."""
+    group = parser.add_argument_group("job")
+    for name in names:
+        flag, options = JOB_FLAGS[name]
+        group.add_argument(flag, **options)

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 
 from hnm.core.errors import ConfigError, HnmError, SlideError
+from hnm.core.threads import usable_cores
 from hnm.extract import gpu_decode
 from hnm.extract.settings import ExtractSettings
 from hnm.io.jpeg_tiles import JpegTiledLevel
@@ -28,14 +28,6 @@ from hnm.io.patches import JpegTileReader, PatchGeometry, PatchReader, open_patc
 log = logging.getLogger(__name__)
 
 TileDecoder = Callable[[list[bytes], JpegTiledLevel], torch.Tensor]
-
-
-def available_cores() -> int:
-    """The cores this process may run on (its affinity mask, which a batch scheduler sets)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 class _ReadFailure:
@@ -142,7 +134,7 @@ def cpu_batches(
             )
         return phased_batches(reader, settings), "reading in the main process"
     encoder_threads = torch.get_num_threads()
-    if settings.workers > 0 and encoder_threads + settings.workers <= available_cores():
+    if settings.workers > 0 and encoder_threads + settings.workers <= usable_cores():
         return overlapped_batches(reader, settings, device), (
             f"{settings.workers} reader processes beside {encoder_threads} encoder threads"
         )

@@ -23,10 +23,11 @@ import torch
 from hnm.core.device import resolve_device, resolve_precision
 from hnm.core.errors import ConfigError, SlideError
 from hnm.core.progress import Progress
+from hnm.core.threads import usable_cores
 from hnm.encoders import EncoderFileMeta, load_encoder_file, read_encoder_meta
 from hnm.encoders.inputs import check_patch_size
 from hnm.extract.settings import ExtractSettings
-from hnm.extract.sources import available_cores, choose_source
+from hnm.extract.sources import choose_source
 from hnm.io.h5io import FeatureWriter, read_tiles_or_fail
 from hnm.io.patches import PatchGeometry
 
@@ -253,7 +254,7 @@ def extract_slide(
     device = resolve_device(settings.device)
     precision = resolve_precision(settings.precision, device)
     if device.type == "cpu":
-        torch.set_num_threads(settings.threads or available_cores())
+        torch.set_num_threads(settings.threads or usable_cores())
     if encoder is None or encoder.path != encoder_path:
         encoder = JobEncoder(encoder_path, settings)
     model, meta, backbone = encoder.load(device)
