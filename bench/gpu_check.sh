@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks, as one script for a lent H100/H200 (see README, Performance). Run from the repo
+# The GPU checks, as one script for a lent H100/H200 (see docs/performance.md). Run from the repo
 # root with the wheels of the packages the GPU image lacks in .whl/ and test slides in
 # .device/slides/; results go to $OUT (or ./gpu_check_out).
 set -uo pipefail

@@ -1,4 +1,4 @@
-# Applying the finished run's model to new slides (README, "Predicting new slides"):
+# Applying the finished run's model to new slides (docs/usage.md, "Predicting new slides"):
 #   snakemake predict --config 'predict={sheet: /data/new_slides.tsv}'
 # The sheet (slide_id, path[, mpp]) -> tiles -> features with the final round's encoder -> slide
 # probability and decision at the val threshold (the final MIL's metrics.json), patch scores,

@@ -1,7 +1,7 @@
 """The real workflow, end to end on a tiny synthetic cohort, and killed (SIGKILL) and resumed.
 
 One uninterrupted run is the reference. A second run is killed four times, during tiling, during
-pretraining, during extraction and during fine-tuning, and resumed with the README's command each
+pretraining, during extraction and during fine-tuning, and resumed with the command of docs/usage.md ('Resuming') each
 time: finished outputs must not be recomputed, the pretraining and fine-tuning jobs must continue
 from their epoch checkpoints, and the final metrics must equal the uninterrupted run's (same seed,
 CPU).

@@ -83,7 +83,7 @@ def run(folder: Path, *args: str, timeout: float = 600) -> subprocess.CompletedP
 
 
 def resume(folder: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    """The README's resume command: release the lock a killed run left, then rerun."""
+    """The resume command of docs/usage.md: release the lock a killed run left, then rerun."""
     run(folder, "--unlock", *args, timeout=timeout)
     return run(folder, *args, timeout=timeout)
 
