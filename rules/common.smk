@@ -320,7 +320,7 @@ def predict_outputs(wildcards):
         raise WorkflowError(
             "the predict target needs a sheet of new slides (columns slide_id, path and "
             "optionally mpp): snakemake predict --config 'predict={sheet: /data/new_slides.tsv}' "
-            "(setting predict.sheet; see docs/usage.md, "Predicting new slides")"
+            "(setting predict.sheet; see docs/usage.md, 'Predicting new slides')"
         )
     return [
         f"{PREDICT_DIR}/predictions.csv",
