@@ -112,6 +112,12 @@ def workflow_properties() -> dict[str, dict[str, Any]]:
             "pattern": "^(auto|cpu|cuda(:[0-9]+)?)$",
             "default": "auto",
         },
+        "reproducible": {
+            "type": "boolean",
+            "description": "the same numbers on every x86-64 CPU: math libraries pinned to "
+            "portable code paths, oneDNN off, one thread per job (hnm.core.reproducible); slower",
+            "default": True,
+        },
         "rounds": {
             "type": "integer",
             "description": "hard-negative rounds R (0: plain MIL on frozen features)",
@@ -154,7 +160,15 @@ def build_schema() -> dict[str, Any]:
     workflow = workflow_properties()
     properties = {
         key: workflow[key]
-        for key in ("sheet", "labels", "allow_one_class_eval_splits", "seed", "device", "rounds")
+        for key in (
+            "sheet",
+            "labels",
+            "allow_one_class_eval_splits",
+            "seed",
+            "device",
+            "reproducible",
+            "rounds",
+        )
     }
     properties.update({cls.section: cls.json_schema() for cls in section_classes()})
     properties["resources"] = workflow["resources"]

@@ -17,6 +17,7 @@ from hnm.core.cliflags import to_flags
 from hnm.core.errors import SheetError
 from hnm.core.gpu_slots import command_prefix
 from hnm.core.overrides import typed_overrides
+from hnm.core.reproducible import job_environment
 from hnm.evaluation.settings import PROBE_SETTINGS
 from hnm.extract.batches import extraction_batches
 from hnm.io.sheet import demo_sheet, validate_sheet
@@ -32,8 +33,14 @@ validate(config, schema=str(CONFIG_SCHEMA))
 REPO = Path(workflow.basedir).resolve()
 # Rules run `python -m hnm`; rule conda envs do not contain the package (and Snakemake drops an
 # inherited PYTHONPATH in them), so every shell command puts the repository on the path itself.
+# A reproducible run (hnm.core.reproducible) pins every job's math libraries the same way.
+PINS = "".join(
+    f"export {name}={shlex.quote(value)}; "
+    for name, value in (job_environment().items() if config["reproducible"] else ())
+)
 shell.prefix(
     f"set -euo pipefail; export PYTHONPATH={shlex.quote(str(REPO))}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
+    + PINS
 )
 DEMO = not config["sheet"]
 # Classes annotation files may use: the tumor class and those scored against it.
@@ -195,6 +202,9 @@ def retry_scaled(rule_name, key, slides=1):
 
 
 def rule_threads(rule_name):
+    """The job's CPU budget; one thread in a reproducible run (hnm.core.reproducible)."""
+    if config["reproducible"]:
+        return 1
     return config["resources"][rule_name].get("threads", 1)
 
 

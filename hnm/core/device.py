@@ -6,10 +6,13 @@ from __future__ import annotations
 import torch
 
 from hnm.core.errors import ConfigError
+from hnm.core.reproducible import apply_to_torch
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto` takes CUDA when present; asking for `cuda` on a machine without it is an error."""
+    """`auto` takes CUDA when present; asking for `cuda` on a machine without it is an error.
+    Every torch stage resolves its device here, so a reproducible run's pins apply here too."""
+    apply_to_torch(torch)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
