@@ -47,6 +47,7 @@ rule final:
             caption="../workflow/report/rounds.rst",
             category="Results",
         ),
+        timing="results/final/timing.csv",
     log:
         "results/logs/final.log",
     conda:
@@ -60,4 +61,4 @@ rule final:
         "--predictions {input.predictions:q} --probe-metrics {input.probe:q} "
         "--failures {input.failures:q} "
         "--out-metrics {output.metrics:q} --out-predictions {output.predictions:q} "
-        "--out-rounds {output.rounds:q} --out-finetune {output.finetune:q} > {log:q} 2>&1"
+        "--out-rounds {output.rounds:q} --out-timing {output.timing:q} --out-finetune {output.finetune:q} > {log:q} 2>&1"

@@ -416,3 +416,30 @@ def _args(cohort: MilCohort, evaluation: Path, out: Path) -> list[str]:
         "--features", *map(str, cohort.features), "--tiles", *map(str, cohort.tiles),
         "--eval-metrics", str(evaluation), "--out", str(out), "--device", "cpu",
     ]  # fmt: skip
+
+
+def test_timings_go_to_timing_csv_not_rounds_csv(tmp_path: Path) -> None:
+    """rounds.csv holds results only, so a reproducible run repeats it bit for bit; what each
+    round cost (never the same twice) is in timing.csv."""
+    (tmp_path / "mil.json").write_text(
+        json.dumps(
+            {"extraction": {"seconds": 2.0, "patches": 10}, "timing": {"epoch_seconds_mean": 0.5}}
+        )
+    )
+    (tmp_path / "eval.json").write_text(json.dumps({"slide": {"auc": 0.5}}))
+    (tmp_path / "predictions.csv").write_text("slide_id\n")
+    out = tmp_path / "report"
+    out.mkdir()
+    write_report(
+        [RoundFiles(tmp_path / "mil.json", tmp_path / "eval.json")],
+        tmp_path / "predictions.csv",
+        out / "metrics.json",
+        out / "predictions.csv",
+        out / "rounds.csv",
+        out_timing=out / "timing.csv",
+    )
+    rounds = pd.read_csv(out / "rounds.csv")
+    assert not [c for c in rounds.columns if "second" in c]
+    timing = pd.read_csv(out / "timing.csv").iloc[0]
+    assert timing["extraction_seconds"] == 2.0 and timing["extraction_patches_per_second"] == 5.0
+    assert timing["mil_epoch_seconds"] == 0.5 and timing["round"] == 0

@@ -25,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-metrics", required=True)
     parser.add_argument("--out-predictions", required=True)
     parser.add_argument("--out-rounds", required=True)
+    parser.add_argument("--out-timing", default=None, help="CSV of each round's costs to write")
     parser.add_argument(
         "--out-finetune", default=None, help="CSV of the fine-tuning losses per epoch to write"
     )
@@ -69,5 +70,6 @@ def run(args: argparse.Namespace) -> int:
         args.out_rounds,
         out_finetune=args.out_finetune,
         failures=args.failures,
+        out_timing=args.out_timing,
     )
     return 0

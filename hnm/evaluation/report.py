@@ -2,7 +2,7 @@
 
 rounds.csv is what a researcher reads to see whether the hard-negative rounds helped: per round the
 MIL validation/test slide AUC, patch AUC where ground truth exists, how many hard negatives were
-mined, and what fine-tuning, extraction and MIL training cost. Where annotations exist, the round's
+mined; timing.csv what fine-tuning, extraction and MIL training cost. Where annotations exist, the round's
 feature quality (eval/probe.json, hnm.evaluation.feature_quality) adds the linear probe's test AUC
 and the mean and sd of the MIL's test AUCs over seeds.
 """
@@ -48,11 +48,16 @@ ROUND_COLUMNS = [
     "test_patch_auc",
     "hard_negatives",
     "sets_refreshed",
+    *PROBE_COLUMNS,
+]
+# What each round cost: in timing.csv, apart from rounds.csv, whose numbers a reproducible run
+# repeats bit for bit (no two runs take the same time).
+TIMING_COLUMNS = [
+    "round",
     "finetune_epoch_seconds",
     "extraction_seconds",
     "extraction_patches_per_second",
     "mil_epoch_seconds",
-    *PROBE_COLUMNS,
 ]
 
 
@@ -205,16 +210,21 @@ def write_report(
     out_rounds: str | os.PathLike[str],
     out_finetune: str | os.PathLike[str] | None = None,
     failures: str | os.PathLike[str] | None = None,
+    out_timing: str | os.PathLike[str] | None = None,
 ) -> pd.DataFrame:
     """rounds.csv from every round's files, and the last round's metrics and predictions; the
     metrics carry `warnings`, every slide skipped (`failures`, results/qc/failed_slides.tsv) and
     every degradation the rounds recorded (hnm.evaluation.warnings); with `out_finetune`, the
     fine-tuning losses per epoch (finetune_epochs)."""
     rows = [round_row(r, files) for r, files in enumerate(rounds)]
-    extra = [column for row in rows for column in row if column not in ROUND_COLUMNS]
+    known = set(ROUND_COLUMNS) | set(TIMING_COLUMNS)
+    extra = [column for row in rows for column in row if column not in known]
     table = pd.DataFrame(rows, columns=ROUND_COLUMNS + list(dict.fromkeys(extra)))
     with atomic_path(out_rounds) as temporary:
         table.to_csv(temporary, index=False)
+    if out_timing is not None:
+        with atomic_path(out_timing) as temporary:
+            pd.DataFrame(rows, columns=TIMING_COLUMNS).to_csv(temporary, index=False)
     final = _read_json(rounds[-1].eval_metrics)
     final["round"] = len(rounds) - 1
     final["rounds_table"] = str(out_rounds)
