@@ -33,6 +33,7 @@ RUN_FOLDER = "run 'o' \"d\" $(touch PWNED) `touch PWNED` (ü)"
 EVALUATION_RULES = {
     "eval_sheet",
     "evaluate",
+    "probe",  # feature quality is scored against the annotations too
     "final",
     "all",
     "figures",

@@ -4,18 +4,17 @@ The whole chain runs (synth, tiling, round-0 features and MIL, mining, SupCon fi
 re-extraction, round-1 MIL, final report) on 36 small demo slides. The cohort is the demo's,
 scaled down: fewer slides of the same kind, one round instead of two.
 
-What is asserted is what holds at this size on any machine: the round-0 pseudo-positives are
-enriched in tumor (at least 1.5 x their share; seed 0: tumor 0.13 of the positive slides' patches,
-0.27 and 0.24 of the pseudo-positives on two machines), and the hard negatives are exactly the
-negative slides' patches the round-0 MIL scores at or above the mined threshold.
+What is asserted is the mechanism, exactly: the pseudo-positives are the positive slides' patches
+the round-0 MIL scores above eta, and the hard negatives are the negative slides' patches it scores
+at or above the mined threshold; and both rounds' MILs rank tumor patches above the rest.
 
-Whether those hard negatives fall on the tumor-like mimics is not asserted: it depends on what one
-round-0 MIL on 18 training slides latched onto, and that changes with float rounding. At seed 0
-mimics were 0.14 of the negative slides' patches and 0.22 of the hard negatives on the machine of
-the earlier CI runs, 0.10 on a 2-core AMD EPYC (AVX2) with the same code and seed. Over seeds on
-a larger cohort they are enriched about 2 x (`hnm compare`, docs/comparison.md). Whether a
-hard-negative round then raises patch AUC is also a claim about means over seeds, measured there
-(docs/method.md, "Does it pay").
+Where those sets fall (tumor among the pseudo-positives, mimics among the hard negatives) is
+printed, not asserted: it depends on what one round-0 MIL on 18 training slides latched onto. With
+the default `reproducible: true` the run is the same on every machine, and at seed 0 the
+pseudo-positives are 0.11 tumor against 0.13 of the positive slides' patches: not enriched (before
+that setting, other CPUs gave 0.27 and 0.24, so an earlier version of this test asserted 1.5 x).
+Enrichment is a claim about means over seeds, measured by `hnm compare` (its
+pseudo_positive_tumor_share column, docs/comparison.md).
 """
 
 from __future__ import annotations
@@ -32,8 +31,7 @@ from hnm.io.h5io import read_tiles
 from tests.workflow_runner import load_test_config, run, write_config
 
 SCIENCE_CONFIG = load_test_config("science")
-# How much more often than their share tumor patches are pseudo-positives; chance is 1.
-ENRICHMENT = 1.5
+ETA = 0.3  # mining.eta, config/config.yaml
 
 
 def _region_flags(results: Path, slide_id: str, region: str) -> np.ndarray:
@@ -55,7 +53,9 @@ def _enrichment(results: Path, sets: pd.DataFrame, slides: pd.Series, name: str,
 pytestmark = pytest.mark.workflow
 
 
-def test_mining_finds_the_tumor_and_takes_the_top_scored_negatives(tmp_path: Path) -> None:
+def test_mining_takes_the_patches_the_round0_mil_scores_and_tumor_ranks_first(
+    tmp_path: Path,
+) -> None:
     write_config(tmp_path, base=SCIENCE_CONFIG)
     run(tmp_path, timeout=900)
     results = tmp_path / "results"
@@ -70,13 +70,18 @@ def test_mining_finds_the_tumor_and_takes_the_top_scored_negatives(tmp_path: Pat
     sheet = pd.read_csv(results / "sheet.tsv", sep="\t")
     train = sheet[sheet["split"] == "train"]
     positives, negatives = train[train["label"] == 1], train[train["label"] == 0]
-    # Pseudo-positives are where the tumor is ...
-    share, in_set = _enrichment(results, sets, positives["slide_id"], "pos", "Tumor")
-    assert in_set > ENRICHMENT * share
-    # Hard negatives are the negative slides' patches the round-0 MIL scored at or above tau, all
-    # of them; where they fall is printed (see the module docstring for why it is not asserted).
-    tau = json.loads((results / "r0" / "mining" / "summary.json").read_text())["tau_hardneg"]
     scores = pd.read_parquet(results / "r0" / "mil" / "scores" / "train.parquet")
+    # Pseudo-positives are the positive slides' patches the round-0 MIL scored above eta, all of
+    # them; hard negatives the negative slides' patches it scored at or above tau, all of them.
+    # Where both fall is printed (see the module docstring for why it is not asserted).
+    positive_scores = scores[scores["slide_id"].isin(positives["slide_id"])]
+    above_eta = positive_scores[positive_scores["score"] > ETA]
+    pseudo = sets[sets["set"] == "pos"]
+    assert set(zip(pseudo["slide_id"], pseudo["idx"])) == set(
+        zip(above_eta["slide_id"], above_eta["idx"])
+    )
+    _enrichment(results, sets, positives["slide_id"], "pos", "Tumor")
+    tau = json.loads((results / "r0" / "mining" / "summary.json").read_text())["tau_hardneg"]
     scores = scores[scores["slide_id"].isin(negatives["slide_id"])]
     scored_above = scores[scores["score"] >= tau]
     above = set(zip(scored_above["slide_id"], scored_above["idx"]))
