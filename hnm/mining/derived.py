@@ -66,6 +66,10 @@ class MovingSets:
     uncertain: pd.DataFrame
     thresholds: dict[str, Any] = field(default_factory=dict)
 
+    def parts(self) -> dict[str, pd.DataFrame]:
+        """The three sets by their names in sets.parquet (hnm.mining.sets.SETS)."""
+        return {"curriculum": self.curriculum, "confneg": self.confneg, "uncertain": self.uncertain}
+
 
 def _at(frame: pd.DataFrame, epoch: int) -> pd.DataFrame:
     return frame.assign(epoch=np.int64(epoch))

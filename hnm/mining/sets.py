@@ -132,17 +132,9 @@ def mine_sets(
         )
     low = positive[(positive["score"] <= settings.eta) & ~positive.index.isin(pseudo.index)]
     moving = derive(pseudo, low, settings, round_index, confneg_active)
-    sets = _rows({"hardneg": hardneg, "pos": pseudo, **_moving_parts(moving)})
+    sets = _rows({"hardneg": hardneg, "pos": pseudo, **moving.parts()})
     thresholds = {"tau_hardneg": tau, **moving.thresholds, "positives_fallback": bool(fallback)}
     return sets, thresholds
-
-
-def _moving_parts(moving: Any) -> dict[str, pd.DataFrame]:
-    return {
-        "curriculum": moving.curriculum,
-        "confneg": moving.confneg,
-        "uncertain": moving.uncertain,
-    }
 
 
 def _rows(named: dict[str, pd.DataFrame]) -> pd.DataFrame:
@@ -188,7 +180,7 @@ def rederive(
     low = sets[sets["set"].isin(["confneg", "uncertain"])].drop_duplicates(["slide_id", "idx"])
     moving = derive(pseudo, low.drop(columns="epoch"), settings, round_index, confneg_active)
     kept = {name: sets[sets["set"] == name] for name in ("hardneg", "pos")}
-    return _rows({**kept, **_moving_parts(moving)}), moving.thresholds
+    return _rows({**kept, **moving.parts()}), moving.thresholds
 
 
 def read_sets(path: str | os.PathLike[str]) -> pd.DataFrame:
