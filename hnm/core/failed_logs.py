@@ -58,13 +58,14 @@ def recent_failed_logs(folder: Path, since: float) -> list[tuple[str, list[Path]
     found = []
     for path in folder.rglob("*.log") if folder.is_dir() else []:
         try:
-            if path.stat().st_mtime < since:
+            written = path.stat().st_mtime
+            if written < since:
                 continue
             text = path.read_text(errors="replace")
         except OSError:
             continue
         if any(HNM_ERROR.match(line) for line in text.splitlines()) or "Traceback" in text:
-            found.append((path.stat().st_mtime, path))
+            found.append((written, path))
     return [(path.stem, [path]) for _, path in sorted(found)]
 
 
