@@ -6,7 +6,7 @@
 #
 # Round 0's encoder: init_encoder -> pretrain (SimCLR on the train slides' patches) unless weights
 # are given.
-# Chain per round r = 0..R: tile -> extract (encoder r) -> train_mil -> mine -> finetune (r -> r+1);
+# Chain per round r = 0..R: tile -> extract (encoder r) -> mil -> mine -> finetune (r -> r+1);
 # the last round's MIL is evaluated on test in results/final/.
 
 import os
@@ -32,12 +32,12 @@ report: "workflow/report/workflow.rst"
 include: "rules/common.smk"
 include: "rules/sheet.smk"
 include: "rules/demo.smk"
-include: "rules/tiling.smk"
+include: "rules/tile.smk"
 include: "rules/pretrain.smk"
-include: "rules/features.smk"
+include: "rules/extract.smk"
 include: "rules/mil.smk"
-include: "rules/probe.smk"
-include: "rules/mining.smk"
+include: "rules/evaluate.smk"
+include: "rules/mine.smk"
 include: "rules/finetune.smk"
 include: "rules/report.smk"
 include: "rules/viz.smk"
@@ -47,8 +47,8 @@ include: "rules/predict.smk"
 onsuccess:
     # A run must not end on "100% done" alone: say what came out and where it is, then what was
     # skipped or degraded (last, where it is seen).
-    from hnm.evaluation.summary import results_summary
-    from hnm.evaluation.warnings import end_of_run_summary
+    from hnm.evaluate.summary import results_summary
+    from hnm.evaluate.warnings import end_of_run_summary
 
     for summary in (results_summary("results"), end_of_run_summary("results")):
         if summary:

@@ -4,7 +4,7 @@ Each process pays the interpreter, torch import, encoder load and (on a GPU) CUD
 its first patch; on demo-sized slides that start-up costs more than the patches. This writes
 `--slides` demo slides with `hnm synth`, tiles them with `hnm tile` (neither timed), then times the
 two ways of running `hnm extract` on the same slides and encoder, checks that they wrote the same
-features, and prints the ratio. The workflow's `extraction.slides_per_job` chooses between them.
+features, and prints the ratio. The workflow's `extract.slides_per_job` chooses between them.
 
     python bench/bench_extract_jobs.py                      # CPU, 12 demo slides
     python bench/bench_extract_jobs.py --device cuda --slides 24

@@ -1,7 +1,7 @@
 """Fine-tuning epoch time against neg_ratio (the paper's cost claim), on one synthetic cohort.
 
 Writes a small cohort of tiled JPEG TIFF slides and their tiles files, draws synthetic MIL scores,
-mines the sets at each neg_ratio with the real `hnm.mining.sets`, and times fine-tuning epochs per ratio
+mines the sets at each neg_ratio with the real `hnm.mine.sets`, and times fine-tuning epochs per ratio
 with the real `hnm.finetune.train` (both updates active: the epochs lie past warm-up; the first epoch is
 not timed, the fastest of the next ones is reported). An epoch iterates over the hard negatives,
 so its time should follow neg_ratio; the ratios to neg_ratio 1.0 (ItS2CLR) are printed. Last, the
@@ -37,8 +37,8 @@ from hnm.finetune.plan import Pools, plan_epoch  # noqa: E402
 from hnm.finetune.settings import FinetuneSettings  # noqa: E402
 from hnm.finetune.train import contrastive_update, finetune, make_optimizer, make_views  # noqa: E402
 from hnm.io.h5io import level0_tiles_attrs, write_tiles  # noqa: E402
-from hnm.mining.sets import run_mining  # noqa: E402
-from hnm.mining.settings import MiningSettings  # noqa: E402
+from hnm.mine.sets import run_mining  # noqa: E402
+from hnm.mine.settings import MineSettings  # noqa: E402
 
 
 def _write_slide(path: Path, slide_px: int, tumour: bool, rng: np.random.Generator) -> None:
@@ -224,7 +224,7 @@ def main() -> int:
         results = []
         for ratio in ratios:
             sets, summary = run_mining(
-                sheet, scores, "synthetic", 0.8, 1, MiningSettings(neg_ratio=ratio)
+                sheet, scores, "synthetic", 0.8, 1, MineSettings(neg_ratio=ratio)
             )
             sets_path = root / f"sets_{ratio}.parquet"
             sets.to_parquet(sets_path)

@@ -8,7 +8,7 @@ the same cohort at a given encoder rate (img/s, e.g. from docs/performance.md or
 
 It times the batched trainer and the per-bag loop it replaced (tests/mil_reference.py) in one
 process, epochs interleaved, and prints the ratio. --thread-policy compares torch's default thread
-count with train-mil's sized one (run two copies at once to see them under contention).
+count with hnm mil's sized one (run two copies at once to see them under contention).
 
     python bench/bench_mil.py --epochs 3 --img-per-s 90   # this CPU (ResNet-18 bf16 ~90 img/s)
     python bench/bench_mil.py --devices cuda --img-per-s 39651    # one H200, ResNet-18 encoder-only
@@ -175,7 +175,7 @@ def main() -> int:
         "--thread-policy",
         choices=("default", "sized"),
         default="sized",
-        help="default: --threads as given; sized: hnm.core.threads.intra_op_threads (train-mil's)",
+        help="default: --threads as given; sized: hnm.core.threads.intra_op_threads (hnm mil's)",
     )
     parser.add_argument("--no-legacy", action="store_true", help="time the batched loop only")
     parser.add_argument("--seed", type=int, default=0)

@@ -24,11 +24,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hnm.tiling import qc  # noqa: E402
-from hnm.tiling.grid import tile_slide, write_tiles_file  # noqa: E402
-from hnm.tiling.settings import TilingSettings  # noqa: E402
-from hnm.tiling.stage import qc_image  # noqa: E402
-from hnm.tiling.tissue import _read_openslide, read_downsampled, segment_tissue  # noqa: E402
+from hnm.tile import qc  # noqa: E402
+from hnm.tile.grid import tile_slide, write_tiles_file  # noqa: E402
+from hnm.tile.settings import TileSettings  # noqa: E402
+from hnm.tile.stage import qc_image  # noqa: E402
+from hnm.tile.tissue import _read_openslide, read_downsampled, segment_tissue  # noqa: E402
 
 
 def main() -> int:
@@ -78,7 +78,7 @@ def main() -> int:
     report["slide"] = str(slide)
     report["slide_bytes"] = slide.stat().st_size
 
-    settings = TilingSettings(patch_size=args.patch_size, target_mpp=args.target_mpp)
+    settings = TileSettings(patch_size=args.patch_size, target_mpp=args.target_mpp)
     grid, tissue_params = settings.grid(), settings.tissue()
     started_all = time.perf_counter()
     result = tile_slide(slide, "bench", grid, tissue_params, args.mpp)

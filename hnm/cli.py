@@ -17,6 +17,7 @@ import sys
 from hnm import __version__
 from hnm.core.errors import HnmError
 from hnm.core.lifetime import exit_with_parent
+from hnm.core.renames import RENAMED_COMMANDS
 
 # stage name -> (module under hnm.commands, one-line help)
 STAGES: dict[str, tuple[str, str]] = {
@@ -28,7 +29,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "init-encoder": ("init_encoder", "write the round-0 encoder from local weights or a seed"),
     "pretrain": ("pretrain", "SimCLR-pretrain the round-0 encoder on the train slides' patches"),
     "extract": ("extract", "extract patch features of one slide with an encoder"),
-    "train-mil": ("train_mil", "train a MIL aggregator on one round's features"),
+    "mil": ("mil", "train a MIL aggregator on one round's features"),
     "mine": ("mine", "mine hard negatives and pseudo-positive sets from patch scores"),
     "finetune": ("finetune", "fine-tune the encoder with SupCon on the mined sets"),
     "evaluate": ("evaluate", "slide- and patch-level metrics on held-out slides"),
@@ -58,6 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:
         exit_with_parent()
     argv = list(sys.argv[1:] if argv is None else argv)
+    renamed = [token for token in argv if token in RENAMED_COMMANDS]
+    if renamed:
+        print(
+            f"hnm: error: `hnm {renamed[0]}` is now `hnm {RENAMED_COMMANDS[renamed[0]]}` "
+            "(same flags)",
+            file=sys.stderr,
+        )
+        return 2
     parser = build_parser()
     known, rest = parser.parse_known_args(argv[: _stage_position(argv) + 1])
     module = importlib.import_module(f"hnm.commands.{STAGES[known.stage][0]}")

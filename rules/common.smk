@@ -17,8 +17,9 @@ from hnm.core.cliflags import to_flags
 from hnm.core.errors import SheetError
 from hnm.core.gpu_slots import command_prefix
 from hnm.core.overrides import typed_overrides
+from hnm.core.renames import check_section_names
 from hnm.core.reproducible import job_environment
-from hnm.evaluation.settings import PROBE_SETTINGS
+from hnm.evaluate.settings import PROBE_SETTINGS
 from hnm.extract.batches import extraction_batches
 from hnm.io.sheet import demo_sheet, validate_sheet
 from hnm.mil.files import MIL_FILES
@@ -26,6 +27,7 @@ from hnm.predict.settings import PredictSettings
 from hnm.predict.sheet import validate_new_slides
 from hnm.pretrain.start import round0_start
 
+check_section_names(config, "the config")
 CONFIG_SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
 config.update(typed_overrides(config, yaml.safe_load(CONFIG_SCHEMA.read_text())))
 validate(config, schema=str(CONFIG_SCHEMA))
@@ -45,8 +47,8 @@ shell.prefix(
 DEMO = not config["sheet"]
 # Classes annotation files may use: the tumor class and those scored against it.
 ANNOTATION_CLASSES = [
-    config["evaluation"]["annotation_class"],
-    *config["evaluation"]["versus_classes"],
+    config["evaluate"]["annotation_class"],
+    *config["evaluate"]["versus_classes"],
 ]
 # Workstation GPU slots (resources.gpus): each GPU job takes one GPU's lock for its lifetime.
 GPU_SLOT = command_prefix(config["resources"]["gpus"])
@@ -107,7 +109,7 @@ wildcard_constraints:
 
 
 def slide_file(slide):
-    # Demo slides are outputs of rule synth_slide, which Snakemake matches by relative path.
+    # Demo slides are outputs of rule synth, which Snakemake matches by relative path.
     if DEMO:
         return f"results/demo/slides/{slide}.tiff"
     return SLIDE_ROWS[slide]["path"]
@@ -115,14 +117,14 @@ def slide_file(slide):
 
 def annotation_files():
     """The sheet's annotation files: inputs of the evaluation sheet, and of nothing upstream."""
-    if DEMO:  # outputs of rule synth_slide, matched by relative path
+    if DEMO:  # outputs of rule synth, matched by relative path
         return [f"results/demo/annotations/{slide}.geojson" for slide in SLIDES]
     return [path for path in SHEET["annotation"] if path]
 
 
-# Feature quality (rules/probe.smk) needs patch truth: it runs where the sheet names annotations.
+# Feature quality (rules/evaluate.smk) needs patch truth: it runs where the sheet names annotations.
 PROBE = bool(annotation_files())
-MIL_SEEDS = list(config["evaluation"]["mil_seeds"])
+MIL_SEEDS = list(config["evaluate"]["mil_seeds"])
 
 
 def probe_outputs():
@@ -215,7 +217,7 @@ def flags(section, skip=()):
 def evaluation_flags():
     """The evaluation settings but the probe's (PROBE_SETTINGS, read by the probe job alone), so
     that changing those does not re-run the evaluation and pictures."""
-    return flags("evaluation", skip=PROBE_SETTINGS)
+    return flags("evaluate", skip=PROBE_SETTINGS)
 
 
 def previous_mining(wildcards):

@@ -1,7 +1,7 @@
 # The built-in synthetic cohort, made by a rule so a fresh checkout does real work with no download.
 
 
-rule synth_slide:
+rule synth:
     output:
         slide="results/demo/slides/{slide}.tiff",
         annotation="results/demo/annotations/{slide}.geojson",

@@ -15,7 +15,7 @@ rule predict:
 if PREDICT.sheet:
 
     rule predict_sheet:
-        # The sheet's rows, not its file, re-run what follows (as rule sheet does for training).
+        # The sheet's rows, not its file, re-run what follows (as rule check_sheet does for training).
         output:
             f"{PREDICT_DIR}/sheet.tsv",
         log:
@@ -43,46 +43,23 @@ if PREDICT.sheet:
             f"{PREDICT_DIR}/benchmarks/tile/{{slide}}.tsv"
         params:
             mpp=predict_mpp_flag,
-            settings=flags("tiling"),
+            settings=flags("tile"),
 
-    # Extraction with the final round's encoder, cut into jobs as training's (rules/features.smk).
-    PREDICT_EXTRACT_SHELL = (
-        "{params.gpu_slot}python -m hnm extract --slide {input.slides:q} --slide-id "
-        "{params.slide_ids} --tiles {input.tiles:q} --encoder {input.encoder:q} --round "
-        f"{ROUNDS} --device {{params.device}} --threads {{threads}} {{params.settings}} "
-        "--out {output:q} > {log:q} 2>&1"
-    )
+    # Extraction with the final round's encoder, cut into jobs as training's (rules/extract.smk).
     for batch, members in extraction_batches(
-        PREDICT_SLIDES, config["extraction"]["slides_per_job"]
+        PREDICT_SLIDES, config["extract"]["slides_per_job"]
     ).items():
-
-        rule:
-            name:
-                f"predict_extract_{batch}"
-            input:
-                slides=[PREDICT_ROWS[slide]["path"] for slide in members],
-                tiles=predict_files("tiles", "h5", members),
-                encoder=FINAL_ENCODER,
-            output:
-                predict_files("features", "h5", members),
-            log:
-                f"{PREDICT_DIR}/logs/extract/{batch}.log",
-            benchmark:
-                f"{PREDICT_DIR}/benchmarks/extract/{batch}.tsv"
-            conda:
-                "../envs/torch.yaml"
-            threads: rule_threads("extract")
-            resources:
-                **gpu_resources(),
-                mem_mb=retry_scaled("extract", "mem_mb"),
-                runtime=retry_scaled("extract", "runtime", slides=len(members)),
-            params:
-                slide_ids=" ".join(members),
-                settings=EXTRACT_SETTINGS,
-                device=config["device"],
-                gpu_slot=GPU_SLOT,
-            shell:
-                PREDICT_EXTRACT_SHELL
+        extraction_rule(
+            f"predict_extract_{batch}",
+            slides=[PREDICT_ROWS[slide]["path"] for slide in members],
+            tiles=predict_files("tiles", "h5", members),
+            encoder=FINAL_ENCODER,
+            outputs=predict_files("features", "h5", members),
+            log=f"{PREDICT_DIR}/logs/extract/{batch}.log",
+            benchmark=f"{PREDICT_DIR}/benchmarks/extract/{batch}.tsv",
+            slide_ids=" ".join(members),
+            round_=ROUNDS,
+        )
 
     rule predict_score:
         input:
@@ -100,10 +77,10 @@ if PREDICT.sheet:
             f"{PREDICT_DIR}/benchmarks/score.tsv"
         conda:
             "../envs/torch.yaml"
-        threads: rule_threads("train_mil")
+        threads: rule_threads("mil")
         resources:
             **gpu_resources(),
-            mem_mb=retry_scaled("train_mil", "mem_mb"),
+            mem_mb=retry_scaled("mil", "mem_mb"),
             runtime=30,
         params:
             device=config["device"],

@@ -1,6 +1,28 @@
-# SimCLR pretraining of round 0's encoder on the training slides' patches: init_encoder's random
-# weights -> results/r0/encoder.pt. Defined only when rules/common.smk chose it (PRETRAIN: no
-# encoder.weights given and pretrain.epochs > 0); otherwise init_encoder writes that file itself.
+# Round 0's encoder. init_encoder writes the initial encoder (given weights, or random ones from
+# `seed`); SimCLR pretraining on the training slides' patches then takes init_encoder's random
+# weights to results/r0/encoder.pt. Pretraining is defined only when rules/common.smk chose it
+# (PRETRAIN: no encoder.weights given and pretrain.epochs > 0); otherwise init_encoder writes
+# results/r0/encoder.pt itself.
+
+
+rule init_encoder:
+    input:
+        weights=config["encoder"]["weights"] or [],
+    output:
+        INITIAL_ENCODER,
+    log:
+        "results/logs/r0/init_encoder.log",
+    conda:
+        "../envs/torch.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    params:
+        settings=flags("encoder"),
+        seed=config["seed"],
+    shell:
+        "python -m hnm init-encoder {params.settings} --seed {params.seed} --out {output:q} > {log:q} 2>&1"
+
 
 if PRETRAIN:
 

@@ -23,7 +23,7 @@ rule failures:
         "--encoders {input.encoders:q} --out {output:q} > {log:q} 2>&1"
 
 
-rule final:
+rule report:
     input:
         rounds_eval=expand(
             "results/r{round}/eval/metrics.json", round=range(ROUNDS + 1)
@@ -49,7 +49,7 @@ rule final:
         ),
         timing="results/final/timing.csv",
     log:
-        "results/logs/final.log",
+        "results/logs/report.log",
     conda:
         "../envs/torch.yaml"
     resources:

@@ -15,7 +15,7 @@ ONE_CLASS_FLAG = (
 )
 
 
-rule sheet:
+rule check_sheet:
     # The user's sheet is not an input: its annotation column and mtime must not re-run training.
     # The digest of the training columns is a param, so a changed row re-runs what reads them.
     output:

@@ -41,7 +41,7 @@ quiet() {
     '
 }
 
-# The run's closing summary names the report that is built after it (hnm.evaluation.summary).
+# The run's closing summary names the report that is built after it (hnm.evaluate.summary).
 export HNM_REPORT=results/report.html
 if [[ ${HNM_DEMO_VERBOSE:-} == 1 ]]; then
     snakemake --cores all --rerun-incomplete "$@"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from hnm.evaluation.metrics import binary_metrics, roc_auc
+from hnm.evaluate.metrics import binary_metrics, roc_auc
 from hnm.mil.data import Cohort
 from hnm.mil.losses import bag_loss, pair_loss
 from hnm.mil.settings import MilSettings

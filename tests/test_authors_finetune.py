@@ -18,12 +18,12 @@ import pandas as pd
 import pytest
 import torch
 
-from hnm.evaluation.metrics import f1_at_youden
+from hnm.evaluate.metrics import f1_at_youden
 from hnm.finetune.settings import EncoderSchedule, FinetuneSettings
 from hnm.finetune.supcon import supcon_loss
 from hnm.finetune.train import job_epochs
-from hnm.mining.sets import read_val_f1, run_mining
-from hnm.mining.settings import MiningSettings
+from hnm.mine.sets import read_val_f1, run_mining
+from hnm.mine.settings import MineSettings
 
 T = 0.07
 E, WARMUP, EVERY = 100, 5, 5  # the README command: 100 epochs, warm-up 5, MIL every 5 epochs
@@ -223,7 +223,7 @@ def _mine(round_index, settings, val_f1, previous=None):
 
 
 def test_curriculum_and_confident_negatives_every_epoch_of_100() -> None:
-    settings = MiningSettings(
+    settings = MineSettings(
         curriculum_update="epoch", confident_negatives="self_paced", gate=False, schedule=SCHEDULE
     )
     previous = None
@@ -242,7 +242,7 @@ def test_curriculum_and_confident_negatives_every_epoch_of_100() -> None:
 
 
 def test_confident_negatives_start_at_the_first_accepted_refresh_and_stay() -> None:
-    settings = MiningSettings(
+    settings = MineSettings(
         curriculum_update="epoch", confident_negatives="self_paced", schedule=SCHEDULE
     )
     round0 = _mine(0, settings, 0.6)
@@ -283,7 +283,7 @@ def test_gate_compares_the_best_epoch_f1_like_the_authors(tmp_path) -> None:
 
     decisions = {}
     for metric in ("best_epoch", "snapshot"):
-        settings = MiningSettings(gate_metric=metric, schedule=SCHEDULE)
+        settings = MineSettings(gate_metric=metric, schedule=SCHEDULE)
         previous, decisions[metric] = None, []
         for round_index, (values, snapshot) in enumerate(zip(epoch_f1, snapshot_f1)):
             path = tmp_path / f"{metric}{round_index}.json"
@@ -304,12 +304,11 @@ def test_paper_config_takes_every_authors_choice(repo_root) -> None:
     base = yaml.safe_load((repo_root / "config" / "config.yaml").read_text())
     paper = yaml.safe_load((repo_root / "config" / "paper.yaml").read_text())
     merged = {
-        key: {**base.get(key, {}), **paper.get(key, {})}
-        for key in ("encoder", "mining", "finetune")
+        key: {**base.get(key, {}), **paper.get(key, {})} for key in ("encoder", "mine", "finetune")
     }
     expected = {
         "encoder": {"norm": "instance", "channel_order": "bgr", "normalize": "none"},
-        "mining": {
+        "mine": {
             "curriculum_update": "epoch",
             "confident_negatives": "self_paced",
             "gate_metric": "best_epoch",
@@ -343,7 +342,7 @@ def test_hard_negative_cut_equals_the_authors_quantile_for_their_ratios(fraction
     """Their tau is numpy's interpolated quantile at 1 - neg_ratio; hnm's the k-th largest score.
     The two keep the same patches whenever 1 / neg_ratio is a whole number (every ratio the paper
     uses); for others (0.3, 0.7) some pool sizes keep one patch more under hnm's rule."""
-    from hnm.mining.derived import top_fraction_threshold
+    from hnm.mine.derived import top_fraction_threshold
 
     rng = np.random.default_rng(1)
     for n in range(5, 300):

@@ -39,8 +39,8 @@ from hnm.core.errors import (
 from hnm.encoders.weights import read_checkpoint
 from hnm.io.sheet import validate_sheet
 from hnm.mil.settings import MilSettings
-from hnm.mining.sets import run_mining
-from hnm.mining.settings import MiningSettings
+from hnm.mine.sets import run_mining
+from hnm.mine.settings import MineSettings
 
 REPO = Path(__file__).resolve().parents[1]
 HEADER = ["slide_id", "path", "label", "split", "mpp", "annotation"]
@@ -321,7 +321,7 @@ def test_21_unknown_annotation_class(cohort: Path, capsys) -> None:
     sheet = annotated_sheet(cohort, document)
     status, err = check_sheet(sheet, capsys)
     assert status == 2 and "class(es) Tumour, which are not scored (known: Tumor)" in err
-    assert "evaluation.versus_classes" in err
+    assert "evaluate.versus_classes" in err
     status, _ = check_sheet(sheet, capsys, "--annotation-classes", '["Tumor", "tumour"]')
     assert status == 0
 
@@ -439,7 +439,7 @@ def test_29_slide_without_tissue(tmp_path: Path, capsys) -> None:
     out = tmp_path / "out"
     assert tile(slide, out, "--patch-size", "64") == 2
     err = capsys.readouterr().err
-    assert "no patch has 50% tissue" in err and "tiling.min_tissue_fraction" in err
+    assert "no patch has 50% tissue" in err and "tile.min_tissue_fraction" in err
     assert not out.exists() or not list(out.iterdir())
 
 
@@ -470,7 +470,7 @@ def test_32_failed_slides_report_does_not_say_to_skip(test_slides: Path, tmp_pat
     assert tile(test_slides / "broken.svs", tmp_path, "--on-slide-error", "skip") == 0
     old = tmp_path / "old.h5"  # a tiles file written before the fix, with the hint in its error
     from hnm.io.h5io import read_tiles
-    from hnm.tiling.grid import write_tiles_file
+    from hnm.tile.grid import write_tiles_file
 
     _coords, attrs = read_tiles(tmp_path / "s1.h5")
     attrs.update(
@@ -736,7 +736,7 @@ def test_44_an_empty_training_slide_is_logged_with_its_label(caplog) -> None:
             "score": [0.2, 0.7, 0.9, 0.4],
         }
     )
-    _sets, summary = run_mining(sheet, scores, "train.parquet", 0.8, 0, MiningSettings())
+    _sets, summary = run_mining(sheet, scores, "train.parquet", 0.8, 0, MineSettings())
     assert summary["slides"]["empty"]["label"] == 1 and summary["excluded_slides"] == ["empty"]
 
 
@@ -805,7 +805,7 @@ def test_46_failed_slides_lists_extraction_and_fine_tuning_skips(tmp_path: Path)
 
 def test_47_skipped_and_degraded_are_warnings_of_the_run(tmp_path: Path) -> None:
     """Was: exit 0 and a worse result, with the reasons only inside job logs."""
-    from hnm.evaluation.warnings import end_of_run_summary, read_failures, run_warnings
+    from hnm.evaluate.warnings import end_of_run_summary, read_failures, run_warnings
 
     (tmp_path / "qc").mkdir()
     (tmp_path / "qc" / "failed_slides.tsv").write_text(

@@ -309,7 +309,7 @@ def test_camelyon16_config_validates_on_top_of_the_paper(repo_root: Path) -> Non
         update_config(config, yaml.safe_load((repo_root / "config" / name).read_text()))
     merged = copy.deepcopy(config)
     validate(merged, schema=str(repo_root / "workflow" / "schemas" / "config.schema.yaml"))
-    assert merged["evaluation"]["versus_classes"] == []
-    assert merged["evaluation"]["annotation_class"] == "Tumor"
-    assert merged["tiling"]["target_mpp"] == 2.0 and merged["tiling"]["patch_size"] == 224
+    assert merged["evaluate"]["versus_classes"] == []
+    assert merged["evaluate"]["annotation_class"] == "Tumor"
+    assert merged["tile"]["target_mpp"] == 2.0 and merged["tile"]["patch_size"] == 224
     assert merged["mil"]["fixed_epoch"] == 199  # paper.yaml's keys survive the overlay

@@ -43,8 +43,8 @@ COPIED = ("Snakefile", "rules", "envs", "workflow", "config", "hnm", ".test")
 PROFILE = "workflow/profiles/ci-slurm"
 # A cohort small enough for 2 cores: 6 slides of 1024 px, one hard-negative round, few epochs.
 OVERRIDE = ".test/config/cluster.yaml"
-# probe trains the MIL again at evaluation.mil_seeds (on by default), so it asks for a GPU too
-GPU_RULES = {"pretrain", "extract", "train_mil", "finetune", "probe"}
+# probe trains the MIL again at evaluate.mil_seeds (on by default), so it asks for a GPU too
+GPU_RULES = {"pretrain", "extract", "mil", "finetune", "probe"}
 RUN_LIMIT_S = 900  # per snakemake invocation; SIGINT then, SIGKILL 30 s later
 
 # The furthest target that works end to end (see the report for the state of the stages).

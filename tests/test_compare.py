@@ -26,7 +26,7 @@ def write_spec(folder: Path, **changes) -> Path:  # noqa: ANN003
         "cohort": {"demo": {"cohort_seed": 7}},
         "seeds": [0, 1],
         "reference": "b",
-        "methods": {"a": {"mining": {"neg_ratio": 0.2}}, "b": {"mil": {"ranking_loss": False}}},
+        "methods": {"a": {"mine": {"neg_ratio": 0.2}}, "b": {"mil": {"ranking_loss": False}}},
     }
     spec.update(changes)
     path = folder / "spec.yaml"
@@ -38,7 +38,7 @@ def test_a_run_gets_cohort_then_method_then_seed(tmp_path: Path) -> None:
     spec = load_spec(write_spec(tmp_path))
     assert spec.run_config(1, "a") == {
         "demo": {"cohort_seed": 7},
-        "mining": {"neg_ratio": 0.2},
+        "mine": {"neg_ratio": 0.2},
         "seed": 1,
     }
     assert spec.run_config(0) == {"demo": {"cohort_seed": 7}, "seed": 0}
@@ -49,7 +49,7 @@ def test_a_run_gets_cohort_then_method_then_seed(tmp_path: Path) -> None:
     [
         ({"methods": {"a": {"encoder": {"arch": "resnet18"}}, "b": {}}}, "method 'a' sets encoder"),
         ({"reference": "c"}, "reference 'c'"),
-        ({"cohort": {"mining": {"neg_ratio": 1.0}}}, "cohort sets mining"),
+        ({"cohort": {"mine": {"neg_ratio": 1.0}}}, "cohort sets mine"),
         ({"seeds": [1, 1]}, "seeds must be distinct"),
         ({"seeds": list(range(21))}, "21 seeds; at most 20"),
         ({"methods": {"a/b": {}, "b": {}}}, "method name 'a/b'"),

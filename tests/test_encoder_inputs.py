@@ -104,7 +104,7 @@ def test_instance_norm_on_patches_too_small_is_refused() -> None:
     from hnm.core.errors import ConfigError
     from hnm.encoders.inputs import check_patch_size
 
-    with pytest.raises(ConfigError, match="32 px patches give 1 x 1.*tiling.patch_size >= 33"):
+    with pytest.raises(ConfigError, match="32 px patches give 1 x 1.*tile.patch_size >= 33"):
         check_patch_size("resnet_mini", {"norm": "instance"}, 32)
     check_patch_size("resnet_mini", {"norm": "instance"}, 64)  # 2 x 2: fine
     check_patch_size("resnet_mini", {"norm": "batch"}, 32)  # BatchNorm normalises over the batch

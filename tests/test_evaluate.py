@@ -14,8 +14,8 @@ import pytest
 from sklearn import metrics as sk
 
 from hnm.cli import main as cli_main
-from hnm.evaluation.evaluate import MilFiles, evaluate
-from hnm.evaluation.metrics import (
+from hnm.evaluate.evaluate import MilFiles, evaluate
+from hnm.evaluate.metrics import (
     average_precision,
     best_f1,
     binary_metrics,
@@ -99,7 +99,7 @@ def _write_geojson(
 
 @pytest.fixture
 def mil_run(tmp_path: Path) -> dict[str, Any]:
-    """A hand-made train-mil output: val chose threshold 0.35; test slides around it."""
+    """A hand-made hnm mil output: val chose threshold 0.35; test slides around it."""
     mil, tiles = tmp_path / "mil", tmp_path / "tiles"
     (mil / "scores").mkdir(parents=True)
     slides = pd.DataFrame(
@@ -282,10 +282,10 @@ def test_evaluate_cli_and_its_errors(mil_run: dict[str, Path], capsys) -> None:
     assert "t_pos" in capsys.readouterr().err
     Path(mil_run["mil"].metrics).unlink()
     assert cli_main(args) == 2
-    assert "run train-mil first" in capsys.readouterr().err
+    assert "run hnm mil first" in capsys.readouterr().err
 
 
 def test_evaluate_does_not_import_torch(repo_root: Path) -> None:
     """The evaluate rule runs in the report env, which has no torch."""
-    code = "import sys, hnm.commands.evaluate, hnm.evaluation.evaluate; assert 'torch' not in sys.modules"
+    code = "import sys, hnm.commands.evaluate, hnm.evaluate.evaluate; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=repo_root, check=True)

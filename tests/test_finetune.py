@@ -19,9 +19,9 @@ from hnm.finetune.plan import Pools, plan_epoch, steps_per_epoch
 from hnm.finetune.settings import EncoderSchedule, FinetuneSettings
 from hnm.finetune.train import finetune
 from hnm.io.h5io import level0_tiles_attrs, write_tiles
-from hnm.mining.schedule import learning_rate
-from hnm.mining.sets import run_mining
-from hnm.mining.settings import MiningSettings
+from hnm.mine.schedule import learning_rate
+from hnm.mine.sets import run_mining
+from hnm.mine.settings import MineSettings
 
 PATCH = 32
 SLIDES = {"n1": 0, "n2": 0, "p1": 1, "p2": 1}
@@ -67,9 +67,7 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             scores.append({"slide_id": slide, "idx": idx, "logit": 0.0, "score": score})
     sheet = pd.DataFrame(rows)
     sheet.to_csv(root / "sheet.tsv", sep="\t", index=False)
-    sets, _ = run_mining(
-        sheet, pd.DataFrame(scores), "scores", 0.8, 0, MiningSettings(neg_ratio=0.5)
-    )
+    sets, _ = run_mining(sheet, pd.DataFrame(scores), "scores", 0.8, 0, MineSettings(neg_ratio=0.5))
     sets.to_parquet(root / "sets.parquet")
     save_encoder_file(root / "encoder.pt", build_encoder("resnet_mini", seed=0), source="random:0")
     return {
@@ -334,7 +332,7 @@ def test_authors_rounds_follow_the_refresh_offset_and_per_epoch_sets(cohort, tmp
         supcon_average="all_views",
         max_steps_per_epoch=1,
     )
-    mining = MiningSettings(
+    mining = MineSettings(
         neg_ratio=0.5,
         curriculum_update="epoch",
         confident_negatives="self_paced",

@@ -14,7 +14,7 @@ import torch
 
 from hnm.cli import main as cli_main
 from hnm.core.errors import ConfigError, HnmError
-from hnm.evaluation.metrics import choose_threshold, roc_auc
+from hnm.evaluate.metrics import choose_threshold, roc_auc
 from hnm.io.h5io import FeatureWriter
 from hnm.mil.dsmil_reference import ReferenceDSMIL
 from hnm.mil.settings import MilSettings
@@ -368,7 +368,7 @@ def test_cli_trains_abmil_in_bag_mode(tmp_path: Path, capsys) -> None:
     out = tmp_path / "cli"
     code = cli_main(
         [
-            "train-mil",
+            "mil",
             "--sheet",
             str(cohort.sheet),
             "--features",
@@ -394,7 +394,7 @@ def test_cli_trains_abmil_in_bag_mode(tmp_path: Path, capsys) -> None:
     assert all((out / name).exists() for name in ("model.pt", "epochs.csv", "slides.parquet"))
     code = cli_main(
         [
-            "train-mil",
+            "mil",
             "--sheet",
             str(tmp_path / "nope.tsv"),
             "--features",

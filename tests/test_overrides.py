@@ -7,7 +7,7 @@ from hnm.core.overrides import typed_overrides
 SCHEMA = {
     "type": "object",
     "properties": {
-        "mining": {
+        "mine": {
             "type": "object",
             "properties": {
                 "neg_ratio": {"type": "number"},
@@ -17,28 +17,28 @@ SCHEMA = {
         },
         "rounds": {"type": "integer"},
         "labels": {"type": "object", "additionalProperties": {"type": "integer"}},
-        "evaluation": {"type": "object", "properties": {"versus_classes": {"type": "array"}}},
+        "evaluate": {"type": "object", "properties": {"versus_classes": {"type": "array"}}},
     },
 }
 
 
 def test_strings_become_the_types_the_schema_wants() -> None:
     config = {
-        "mining": {"neg_ratio": "0.05", "gate": "false", "name": "0.5"},
+        "mine": {"neg_ratio": "0.05", "gate": "false", "name": "0.5"},
         "rounds": "3",
         "labels": {"tumour": "1"},
-        "evaluation": {"versus_classes": "[Mimic, Necrosis]"},
+        "evaluate": {"versus_classes": "[Mimic, Necrosis]"},
     }
     assert typed_overrides(config, SCHEMA) == {
-        "mining": {"neg_ratio": 0.05, "gate": False, "name": "0.5"},
+        "mine": {"neg_ratio": 0.05, "gate": False, "name": "0.5"},
         "rounds": 3,
         "labels": {"tumour": 1},
-        "evaluation": {"versus_classes": ["Mimic", "Necrosis"]},
+        "evaluate": {"versus_classes": ["Mimic", "Necrosis"]},
     }
 
 
 def test_values_that_do_not_parse_are_left_for_the_schema_to_refuse() -> None:
-    config = {"mining": {"neg_ratio": "lots", "gate": "1"}, "rounds": "true"}
+    config = {"mine": {"neg_ratio": "lots", "gate": "1"}, "rounds": "true"}
     assert typed_overrides(config, SCHEMA) == config
 
 
@@ -62,7 +62,7 @@ def test_a_nested_setting_can_be_overridden_on_the_command_line(tmp_path, repo_r
             "--configfile",
             str(repo_root / "config" / "paper.yaml"),
             "--config",
-            "mining={neg_ratio: 0.05}",
+            "mine={neg_ratio: 0.05}",
             "--",
             "results/r0/mining/sets.parquet",
         ],
@@ -79,8 +79,6 @@ def test_a_nested_setting_can_be_overridden_on_the_command_line(tmp_path, repo_r
 def test_local_references_are_followed() -> None:
     schema = {
         "definitions": {"fraction": {"type": "number", "minimum": 0, "maximum": 1}},
-        "properties": {"mining": {"properties": {"neg_ratio": {"$ref": "#/definitions/fraction"}}}},
+        "properties": {"mine": {"properties": {"neg_ratio": {"$ref": "#/definitions/fraction"}}}},
     }
-    assert typed_overrides({"mining": {"neg_ratio": "0.2"}}, schema) == {
-        "mining": {"neg_ratio": 0.2}
-    }
+    assert typed_overrides({"mine": {"neg_ratio": "0.2"}}, schema) == {"mine": {"neg_ratio": 0.2}}

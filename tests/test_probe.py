@@ -18,10 +18,10 @@ from sklearn.preprocessing import StandardScaler
 
 import hnm.mil.train
 from hnm.cli import main as cli_main
-from hnm.evaluation.mil_seeds import mil_seed_runs, spread
-from hnm.evaluation.probe import linear_probe, sample_rows
-from hnm.evaluation.report import PROBE_COLUMNS, RoundFiles, write_report
-from hnm.evaluation.settings import EvaluationSettings
+from hnm.evaluate.mil_seeds import mil_seed_runs, spread
+from hnm.evaluate.probe import linear_probe, sample_rows
+from hnm.evaluate.report import PROBE_COLUMNS, RoundFiles, write_report
+from hnm.evaluate.settings import EvaluateSettings
 from hnm.io.h5io import FeatureWriter, files_by_slide, level0_tiles_attrs, write_tiles
 from hnm.mil.settings import MilSettings
 from tests.mil_cohort import make_bags, write_cohort
@@ -105,12 +105,12 @@ class GridCohort:
         self.feature_files = files_by_slide(sorted((root / "features").glob("*.h5")), "features")
         self.tiles_files = files_by_slide(sorted((root / "tiles").glob("*.h5")), "tiles")
 
-    def probe(self, settings: EvaluationSettings | None = None, seed: int = 0) -> dict:
+    def probe(self, settings: EvaluateSettings | None = None, seed: int = 0) -> dict:
         return linear_probe(
             self.sheet,
             self.feature_files,
             self.tiles_files,
-            settings or EvaluationSettings(),
+            settings or EvaluateSettings(),
             seed,
             threads=1,
         )
@@ -154,7 +154,7 @@ def test_probe_is_the_float64_fit_on_the_labelled_train_patches(tmp_path: Path) 
     scores = model.decision_function(scaler.transform(test_x.astype(np.float64)))
     truth = np.concatenate([cohort.tumor[s] for s in tests])
     mimic = np.concatenate([cohort.mimic[s] for s in tests])
-    result = cohort.probe(EvaluationSettings(probe_c=0.5))
+    result = cohort.probe(EvaluateSettings(probe_c=0.5))
     assert result["auc"] == pytest.approx(roc_auc_score(truth, scores), abs=1e-12)
     # mimic patches look like tumor: against them alone the probe is near chance
     pair = truth | mimic
@@ -185,7 +185,7 @@ def test_sample_is_uniform_bounded_and_the_same_every_time() -> None:
 
 
 def test_probe_subsample_is_fixed_by_the_seed(separable: GridCohort) -> None:
-    small = EvaluationSettings(probe_max_patches=100)
+    small = EvaluateSettings(probe_max_patches=100)
     first, again, other = separable.probe(small), separable.probe(small), separable.probe(small, 1)
     assert first["train"]["n_patches"] == 100
     assert first["train"]["n_patches_available"] == 6 * GRID * GRID
@@ -338,7 +338,7 @@ def test_each_extra_seed_trains_the_same_mil_with_only_its_seed_changed(
         files_by_slide(mil_cohort.tiles, "tiles"),
         OWN,
         MIL,
-        EvaluationSettings(versus_classes=[], mil_seeds=[0, 1, 2]),  # 0 is the round's own
+        EvaluateSettings(versus_classes=[], mil_seeds=[0, 1, 2]),  # 0 is the round's own
         device="cpu",
         threads=1,
     )
@@ -369,7 +369,7 @@ def test_each_extra_seed_trains_the_same_mil_with_only_its_seed_changed(
 
 
 def test_no_mil_seeds_is_off(mil_cohort: MilCohort) -> None:
-    settings = EvaluationSettings(mil_seeds=[])
+    settings = EvaluateSettings(mil_seeds=[])
     assert (
         mil_seed_runs(
             mil_cohort.sheet, mil_cohort.features, mil_cohort.eval_sheet, {}, OWN, MIL, settings
@@ -382,9 +382,9 @@ def test_mil_seeds_must_be_distinct_non_negative_integers() -> None:
     from hnm.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="must not repeat"):
-        EvaluationSettings(mil_seeds=[1, 1])
+        EvaluateSettings(mil_seeds=[1, 1])
     with pytest.raises(ConfigError, match="integers >= 0"):
-        EvaluationSettings(mil_seeds=[-1])
+        EvaluateSettings(mil_seeds=[-1])
 
 
 def test_probe_command_writes_probe_json(mil_cohort: MilCohort, tmp_path: Path) -> None:

@@ -14,25 +14,25 @@ from hnm.core.settings import StageSettings
 from hnm.demo.settings import DemoSettings
 from hnm.finetune.settings import EncoderSchedule
 from hnm.mil.settings import MilSettings
-from hnm.mining.settings import MiningSettings
-from hnm.tiling.settings import TilingSettings
+from hnm.mine.settings import MineSettings
+from hnm.tile.settings import TileSettings
 
 SECTION_CLASSES = config_schema.section_classes()
 # stage command (hnm/commands/<module>.py) -> the settings classes whose flags it takes
 COMMAND_SETTINGS = {
     "synth": ["DemoSettings"],
-    "tile": ["TilingSettings"],
+    "tile": ["TileSettings"],
     "init_encoder": ["EncoderSettings"],
     "pretrain": ["PretrainSettings"],
     "extract": ["ExtractSettings"],
-    "train_mil": ["MilSettings"],
-    "mine": ["MiningSettings", "EncoderSchedule"],
+    "mil": ["MilSettings"],
+    "mine": ["MineSettings", "EncoderSchedule"],
     "finetune": ["FinetuneSettings"],
-    "evaluate": ["EvaluationSettings"],
-    "probe": ["MilSettings", "EvaluationSettings"],
-    "heatmaps": ["EvaluationSettings", "VizSettings"],
-    "mined": ["EvaluationSettings", "VizSettings"],
-    "figures": ["EvaluationSettings", "VizSettings"],
+    "evaluate": ["EvaluateSettings"],
+    "probe": ["MilSettings", "EvaluateSettings"],
+    "heatmaps": ["EvaluateSettings", "VizSettings"],
+    "mined": ["EvaluateSettings", "VizSettings"],
+    "figures": ["EvaluateSettings", "VizSettings"],
     "report_sample": ["VizSettings"],
     "predict": [],  # predict.sheet and predict.name are the workflow's (rules/predict.smk)
 }
@@ -127,7 +127,7 @@ def test_mine_and_finetune_share_the_schedule() -> None:
     assert issubclass(finetune, EncoderSchedule)
     schedule = {f.name for f in EncoderSchedule.fields()}
     assert schedule <= {f.name for f in finetune.fields()}
-    assert not schedule & {f.name for f in MiningSettings.fields()}
+    assert not schedule & {f.name for f in MineSettings.fields()}
 
 
 def test_generated_flags_parse_back() -> None:
@@ -149,15 +149,15 @@ def test_bounds_and_choices_are_checked_where_the_object_is_made() -> None:
     with pytest.raises(ConfigError, match="unknown key"):
         MilSettings.from_config({"epochz": 3})
     with pytest.raises(ConfigError, match="overlap must be below 1"):
-        TilingSettings(overlap=1.0)
+        TileSettings(overlap=1.0)
     with pytest.raises(ConfigError, match="slides must give tumor and normal counts"):
         DemoSettings(slides={"train": {"tumor": 1}})
     with pytest.raises(ConfigError, match="tile_size must be a multiple of 16"):
         DemoSettings(tile_size=100)
     with pytest.raises(ConfigError, match="r_final must be at most 1"):
-        MiningSettings(r_final=1.5)
+        MineSettings(r_final=1.5)
     with pytest.raises(ConfigError, match="versus_classes must be a list"):
-        CLASSES_BY_NAME["EvaluationSettings"](versus_classes="Mimic")
+        CLASSES_BY_NAME["EvaluateSettings"](versus_classes="Mimic")
 
 
 def test_section_classes_are_stage_settings() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hnm.evaluation.summary import results_summary, shown
+from hnm.evaluate.summary import results_summary, shown
 
 METRICS = {
     "round": 2,

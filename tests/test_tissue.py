@@ -9,10 +9,10 @@ import openslide
 import pytest
 from scipy import ndimage
 
-import hnm.tiling.tissue
+import hnm.tile.tissue
 from hnm.core.errors import SlideError
-from hnm.tiling.settings import TilingSettings
-from hnm.tiling.tissue import (
+from hnm.tile.settings import TileSettings
+from hnm.tile.tissue import (
     block_mean,
     close_mask,
     detect_tissue,
@@ -26,7 +26,7 @@ from hnm.tiling.tissue import (
     segment_tissue,
 )
 
-DEFAULTS = TilingSettings().tissue()
+DEFAULTS = TileSettings().tissue()
 PINK = (220, 140, 190)  # eosin-like: saturation (220-140)/220*255 = 92.7 -> 93
 GLASS = (242, 240, 241)
 
@@ -139,7 +139,7 @@ def _squares_image(scale: int) -> np.ndarray:
 
 @pytest.mark.parametrize("scale", [1, 2])
 def test_min_area_and_hole_filling_are_physical(scale: int) -> None:
-    params = TilingSettings(
+    params = TileSettings(
         median_um=0, closing_um=0, min_tissue_area_um2=20_000, max_hole_area_um2=50_000
     ).tissue()
     mpp = 4.0 / scale
@@ -201,9 +201,9 @@ def test_openslide_strips_match_one_whole_read(test_slides, monkeypatch) -> None
     path = str(test_slides / "cmu-1-small-region.svs")
     osr = openslide.OpenSlide(path)
     monkeypatch.setattr(
-        hnm.tiling.tissue, "STRIP_PIXELS", 2220 * 100
+        hnm.tile.tissue, "STRIP_PIXELS", 2220 * 100
     )  # 96-row strips (multiple of 16)
-    monkeypatch.setattr(hnm.tiling.tissue, "PYVIPS_VENDORS", frozenset())
+    monkeypatch.setattr(hnm.tile.tissue, "PYVIPS_VENDORS", frozenset())
     lowres = read_downsampled(osr, path, "cmu1", 16.0)
     assert lowres.reader == "openslide" and lowres.downsample == 16.0
     level0 = np.asarray(osr.read_region((0, 0), 0, osr.dimensions))[..., :3]

@@ -34,7 +34,7 @@ EVALUATION_RULES = {
     "eval_sheet",
     "evaluate",
     "probe",  # feature quality is scored against the annotations too
-    "final",
+    "report",
     "all",
     "figures",
     "heatmaps",
@@ -52,14 +52,14 @@ def odd_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
     folder.mkdir()
     settings = {
         "sheet": str(sheet),
-        "tiling": {**TILING, "on_slide_error": "skip"},
+        "tile": {**TILING, "on_slide_error": "skip"},
         # Every slide in one extraction job, so the corrupt one shares it with the others.
-        "extraction": {**TINY_CONFIG["extraction"], "slides_per_job": 16, "on_slide_error": "skip"},
+        "extract": {**TINY_CONFIG["extract"], "slides_per_job": 16, "on_slide_error": "skip"},
         "mil": {"epochs": 4, "checkpoint_every": 2},
         "finetune": {**TINY_CONFIG["finetune"], "epochs_per_round": 2, "on_slide_error": "skip"},
         "pretrain": {**TINY_CONFIG["pretrain"], "on_slide_error": "skip"},
         # The synthesised annotations also outline the tissue.
-        "evaluation": {"versus_classes": ["Mimic", "Tissue"]},
+        "evaluate": {"versus_classes": ["Mimic", "Tissue"]},
     }
     write_config(folder, settings)
     result = run(folder)

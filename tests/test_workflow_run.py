@@ -62,7 +62,7 @@ def test_full_chain_writes_every_output(reference: Path) -> None:
     assert list(rounds["round"]) == [0, 1]
     assert rounds.loc[0, "hard_negatives"] > 0
     # Feature quality, since the demo slides are annotated: each round's linear probe and its MIL
-    # trained again at evaluation.mil_seeds, in rounds.csv.
+    # trained again at evaluate.mil_seeds, in rounds.csv.
     for round_ in (0, 1):
         quality = json.loads((results / f"r{round_}" / "eval" / "probe.json").read_text())
         assert quality["probe"]["reason"] is None, quality["probe"]

@@ -31,7 +31,7 @@ from hnm.io.h5io import read_tiles
 from tests.workflow_runner import load_test_config, run, write_config
 
 SCIENCE_CONFIG = load_test_config("science")
-ETA = 0.3  # mining.eta, config/config.yaml
+ETA = 0.3  # mine.eta, config/config.yaml
 
 
 def _region_flags(results: Path, slide_id: str, region: str) -> np.ndarray:

@@ -66,6 +66,7 @@ def paper_plan(tmp_path_factory: pytest.TempPathFactory) -> subprocess.Completed
 def rules_with_stages() -> dict[str, tuple[str, str]]:
     """rule name -> (env file, hnm stage) read from the rule files."""
     found = {}
+    functions: dict[str, tuple[str, str]] = {}
     for path in sorted((REPO / "rules").glob("*.smk")):
         text = path.read_text()
         # Shell commands kept in a constant (shared by several rules): NAME = ("python -m hnm ...
@@ -74,15 +75,26 @@ def rules_with_stages() -> dict[str, tuple[str, str]]:
                 r"^(\w+) = \(\s*\n\s*\"(?:\{params\.gpu_slot\})?(python -m hnm [\w-]+)", text, re.M
             )
         )
-        for block in re.split(r"\n(?=\s*rule )", text):
+        # A rule defined by a function (rules/extract.smk's extraction_rule) is named by its calls:
+        # `extraction_rule("extract", ...)`, `extraction_rule(f"predict_extract_{batch}", ...)`.
+        defined_by = {}
+        for block in re.split(r"\n(?=\s*rule |def )", text):
             name = re.match(r"\s*rule (\w+):", block)
+            function = re.match(r"def (\w+)\(", block)
             conda = re.search(r'conda:\s*\n\s*"([^"]+)"', block)
             shell = re.search(r"shell:\s*\n\s*(\w+)\s*$", block, re.M)
             command = constants.get(shell.group(1), "") if shell else block
             stage = re.search(r"python -m hnm ([\w-]+)", command)
+            env = (path.parent / conda.group(1)).resolve() if conda else None
             if name and stage:
-                env = (path.parent / conda.group(1)).resolve() if conda else None
                 found[name.group(1)] = (str(env) if env else "", stage.group(1))
+            elif function and stage:
+                defined_by[function.group(1)] = (str(env) if env else "", stage.group(1))
+        defined_by |= functions
+        functions = defined_by
+        for function, rule in re.findall(r"(\w+)\(\s*f?\"(\w+?)(?:_\{\w+\})?\",", text):
+            if function in functions:
+                found[rule] = functions[function]
     return found
 
 
@@ -128,7 +140,7 @@ def test_every_rule_that_runs_a_stage_has_an_env_listing_its_imports() -> None:
     from hnm.cli import STAGES
 
     rules = rules_with_stages()
-    assert {"tile", "pretrain", "extract", "train_mil", "mine", "finetune"} <= set(rules)
+    assert {"tile", "pretrain", "extract", "mil", "mine", "finetune"} <= set(rules)
     for rule, (env, stage) in rules.items():
         assert env and Path(env).exists(), f"rule {rule} has no existing conda env"
         spec = yaml.safe_load(Path(env).read_text())
@@ -151,15 +163,15 @@ def test_dry_run_with_each_profile(profile: str, tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     for rule in (
-        "synth_slide",
+        "synth",
         "tile",
         "init_encoder",
         "pretrain",
         r"extract_b[01]*",
-        "train_mil",
+        "mil",
         "mine",
         "finetune",
-        "final",
+        "report",
     ):
         assert re.search(rf"^{rule}\s+\d+", result.stdout, re.M), f"{rule} missing from the DAG"
 
@@ -243,7 +255,7 @@ def test_extraction_jobs_take_slides_per_job_slides(per_job: int, tmp_path: Path
     slides = sum(n for split in config["demo"]["slides"].values() for n in split.values())
     rounds = config["rounds"] + 1
     overlay = tmp_path / "batches.yaml"
-    overlay.write_text(yaml.safe_dump({"extraction": {"slides_per_job": per_job}}))
+    overlay.write_text(yaml.safe_dump({"extract": {"slides_per_job": per_job}}))
     result = snakemake(
         tmp_path, "-n", "--configfile", str(REPO / "config" / "config.yaml"), str(overlay)
     )
@@ -291,7 +303,7 @@ def test_paper_config_trains_mil_with_the_authors_protocol(
     command = next(
         line
         for line in result.stdout.splitlines()
-        if "hnm train-mil" in line and "results/r0/mil" in line
+        if "hnm mil" in line and "results/r0/mil" in line
     )
     for flag in (
         "--dsmil reference",
@@ -356,11 +368,11 @@ def test_a_second_cohort_in_its_own_folder_does_not_see_the_firsts_files(tmp_pat
 
     own = plan(tmp_path / "own run", cwd=first)
     assert own == plan(tmp_path / "empty", cwd=tmp_path)
-    assert own["tile"] == len(rows) - 1 and own["sheet"] == 1 and own["init_encoder"] == 1
+    assert own["tile"] == len(rows) - 1 and own["check_sheet"] == 1 and own["init_encoder"] == 1
     assert sorted((p, p.stat().st_mtime_ns) for p in first.rglob("*")) == before
     assert [p.name for p in (tmp_path / "own run").iterdir()] == [".snakemake"]
     mixed = plan(first, cwd=first)
-    assert "sheet" not in mixed and "init_encoder" not in mixed, mixed
+    assert "check_sheet" not in mixed and "init_encoder" not in mixed, mixed
 
 
 def test_feature_quality_runs_where_annotations_exist(tmp_path: Path) -> None:

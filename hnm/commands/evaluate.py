@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from hnm.evaluation.settings import EvaluationSettings
+from hnm.evaluate.settings import EvaluateSettings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sheet", required=True, help="normalised slide sheet (results/sheet.tsv)")
-    parser.add_argument("--mil-metrics", required=True, help="train-mil metrics.json (threshold)")
-    parser.add_argument("--mil-slides", required=True, help="train-mil slides.parquet")
+    parser.add_argument("--mil-metrics", required=True, help="hnm mil metrics.json (threshold)")
+    parser.add_argument("--mil-slides", required=True, help="hnm mil slides.parquet")
     for split in ("train", "val", "test"):
-        parser.add_argument(
-            f"--{split}-scores", default=None, help=f"train-mil {split} patch scores"
-        )
+        parser.add_argument(f"--{split}-scores", default=None, help=f"hnm mil {split} patch scores")
     parser.add_argument(
         "--tiles", nargs="+", default=[], help="tiles files <slide_id>.h5 of the annotated slides"
     )
@@ -26,18 +24,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["train", "val", "test"],
         help="split for the slide metrics (patch metrics cover every annotated split)",
     )
-    EvaluationSettings.add_arguments(parser)
+    EvaluateSettings.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from hnm.evaluation.evaluate import MilFiles, evaluate
+    from hnm.evaluate.evaluate import MilFiles, evaluate
 
     scores = {
         split: path
         for split in ("train", "val", "test")
         if (path := getattr(args, f"{split}_scores")) is not None
     }
-    settings = EvaluationSettings.from_args(args)
+    settings = EvaluateSettings.from_args(args)
     evaluate(
         args.sheet,
         MilFiles(args.mil_metrics, args.mil_slides, scores),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from hnm.evaluation.settings import EvaluationSettings
+from hnm.evaluate.settings import EvaluateSettings
 from hnm.viz.settings import VizSettings
 
 FIGURES = ("roc", "rounds", "confusion", "finetune", "mil")
@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tiles", nargs="*", default=[], help="tiles files of the test slides")
     for name in FIGURES:
         parser.add_argument(f"--out-{name}", required=True, help="PNG (an SVG beside it)")
-    EvaluationSettings.add_arguments(parser)
+    EvaluateSettings.add_arguments(parser)
     VizSettings.add_arguments(parser)
 
 
@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     write_figures(
         args,
         {name: getattr(args, f"out_{name}") for name in FIGURES},
-        EvaluationSettings.from_args(args),
+        EvaluateSettings.from_args(args),
         VizSettings.from_args(args),
     )
     return 0

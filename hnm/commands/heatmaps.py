@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from hnm.evaluation.settings import EvaluationSettings
+from hnm.evaluate.settings import EvaluateSettings
 from hnm.viz.settings import VizSettings
 
 
@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", nargs="+", required=True, help="PNG files to write, named <slide_id>.png"
     )
-    EvaluationSettings.add_arguments(parser)
+    EvaluateSettings.add_arguments(parser)
     VizSettings.add_arguments(parser)
 
 
@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
         args.scores,
         args.tiles,
         args.out,
-        EvaluationSettings.from_args(args),
+        EvaluateSettings.from_args(args),
         VizSettings.from_args(args),
     )
     return 0

@@ -6,7 +6,7 @@ import argparse
 import logging
 
 from hnm.finetune.settings import EncoderSchedule
-from hnm.mining.settings import MiningSettings
+from hnm.mine.settings import MineSettings
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="sets.parquet to write")
     parser.add_argument("--summary", required=True, help="summary.json to write")
     EncoderSchedule.add_rounds_argument(parser)
-    MiningSettings.add_arguments(parser)
+    MineSettings.add_arguments(parser)
     EncoderSchedule.add_arguments(parser, title="encoder schedule (finetune settings)")
 
 
@@ -36,12 +36,12 @@ def run(args: argparse.Namespace) -> int:
     from hnm.core.atomic import atomic_path, write_json
     from hnm.core.errors import HnmError
     from hnm.io.sheet import read_normalised_sheet
-    from hnm.mining.sets import json_safe, log_summary, read_sets, read_val_f1, run_mining
+    from hnm.mine.sets import json_safe, log_summary, read_sets, read_val_f1, run_mining
 
     schedule = EncoderSchedule.from_args(args, rounds=args.rounds)
-    settings = MiningSettings.from_args(args, schedule=schedule)
+    settings = MineSettings.from_args(args, schedule=schedule)
     if not Path(args.scores).exists():
-        raise HnmError(f"scores file {args.scores} does not exist; run `hnm train-mil` first")
+        raise HnmError(f"scores file {args.scores} does not exist; run `hnm mil` first")
     scores = pd.read_parquet(args.scores)
     previous_sets = read_sets(args.previous_sets) if args.previous_sets else None
     previous_summary = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from hnm.evaluation.settings import EvaluationSettings
+from hnm.evaluate.settings import EvaluateSettings
 from hnm.viz.settings import VizSettings
 
 
@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tiles", nargs="+", required=True, help="tiles files of the train slides")
     parser.add_argument("--out-overlay", required=True, help="PNG (an SVG is written beside it)")
     parser.add_argument("--out-gallery", required=True, help="PNG (an SVG is written beside it)")
-    EvaluationSettings.add_arguments(parser)
+    EvaluateSettings.add_arguments(parser)
     VizSettings.add_arguments(parser)
 
 
@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
         args.tiles,
         args.out_overlay,
         args.out_gallery,
-        EvaluationSettings.from_args(args),
+        EvaluateSettings.from_args(args),
         VizSettings.from_args(args),
     )
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from hnm.core.cliflags import add_job_arguments
-from hnm.evaluation.settings import EvaluationSettings
+from hnm.evaluate.settings import EvaluateSettings
 from hnm.mil.settings import MilSettings
 
 
@@ -30,11 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="probe.json to write")
     add_job_arguments(parser, "seed", "device", "threads")
     MilSettings.add_arguments(parser)
-    EvaluationSettings.add_arguments(parser)
+    EvaluateSettings.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from hnm.evaluation.feature_quality import feature_quality
+    from hnm.evaluate.feature_quality import feature_quality
 
     feature_quality(
         args.sheet,
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         args.eval_metrics,
         args.out,
         MilSettings.from_args(args, seed=args.seed),
-        EvaluationSettings.from_args(args),
+        EvaluateSettings.from_args(args),
         device=args.device,
         threads=args.threads,
     )

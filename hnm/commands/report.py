@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from hnm.core.errors import HnmError
-    from hnm.evaluation.report import RoundFiles, write_report
+    from hnm.evaluate.report import RoundFiles, write_report
 
     rounds = len(args.mil_metrics)
     later = rounds - 1

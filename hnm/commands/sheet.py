@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from hnm.evaluation.settings import EvaluationSettings
+    from hnm.evaluate.settings import EvaluateSettings
 
     datasets = parser.add_subparsers(dest="dataset", required=True, metavar="DATASET")
     camelyon16 = datasets.add_parser(
@@ -37,8 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     camelyon16.add_argument(
         "--annotation-class",
-        default=EvaluationSettings().annotation_class,
-        help="class name of the tumor polygons; the run's evaluation.annotation_class "
+        default=EvaluateSettings().annotation_class,
+        help="class name of the tumor polygons; the run's evaluate.annotation_class "
         "(default: %(default)s)",
     )
     camelyon16.add_argument(

@@ -1,7 +1,7 @@
 """`hnm tile`: tissue detection and the patch grid of one slide -> tiles HDF5 + QC PNG.
 
-The stage is hnm.tiling.stage.tile_to_files (what skip and fail mode do is said there); the tiling
-flags, their defaults and why are declared once in hnm.tiling.settings.TilingSettings.
+The stage is hnm.tile.stage.tile_to_files (what skip and fail mode do is said there); the tiling
+flags, their defaults and why are declared once in hnm.tile.settings.TileSettings.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from hnm.tiling.settings import TilingSettings
+from hnm.tile.settings import TileSettings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,14 +23,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="level-0 um/px to use instead of the slide's metadata (the sheet's mpp column)",
     )
-    TilingSettings.add_arguments(parser)
+    TileSettings.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from hnm.tiling.stage import tile_to_files
+    from hnm.tile.stage import tile_to_files
 
     # Bad settings are the user's, not the slide's: they fail even with --on-slide-error skip.
-    settings = TilingSettings.from_args(args)
+    settings = TileSettings.from_args(args)
     # libvips reports each decoding step at INFO and a corrupt tile as a WARNING before we fall
     # back to openslide, which then gives the real verdict; keep job logs to what matters.
     logging.getLogger("pyvips").setLevel(logging.ERROR)

@@ -15,9 +15,10 @@ from typing import Any
 import yaml
 
 from hnm.core.errors import HnmError
+from hnm.core.renames import check_section_names
 
 # Config keys a method overlay may set: everything they steer happens after round-0 extraction.
-METHOD_KEYS = frozenset({"rounds", "mil", "mining", "finetune"})
+METHOD_KEYS = frozenset({"rounds", "mil", "mine", "finetune"})
 # Keys the comparison sets itself.
 RESERVED_KEYS = frozenset({"seed"})
 # The exact sign-flip test of the per-seed differences lists all 2^n sign patterns
@@ -81,6 +82,7 @@ def load_spec(path: str | Path) -> CompareSpec:
     for name, overlay in methods.items():
         _check_method(source, str(name), overlay or {})
     cohort = raw.get("cohort") or {}
+    check_section_names(cohort, f"comparison file {source}, cohort")
     clash = set(cohort) & (METHOD_KEYS | RESERVED_KEYS)
     if clash:
         raise HnmError(
@@ -127,6 +129,7 @@ def _check_method(source: Path, name: str, overlay: Any) -> None:
         )
     if not isinstance(overlay, dict):
         raise HnmError(f"comparison file {source}: method '{name}' must be a mapping of settings")
+    check_section_names(overlay, f"comparison file {source}, method '{name}'")
     outside = set(overlay) - METHOD_KEYS
     if outside:
         raise HnmError(

@@ -25,10 +25,10 @@ import pandas as pd
 from hnm.compare.paired import paired_differences
 from hnm.compare.spec import CompareSpec
 from hnm.core.errors import HnmError
-from hnm.evaluation.metrics import roc_auc
+from hnm.evaluate.metrics import roc_auc
 from hnm.io.annotations import load_polygons_by_class, patch_labels
 from hnm.io.h5io import read_tiles
-from hnm.mining.health import mining_health
+from hnm.mine.health import mining_health
 
 METRICS = (
     "test_slide_auc",
@@ -226,7 +226,7 @@ def collect(
     spec: CompareSpec, out: Path, progress: Callable[[str], None] = lambda _: None
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(runs, table, paired) for a finished comparison folder."""
-    tumor = spec.cohort.get("evaluation", {}).get("annotation_class", "Tumor")
+    tumor = spec.cohort.get("evaluate", {}).get("annotation_class", "Tumor")
     truth = PatchTruth(out / "cohort" / "results", (tumor, spec.versus_class))
     rows: list[dict[str, Any]] = []
     final: dict[tuple[str, int], FinalScores] = {}

@@ -1,6 +1,6 @@
 """Command-line overrides of nested settings, typed as the config schema says.
 
-`snakemake --config 'mining={neg_ratio: 0.05}'` reaches the workflow as {"mining": {"neg_ratio":
+`snakemake --config 'mine={neg_ratio: 0.05}'` reaches the workflow as {"mine": {"neg_ratio":
 "0.05"}}: Snakemake reads nested values with YAML's base loader, which keeps every scalar a string,
 and the schema would then refuse the number. Each string where the schema wants another type is read
 again as YAML, so the documented override of any nested setting works.

@@ -69,6 +69,6 @@ def check_patch_size(arch: str, arch_kwargs: dict[str, Any], patch_size: int) ->
     if side < 2:
         raise ConfigError(
             f"encoder.norm instance needs a feature map of at least 2 x 2 in the last stage of "
-            f"{arch}, but {patch_size} px patches give {side} x {side}; use tiling.patch_size >= "
+            f"{arch}, but {patch_size} px patches give {side} x {side}; use tile.patch_size >= "
             f"{RESNET_STRIDE + 1} (the paper: 224) or encoder.norm batch"
         )

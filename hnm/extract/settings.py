@@ -15,7 +15,7 @@ class ExtractSettings(StageSettings):
     512, 8 workers). `device` and `threads` belong to the job, not the config: plain fields.
     """
 
-    section = "extraction"
+    section = "extract"
 
     batch_size: int = setting(128, "patches per encoder batch", minimum=1)
     workers: int = setting(

@@ -24,7 +24,7 @@ class Pools:
     """The sampling pools as (slide code, patch index) arrays; slide codes index `slides`.
 
     `moving` holds, for the epochs whose curriculum or confident negatives are re-cut every epoch
-    (sets rows with an epoch, hnm.mining.derived), that epoch's curriculum and negatives; `at`
+    (sets rows with an epoch, hnm.mine.derived), that epoch's curriculum and negatives; `at`
     gives the pools of one epoch.
     """
 

@@ -58,7 +58,7 @@ from hnm.finetune.settings import FinetuneSettings
 from hnm.finetune.supcon import supcon_loss
 from hnm.io.h5io import files_by_slide
 from hnm.io.patches import JpegTileReader, PatchReader, ReadFailure
-from hnm.mining.sets import read_sets
+from hnm.mine.sets import read_sets
 
 log = logging.getLogger(__name__)
 

@@ -142,7 +142,7 @@ def annotation_problems(
         problems.append(
             f"annotation file {path} has class(es) {', '.join(sorted(unknown))}, which are not "
             f"scored (known: {', '.join(known.values())}); rename them in QuPath, or name them "
-            "in evaluation.versus_classes to score them"
+            "in evaluate.versus_classes to score them"
         )
     if dimensions is not None and rings:
         problems.extend(_extent_problems(path, np.concatenate(rings), dimensions))

@@ -1,4 +1,4 @@
-"""The files `hnm train-mil` writes into a round's MIL folder, named once.
+"""The files `hnm mil` writes into a round's MIL folder, named once.
 
 Torch-free on purpose: the workflow's rules (rules/common.smk) read these names at parse time,
 and the training stage writes by them, so the two can never drift apart.

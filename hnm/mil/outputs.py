@@ -16,7 +16,7 @@ import torch
 from hnm import __version__
 from hnm.core.atomic import atomic_path, write_json
 from hnm.core.formatting import fmt_metric
-from hnm.evaluation.metrics import binary_metrics, choose_threshold
+from hnm.evaluate.metrics import binary_metrics, choose_threshold
 from hnm.io.sheet import SPLITS
 from hnm.mil.data import Cohort
 from hnm.mil.files import mil_file

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hnm.core.settings import StageSettings, setting
-from hnm.evaluation.metrics import THRESHOLD_METHODS
+from hnm.evaluate.metrics import THRESHOLD_METHODS
 from hnm.mil import AGGREGATORS, DSMIL_VARIANTS
 
 

@@ -29,7 +29,7 @@ from hnm.core.errors import CheckpointError, HnmError
 from hnm.core.formatting import fmt_metric
 from hnm.core.progress import Progress
 from hnm.core.threads import intra_op_threads, torch_threads
-from hnm.evaluation.metrics import binary_metrics, f1_at_youden, roc_auc
+from hnm.evaluate.metrics import binary_metrics, f1_at_youden, roc_auc
 from hnm.io.h5io import files_by_slide
 from hnm.io.sheet import read_normalised_sheet
 from hnm.mil import build_aggregator

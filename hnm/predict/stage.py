@@ -126,7 +126,7 @@ def read_threshold(path: Path) -> tuple[float, dict[str, Any]]:
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
         raise CheckpointError(
             f"MIL metrics {path} is unreadable or has no numeric `threshold` ({error}); delete it "
-            "and re-run train-mil"
+            "and re-run hnm mil"
         ) from error
 
 
@@ -136,5 +136,5 @@ def _model_feature_dim(path: Path) -> int:
         return int(saved["feature_dim"])
     except (OSError, KeyError, TypeError, ValueError, RuntimeError) as error:
         raise CheckpointError(
-            f"MIL model {path} cannot be read ({error}); delete it and re-run train-mil"
+            f"MIL model {path} cannot be read ({error}); delete it and re-run hnm mil"
         ) from error

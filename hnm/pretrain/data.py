@@ -46,7 +46,7 @@ def training_patches(
 ) -> TrainingPatches:
     """Every patch of the sheet's train slides, read through open_patch_reader like fine-tuning.
 
-    Slides whose tiling failed (kept in the run by tiling.on_slide_error: skip) have no patches and
+    Slides whose tiling failed (kept in the run by tile.on_slide_error: skip) have no patches and
     are left out with a log line. `skipped` (given in on_slide_error skip mode) holds the slides
     already found unreadable, which are left out, and gets those that cannot be opened now; without
     it such a slide is an error. A train slide without a tiles file among the inputs is an error,

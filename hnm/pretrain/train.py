@@ -44,7 +44,7 @@ from hnm.finetune.reading import batch_loader
 from hnm.finetune.train import make_views
 from hnm.io.h5io import files_by_slide
 from hnm.io.patches import ReadFailure
-from hnm.mining.schedule import learning_rate
+from hnm.mine.schedule import learning_rate
 from hnm.pretrain.data import (
     BatchPatches,
     TrainingPatches,

@@ -16,7 +16,7 @@ import pandas as pd  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix, roc_curve  # noqa: E402
 
 from hnm.core.atomic import atomic_path  # noqa: E402
-from hnm.evaluation.metrics import roc_auc  # noqa: E402
+from hnm.evaluate.metrics import roc_auc  # noqa: E402
 
 plt.rcParams["svg.hashsalt"] = "hnm"  # SVG ids stable from run to run
 SPLIT_COLOURS = {"val": "#1f77b4", "test": "#d62728"}

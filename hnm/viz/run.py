@@ -16,7 +16,7 @@ from PIL import Image
 
 from hnm.core.atomic import atomic_path
 from hnm.core.errors import HnmError
-from hnm.evaluation.settings import EvaluationSettings
+from hnm.evaluate.settings import EvaluateSettings
 from hnm.io.h5io import files_by_slide, read_tiles_or_fail, slide_file
 from hnm.io.sheet import read_normalised_sheet
 from hnm.viz.settings import VizSettings
@@ -65,7 +65,7 @@ def write_heatmaps(
     score_paths: Paths,
     tiles_paths: Paths,
     outs: Paths,
-    evaluation: EvaluationSettings,
+    evaluation: EvaluateSettings,
     settings: VizSettings,
 ) -> None:
     from hnm.viz.heatmaps import Prediction, SlideScores, render_heatmap
@@ -137,7 +137,7 @@ def write_qupath(score_paths: Paths, tiles_paths: Paths, outs: Paths) -> None:
 
 
 def _truth_names(
-    annotation: str, coords: np.ndarray, side: float, evaluation: EvaluationSettings
+    annotation: str, coords: np.ndarray, side: float, evaluation: EvaluateSettings
 ) -> list[str]:
     from hnm.viz.slides import patch_truth
 
@@ -164,7 +164,7 @@ def write_mined(
     tiles_paths: Paths,
     out_overlay: str | os.PathLike[str],
     out_gallery: str | os.PathLike[str],
-    evaluation: EvaluationSettings,
+    evaluation: EvaluateSettings,
     settings: VizSettings,
 ) -> None:
     from hnm.io.patches import open_patch_reader
@@ -234,7 +234,7 @@ def _read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
 def write_figures(
     args: argparse.Namespace,
     outs: dict[str, str],
-    evaluation: EvaluationSettings,
+    evaluation: EvaluateSettings,
     settings: VizSettings,
 ) -> None:
     from hnm.viz import figures

@@ -11,7 +11,7 @@ from PIL import Image
 
 from hnm.io.annotations import load_polygons_by_class, patch_labels
 from hnm.io.slide import open_slide
-from hnm.tiling.tissue import read_downsampled
+from hnm.tile.tissue import read_downsampled
 
 
 @dataclass
@@ -28,7 +28,7 @@ class Thumbnail:
 
 def thumbnail(path: str | os.PathLike[str], slide_id: str, max_px: int) -> Thumbnail:
     """The slide at most `max_px` on its longest side, read from the coarsest suitable pyramid
-    level (hnm.tiling.tissue.read_downsampled), so memory and time do not grow with level 0."""
+    level (hnm.tile.tissue.read_downsampled), so memory and time do not grow with level 0."""
     osr = open_slide(path, slide_id)
     try:
         width, height = (int(v) for v in osr.dimensions)

@@ -12,10 +12,10 @@ import pytest
 from hnm.cli import main
 from hnm.core.errors import ConfigError, HnmError
 from hnm.finetune.settings import EncoderSchedule
-from hnm.mining.derived import top_fraction_threshold
-from hnm.mining.schedule import curriculum_ratio
-from hnm.mining.sets import read_val_f1, run_mining, should_refresh
-from hnm.mining.settings import MiningSettings
+from hnm.mine.derived import top_fraction_threshold
+from hnm.mine.schedule import curriculum_ratio
+from hnm.mine.sets import read_val_f1, run_mining, should_refresh
+from hnm.mine.settings import MineSettings
 
 # Hand-made cohort: two negative slides, two positive slides (and one train slide without patches).
 NEGATIVE = {"n1": [0.1, 0.5, 0.9, 0.9], "n2": [0.2, 0.3]}
@@ -54,7 +54,7 @@ def members(sets: pd.DataFrame, name: str) -> set[tuple[str, int]]:
 
 
 def mine(
-    settings: MiningSettings,
+    settings: MineSettings,
     round_index: int = 0,
     scores: pd.DataFrame | None = None,
     sheet: pd.DataFrame | None = None,
@@ -81,7 +81,7 @@ def test_top_fraction_threshold_by_hand() -> None:
 
 
 def test_sets_by_hand_round_zero() -> None:
-    sets, summary = mine(MiningSettings(neg_ratio=0.5))
+    sets, summary = mine(MineSettings(neg_ratio=0.5))
     # Negatives pooled: .9 .9 .5 .3 .2 .1 -> k = 3 -> tau = .5 (one global quantile, n2 gets none).
     assert summary["tau_hardneg"] == pytest.approx(0.5)
     assert members(sets, "hardneg") == {("n1", 1), ("n1", 2), ("n1", 3)}
@@ -112,7 +112,7 @@ def test_sets_by_hand_round_zero() -> None:
 
 def test_curriculum_grows_with_the_round() -> None:
     schedule = EncoderSchedule(epochs_per_round=5, warmup=5, rounds=20)  # the paper's 100 epochs
-    settings = MiningSettings(neg_ratio=0.5, schedule=schedule)
+    settings = MineSettings(neg_ratio=0.5, schedule=schedule)
     sets, summary = mine(settings, round_index=3)
     # t = 15: r = .2 + (15 - 5) * .6 / 95 = .2632 -> k = ceil(4 * .2632) = 2.
     assert summary["epoch"] == 15
@@ -121,27 +121,27 @@ def test_curriculum_grows_with_the_round() -> None:
 
 
 def test_ties_and_extreme_neg_ratios() -> None:
-    sets, _ = mine(MiningSettings(neg_ratio=1 / 6))
+    sets, _ = mine(MineSettings(neg_ratio=1 / 6))
     assert members(sets, "hardneg") == {("n1", 2), ("n1", 3)}  # k = 1, but both .9 tie
-    sets, _ = mine(MiningSettings(neg_ratio=0.0))
+    sets, _ = mine(MineSettings(neg_ratio=0.0))
     assert members(sets, "hardneg") == {("n1", 2), ("n1", 3)}  # never empty
-    sets, summary = mine(MiningSettings(neg_ratio=1.0))
+    sets, summary = mine(MineSettings(neg_ratio=1.0))
     assert len(members(sets, "hardneg")) == 6 and summary["tau_hardneg"] == pytest.approx(0.1)
 
 
 def test_one_negative_slide() -> None:
     scores = make_scores({"n1": NEGATIVE["n1"], **POSITIVE})
-    sets, _ = mine(MiningSettings(neg_ratio=0.5), scores=scores)
+    sets, _ = mine(MineSettings(neg_ratio=0.5), scores=scores)
     assert members(sets, "hardneg") == {("n1", 2), ("n1", 3)}  # k = 2 of 4
 
 
 def test_no_negative_slide_is_a_clear_error() -> None:
     with pytest.raises(HnmError, match="no patch of any negative"):
-        mine(MiningSettings(), scores=make_scores(POSITIVE))
+        mine(MineSettings(), scores=make_scores(POSITIVE))
 
 
 def test_confident_negatives() -> None:
-    sets, summary = mine(MiningSettings(neg_ratio=0.5, confident_negatives="fixed", r_neg0=0.2))
+    sets, summary = mine(MineSettings(neg_ratio=0.5, confident_negatives="fixed", r_neg0=0.2))
     # Positive-slide scores (7): lowest k = ceil(1.4) = 2 -> .05 and .1, both <= eta.
     assert summary["tau_confneg"] == pytest.approx(0.1)
     assert members(sets, "confneg") == {("p2", 1), ("p1", 4)}
@@ -150,7 +150,7 @@ def test_confident_negatives() -> None:
 
 def test_no_pseudo_positive_falls_back_to_each_slides_top_patch() -> None:
     low = {"p1": [0.2, 0.25, 0.1], "p2": [0.05, 0.3]}
-    sets, summary = mine(MiningSettings(), scores=make_scores({**NEGATIVE, **low}))
+    sets, summary = mine(MineSettings(), scores=make_scores({**NEGATIVE, **low}))
     assert summary["positives_fallback"] is True
     assert members(sets, "pos") == {("p1", 1), ("p2", 1)}
     assert members(sets, "curriculum") == {("p2", 1)}  # top 1 of the 2 by score
@@ -160,16 +160,16 @@ def test_no_pseudo_positive_falls_back_to_each_slides_top_patch() -> None:
 def test_scores_of_a_non_training_slide_are_refused() -> None:
     scores = make_scores({**NEGATIVE, **POSITIVE, "v1": [0.9]})
     with pytest.raises(HnmError, match="not training slides.*v1"):
-        mine(MiningSettings(), scores=scores)
+        mine(MineSettings(), scores=scores)
 
 
 def test_bad_scores_are_refused() -> None:
     scores = make_scores()
     scores.loc[0, "score"] = float("nan")
     with pytest.raises(HnmError, match="NaN or outside"):
-        mine(MiningSettings(), scores=scores)
+        mine(MineSettings(), scores=scores)
     with pytest.raises(ConfigError, match="neg_ratio"):
-        MiningSettings(neg_ratio=1.5)
+        MineSettings(neg_ratio=1.5)
 
 
 def test_should_refresh() -> None:
@@ -183,7 +183,7 @@ def test_should_refresh() -> None:
 
 def test_gated_refresh_keeps_the_previous_sets_and_recuts_the_curriculum() -> None:
     schedule = EncoderSchedule(epochs_per_round=5, warmup=5, rounds=20)  # the paper's 100 epochs
-    settings = MiningSettings(neg_ratio=0.5, schedule=schedule)
+    settings = MineSettings(neg_ratio=0.5, schedule=schedule)
     previous_sets, previous_summary = mine(settings, round_index=0)
     # Round 3's scores differ (everything shuffled), but its F1 is below the best (0.8).
     changed = make_scores(
@@ -212,9 +212,9 @@ def test_gated_refresh_keeps_the_previous_sets_and_recuts_the_curriculum() -> No
 
 
 def test_previous_sets_need_their_summary() -> None:
-    previous_sets, _ = mine(MiningSettings())
+    previous_sets, _ = mine(MineSettings())
     with pytest.raises(ConfigError, match="both"):
-        mine(MiningSettings(), previous_sets=previous_sets)
+        mine(MineSettings(), previous_sets=previous_sets)
 
 
 def test_curriculum_ratio_schedule() -> None:
@@ -302,7 +302,7 @@ def test_cli_two_rounds_with_gating(tmp_path) -> None:  # noqa: ANN001
 
 
 def test_mining_health_by_hand() -> None:
-    from hnm.mining.health import mining_health
+    from hnm.mine.health import mining_health
 
     rows = [("p1", 0, "pos"), ("p1", 1, "pos"), ("p1", 2, "pos"), ("n1", 0, "hardneg")]
     rows += [("n1", 1, "hardneg"), ("p1", 0, "curriculum")]

@@ -18,13 +18,13 @@ import numpy as np
 
 from hnm.core.atomic import atomic_path
 from hnm.core.errors import SlideError
-from hnm.tiling.tissue import TissueMask, TissueParams, detect_tissue
+from hnm.tile.tissue import TissueMask, TissueParams, detect_tissue
 
 if TYPE_CHECKING:
     import openslide
 
 # openslide and h5py are imported where used, so `hnm tile --help` (which builds its flags from
-# TilingSettings) stays instant.
+# TileSettings) stays instant.
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ UPSAMPLE_TOLERANCE = 0.10
 
 @dataclass(frozen=True)
 class GridParams:
-    """What the patch grid needs; made by hnm.tiling.settings.TilingSettings.grid(), which holds
+    """What the patch grid needs; made by hnm.tile.settings.TileSettings.grid(), which holds
     the defaults, bounds and the reasons for them."""
 
     patch_size: int
@@ -235,7 +235,7 @@ def tile_slide(
             f"no patch has {100 * grid.min_tissue_fraction:.0f}% tissue or more ({len(candidates)} "
             f"grid cells, {100 * attrs['tissue_area_fraction']:.1f}% of the slide detected as "
             "tissue), so the slide would have 0 patches",
-            "check that it is the right file; lower tiling.min_tissue_fraction or the tissue "
+            "check that it is the right file; lower tile.min_tissue_fraction or the tissue "
             "settings if it does hold tissue, or set on_slide_error: skip to exclude it",
         )
     log.info(

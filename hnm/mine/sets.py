@@ -13,8 +13,8 @@ Edge behaviour, chosen and tested:
   holds at least a fraction f and never splits equal scores. neg_ratio = 1.0 keeps all negatives
   (ItS2CLR); neg_ratio = 0 keeps only the top-scoring negative(s), since an empty H would leave
   fine-tuning with no epoch to iterate over.
-- Confident negatives (mining.confident_negatives) and the curriculum move with the schedule; they
-  are cut in hnm.mining.derived (per round, or per epoch as the authors' trainer does, with an
+- Confident negatives (mine.confident_negatives) and the curriculum move with the schedule; they
+  are cut in hnm.mine.derived (per round, or per epoch as the authors' trainer does, with an
   `epoch` column on their rows). They join the negatives of the positive-anchor update only.
 - No patch above eta: the pseudo-positives fall back to each positive slide's top-scoring patch
   (DSMIL's critical instance, the one patch the MIL assumption says a positive bag must contain),
@@ -42,9 +42,9 @@ import numpy as np
 import pandas as pd
 
 from hnm.core.errors import ConfigError, HnmError
-from hnm.mining.derived import EVERY_EPOCH, derive, top_fraction_threshold
-from hnm.mining.health import mining_health
-from hnm.mining.settings import MiningSettings
+from hnm.mine.derived import EVERY_EPOCH, derive, top_fraction_threshold
+from hnm.mine.health import mining_health
+from hnm.mine.settings import MineSettings
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def attach_labels(scores: pd.DataFrame, sheet: pd.DataFrame, scores_path: str) -
     if missing:
         raise HnmError(
             f"scores file {scores_path} lacks column(s) {', '.join(missing)}; "
-            f"expected {', '.join(SCORE_COLUMNS)} (written by `hnm train-mil`)"
+            f"expected {', '.join(SCORE_COLUMNS)} (written by `hnm mil`)"
         )
     scores = scores.loc[:, list(SCORE_COLUMNS)].copy()
     scores["slide_id"] = scores["slide_id"].astype(str)
@@ -110,7 +110,7 @@ def _require_classes(scored: pd.DataFrame, scores_path: str) -> None:
 
 
 def mine_sets(
-    scored: pd.DataFrame, settings: MiningSettings, round_index: int, confneg_active: bool
+    scored: pd.DataFrame, settings: MineSettings, round_index: int, confneg_active: bool
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Fresh sets from labelled scores (slide_id, idx, score, label) -> (sets rows, thresholds)."""
     negative = scored[scored["label"] == 0]
@@ -172,7 +172,7 @@ def _rows(named: dict[str, pd.DataFrame]) -> pd.DataFrame:
 
 
 def rederive(
-    sets: pd.DataFrame, settings: MiningSettings, round_index: int, confneg_active: bool
+    sets: pd.DataFrame, settings: MineSettings, round_index: int, confneg_active: bool
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Kept sets (a refused refresh) with the curriculum and the confident negatives cut again
     from their pseudo-positives and low-scoring positive-slide patches at this round's epochs."""
@@ -225,7 +225,7 @@ def read_val_f1(metrics_path: str | os.PathLike[str], gate_metric: str = "snapsh
         raise HnmError(
             f"MIL metrics file {metrics_path} has no numeric val.{key} (the gated refresh "
             f"compares validation F1 between rounds, gate_metric {gate_metric}); expected "
-            f'{{"val": {{"{key}": <float>, ...}}}}: re-run `hnm train-mil` for that round'
+            f'{{"val": {{"{key}": <float>, ...}}}}: re-run `hnm mil` for that round'
         )
     return float("nan") if value is None else float(value)
 
@@ -286,7 +286,7 @@ def run_mining(
     scores_path: str,
     val_f1: float,
     round_index: int,
-    settings: MiningSettings,
+    settings: MineSettings,
     previous_sets: pd.DataFrame | None = None,
     previous_summary: dict[str, Any] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:

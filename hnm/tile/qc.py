@@ -18,7 +18,7 @@ from scipy import ndimage
 
 from hnm.core.atomic import atomic_path
 from hnm.core.errors import SlideError
-from hnm.tiling.tissue import TissueMask, read_downsampled
+from hnm.tile.tissue import TissueMask, read_downsampled
 
 log = logging.getLogger(__name__)
 

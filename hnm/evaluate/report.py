@@ -3,7 +3,7 @@
 rounds.csv is what a researcher reads to see whether the hard-negative rounds helped: per round the
 MIL validation/test slide AUC, patch AUC where ground truth exists, how many hard negatives were
 mined; timing.csv what fine-tuning, extraction and MIL training cost. Where annotations exist, the round's
-feature quality (eval/probe.json, hnm.evaluation.feature_quality) adds the linear probe's test AUC
+feature quality (eval/probe.json, hnm.evaluate.feature_quality) adds the linear probe's test AUC
 and the mean and sd of the MIL's test AUCs over seeds.
 """
 
@@ -23,7 +23,7 @@ import pandas as pd
 from hnm.core.atomic import atomic_path, write_json
 from hnm.core.errors import HnmError
 from hnm.core.formatting import fmt_metric
-from hnm.evaluation.warnings import read_failures, run_warnings
+from hnm.evaluate.warnings import read_failures, run_warnings
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ def finetune_epochs(encoders: list[Path]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=FINETUNE_EPOCH_COLUMNS)
 
 
-# Label-free signs of the round's mining (hnm.mining.health), beside the set counts.
+# Label-free signs of the round's mining (hnm.mine.health), beside the set counts.
 HEALTH_COLUMNS = (
     "pseudo_positive_slides",
     "pseudo_positive_top_slide_share",
@@ -214,7 +214,7 @@ def write_report(
 ) -> pd.DataFrame:
     """rounds.csv from every round's files, and the last round's metrics and predictions; the
     metrics carry `warnings`, every slide skipped (`failures`, results/qc/failed_slides.tsv) and
-    every degradation the rounds recorded (hnm.evaluation.warnings); with `out_finetune`, the
+    every degradation the rounds recorded (hnm.evaluate.warnings); with `out_finetune`, the
     fine-tuning losses per epoch (finetune_epochs)."""
     rows = [round_row(r, files) for r, files in enumerate(rounds)]
     known = set(ROUND_COLUMNS) | set(TIMING_COLUMNS)

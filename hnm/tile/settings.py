@@ -9,14 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hnm.core.settings import ON_SLIDE_ERROR, StageSettings, setting
-from hnm.tiling.grid import GridParams
-from hnm.tiling.tissue import TissueParams
+from hnm.tile.grid import GridParams
+from hnm.tile.tissue import TissueParams
 
 # What a stage does with a slide it cannot read (tiling, and extraction for pixels read later).
 
 
 @dataclass(frozen=True)
-class TilingSettings(StageSettings):
+class TileSettings(StageSettings):
     """Defaults are the demo's: 32 px patches at 2.0 um/px (config/paper.yaml: 224 px).
 
     Patches are defined physically (patch_size px at target_mpp um/px), so slides scanned at 20x
@@ -38,7 +38,7 @@ class TilingSettings(StageSettings):
       stained tissue above ~20; the floor only decides when Otsu has nothing real to separate.
     """
 
-    section = "tiling"
+    section = "tile"
 
     patch_size: int = setting(32, "patch side in px at target_mpp, the encoder's input", minimum=8)
     target_mpp: float = setting(2.0, "um/px of the patches; 1.0 = 10x, 2.0 = 5x", above=0)

@@ -15,9 +15,9 @@ import time
 import numpy as np
 
 from hnm.core.errors import SlideError
-from hnm.tiling import qc
-from hnm.tiling.grid import TilingResult, failed_attrs, tile_slide, write_tiles_file
-from hnm.tiling.settings import TilingSettings
+from hnm.tile import qc
+from hnm.tile.grid import TilingResult, failed_attrs, tile_slide, write_tiles_file
+from hnm.tile.settings import TileSettings
 
 log = logging.getLogger("hnm.tile")
 
@@ -27,7 +27,7 @@ def tile_to_files(
     slide_id: str,
     out: str | os.PathLike[str],
     qc_path: str | os.PathLike[str],
-    settings: TilingSettings,
+    settings: TileSettings,
     mpp: float | None = None,
 ) -> None:
     """Write `out` (tiles) and `qc_path` (QC image) for one slide; `mpp` overrides its metadata."""

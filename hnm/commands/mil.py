@@ -1,4 +1,4 @@
-"""`python -m hnm train-mil`: train one MIL aggregator on one round's features."""
+"""`python -m hnm mil`: train one MIL aggregator on one round's features."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The round's MIL trained again at other seeds on the same features: how much of its test AUC
 belongs to the features and how much to the draw of one weakly supervised training.
 
-Each extra seed trains exactly what rule train_mil trained (hnm.mil.train.train_mil, the same
+Each extra seed trains exactly what rule mil trained (hnm.mil.train.train_mil, the same
 settings and feature files; only the seed, which sets the initial weights and the pair order,
 differs) into a scratch folder, and is scored as the evaluation scores the round's own MIL: slide
 AUC of the test bags, patch AUC of the test patches with known truth. The round's own MIL counts
@@ -24,9 +24,9 @@ import numpy as np
 import pandas as pd
 
 from hnm.core.formatting import fmt_metric
-from hnm.evaluation.evaluate import patch_metrics
-from hnm.evaluation.metrics import roc_auc
-from hnm.evaluation.settings import EvaluationSettings
+from hnm.evaluate.evaluate import patch_metrics
+from hnm.evaluate.metrics import roc_auc
+from hnm.evaluate.settings import EvaluateSettings
 from hnm.mil.settings import MilSettings
 
 log = logging.getLogger(__name__)
@@ -56,9 +56,9 @@ def held_out_aucs(
     mil_dir: Path,
     eval_sheet: pd.DataFrame,
     tiles_files: dict[str, Path],
-    evaluation: EvaluationSettings,
+    evaluation: EvaluateSettings,
 ) -> dict[str, float | None]:
-    """Test slide AUC and test patch AUC of a train-mil output folder, as `hnm evaluate` computes
+    """Test slide AUC and test patch AUC of a hnm mil output folder, as `hnm evaluate` computes
     them (the patch AUC over the test slides with known patch truth)."""
     slides = pd.read_parquet(mil_dir / "slides.parquet")
     test = slides[slides["split"] == "test"]
@@ -82,11 +82,11 @@ def mil_seed_runs(
     tiles_files: dict[str, Path],
     own_evaluation: dict[str, Any],
     mil: MilSettings,
-    evaluation: EvaluationSettings,
+    evaluation: EvaluateSettings,
     device: str = "auto",
     threads: int = 0,
 ) -> dict[str, Any] | None:
-    """The round's own MIL (seed `mil.seed`) and one more per seed of `evaluation.mil_seeds`,
+    """The round's own MIL (seed `mil.seed`) and one more per seed of `evaluate.mil_seeds`,
     with the mean and sd of their test AUCs; None when mil_seeds is empty (off). A listed seed
     equal to the round's own is not trained twice."""
     if not evaluation.mil_seeds:

@@ -1,7 +1,7 @@
 """`hnm probe`'s job: one round's feature quality measured two ways, into eval/probe.json.
 
-The linear probe (hnm.evaluation.probe) scores the features with no MIL in between; the MIL
-trained at several seeds (hnm.evaluation.mil_seeds) shows how far one MIL training's test AUCs
+The linear probe (hnm.evaluate.probe) scores the features with no MIL in between; the MIL
+trained at several seeds (hnm.evaluate.mil_seeds) shows how far one MIL training's test AUCs
 move when only its seed changes. Together they tell a round whose features got worse from a round
 whose MIL drew badly. Both are evaluation only: nothing the pipeline trains reads probe.json.
 """
@@ -19,9 +19,9 @@ from hnm import __version__
 from hnm.core.atomic import write_json
 from hnm.core.errors import CheckpointError
 from hnm.core.formatting import fmt_metric
-from hnm.evaluation.mil_seeds import mil_seed_runs
-from hnm.evaluation.probe import linear_probe
-from hnm.evaluation.settings import EvaluationSettings
+from hnm.evaluate.mil_seeds import mil_seed_runs
+from hnm.evaluate.probe import linear_probe
+from hnm.evaluate.settings import EvaluateSettings
 from hnm.io.h5io import files_by_slide
 from hnm.io.sheet import read_normalised_sheet
 from hnm.mil.settings import MilSettings
@@ -37,12 +37,12 @@ def feature_quality(
     eval_metrics_path: str | os.PathLike[str],
     out: str | os.PathLike[str],
     mil: MilSettings,
-    evaluation: EvaluationSettings,
+    evaluation: EvaluateSettings,
     device: str = "auto",
     threads: int = 0,
 ) -> dict[str, Any]:
     """Write `out` (probe.json): {"probe": linear_probe's result, "mil_seeds": mil_seed_runs'
-    (None when evaluation.mil_seeds is empty)}. The MILs train on the training sheet, as the
+    (None when evaluate.mil_seeds is empty)}. The MILs train on the training sheet, as the
     round's own did; patch truth comes from the evaluation sheet; the probe's sample uses
     `mil.seed`, the run's seed."""
     eval_sheet = read_normalised_sheet(eval_sheet_path)

@@ -11,7 +11,7 @@ features.
 
 The probe is fitted on patch ground truth, which makes it evaluation only: its numbers go to
 probe.json and rounds.csv and nothing the pipeline trains reads them. Patch truth follows
-hnm.evaluation.evaluate: a patch is tumor when `annotation_class` covers `min_fraction` of it; a
+hnm.evaluate.evaluate: a patch is tumor when `annotation_class` covers `min_fraction` of it; a
 negative slide without annotation is all "rest"; a positive slide without annotation has unknown
 patch truth and is left out, as is a slide whose features failed upstream.
 """
@@ -32,9 +32,9 @@ import pandas as pd
 
 from hnm.core.errors import HnmError
 from hnm.core.threads import usable_cores
-from hnm.evaluation.evaluate import annotated_labels, versus_summary
-from hnm.evaluation.metrics import roc_auc
-from hnm.evaluation.settings import EvaluationSettings
+from hnm.evaluate.evaluate import annotated_labels, versus_summary
+from hnm.evaluate.metrics import roc_auc
+from hnm.evaluate.settings import EvaluateSettings
 from hnm.io.h5io import read_tiles_or_fail, slide_file
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ def read_rows(path: Path, rows: np.ndarray | None = None) -> np.ndarray:
     return features if rows is None else features[rows]
 
 
-def fit_probe(x: np.ndarray, y: np.ndarray, settings: EvaluationSettings) -> Any:
+def fit_probe(x: np.ndarray, y: np.ndarray, settings: EvaluateSettings) -> Any:
     """Standardise, then L2 logistic regression with balanced class weights (L-BFGS, which is
     deterministic). Returns the fitted scikit-learn pipeline."""
     from sklearn.exceptions import ConvergenceWarning
@@ -154,7 +154,7 @@ def fit_probe(x: np.ndarray, y: np.ndarray, settings: EvaluationSettings) -> Any
     return model
 
 
-def empty_result(settings: EvaluationSettings, reason: str) -> dict[str, Any]:
+def empty_result(settings: EvaluateSettings, reason: str) -> dict[str, Any]:
     """The probe's result without numbers (rounds.csv's probe columns stay empty), and why."""
     return {
         "auc": None,
@@ -167,7 +167,7 @@ def linear_probe(
     sheet: pd.DataFrame,
     feature_files: dict[str, Path],
     tiles_files: dict[str, Path],
-    settings: EvaluationSettings,
+    settings: EvaluateSettings,
     seed: int,
     threads: int = 0,
 ) -> dict[str, Any]:

@@ -13,7 +13,7 @@ PROBE_SETTINGS = ("probe_c", "probe_max_iter", "probe_max_patches", "mil_seeds")
 
 
 @dataclass(frozen=True)
-class EvaluationSettings(StageSettings):
+class EvaluateSettings(StageSettings):
     """Ground truth is read only where the sheet names annotation files, and never used to train
     anything the pipeline keeps: the linear probe fits it on the train slides to measure the
     features, and its result goes nowhere but the evaluation files.
@@ -22,7 +22,7 @@ class EvaluationSettings(StageSettings):
     (config/paper.yaml scores no extra class).
     """
 
-    section = "evaluation"
+    section = "evaluate"
 
     annotation_class: str = setting(
         "Tumor", "GeoJSON class name of the tumor regions", pattern=r"\S"

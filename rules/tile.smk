@@ -21,7 +21,7 @@ rule tile:
         runtime=retry_scaled("tile", "runtime"),
     params:
         mpp=slide_mpp_flag,
-        settings=flags("tiling"),
+        settings=flags("tile"),
     shell:
         "python -m hnm tile --slide {input.slide:q} --slide-id {wildcards.slide} {params.mpp} "
         "{params.settings} --out {output.tiles:q} --qc {output.qc:q} > {log:q} 2>&1"

@@ -14,8 +14,8 @@ from PIL import Image
 from hnm.cli import main
 from hnm.core.errors import SlideError
 from hnm.io.h5io import read_tiles
-from hnm.tiling.grid import GridParams, grid_coords, plan_reads, tissue_fractions
-from hnm.tiling.settings import TilingSettings
+from hnm.tile.grid import GridParams, grid_coords, plan_reads, tissue_fractions
+from hnm.tile.settings import TileSettings
 
 APERIO_DOWNSAMPLES = (1.0, 4.0016, 16.0064)
 BOXES_DOWNSAMPLES = (1.0, 2.0, 4.016129032258064, 8.086312118570184)  # boxes.tiff, from openslide
@@ -23,7 +23,7 @@ BOXES_DOWNSAMPLES = (1.0, 2.0, 4.016129032258064, 8.086312118570184)  # boxes.ti
 
 def paper_grid(**changes: float) -> GridParams:
     """The paper's 224 px patches at 1.0 um/px (10x) with `changes`, checked as config values are."""
-    return TilingSettings(**{"patch_size": 224, "target_mpp": 1.0, **changes}).grid()
+    return TileSettings(**{"patch_size": 224, "target_mpp": 1.0, **changes}).grid()
 
 
 # ---------------------------------------------------------------------------- arithmetic

@@ -9,7 +9,7 @@ Rows carry an `epoch` column: EVERY_EPOCH (-1) for a set that holds for the whol
 global epoch it belongs to when the set changes every epoch (the authors' trainer re-cuts both
 at the end of every epoch). Per-epoch cuts use the authors' rule, numpy's linearly interpolated
 quantile (top: s >= quantile(s, 1 - r); bottom: s <= quantile(s, r)); the per-round cuts keep
-hnm's k-th-score rule (hnm.mining.sets.top_fraction_threshold), which never splits tied scores.
+hnm's k-th-score rule (hnm.mine.sets.top_fraction_threshold), which never splits tied scores.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hnm.mining.schedule import curriculum_ratio, lagged_ratio
-from hnm.mining.settings import MiningSettings
+from hnm.mine.schedule import curriculum_ratio, lagged_ratio
+from hnm.mine.settings import MineSettings
 
 EVERY_EPOCH = -1
 
@@ -67,7 +67,7 @@ class MovingSets:
     thresholds: dict[str, Any] = field(default_factory=dict)
 
     def parts(self) -> dict[str, pd.DataFrame]:
-        """The three sets by their names in sets.parquet (hnm.mining.sets.SETS)."""
+        """The three sets by their names in sets.parquet (hnm.mine.sets.SETS)."""
         return {"curriculum": self.curriculum, "confneg": self.confneg, "uncertain": self.uncertain}
 
 
@@ -82,7 +82,7 @@ def _concat(frames: list[pd.DataFrame], like: pd.DataFrame) -> pd.DataFrame:
 def derive(
     pseudo: pd.DataFrame,
     low: pd.DataFrame,
-    settings: MiningSettings,
+    settings: MineSettings,
     round_index: int,
     confneg_active: bool,
 ) -> MovingSets:

@@ -24,7 +24,7 @@ import pandas as pd
 from hnm.core.atomic import atomic_path, write_json
 from hnm.core.errors import CheckpointError, HnmError
 from hnm.core.formatting import fmt_metric
-from hnm.evaluation.metrics import average_precision, best_f1, binary_metrics, roc_auc
+from hnm.evaluate.metrics import average_precision, best_f1, binary_metrics, roc_auc
 from hnm.io.h5io import files_by_slide, read_tiles_or_fail, slide_file
 from hnm.io.sheet import SPLITS, read_normalised_sheet
 
@@ -35,7 +35,7 @@ PREDICTION_COLUMNS = ["slide_id", "split", "label", "prob", "predicted", "thresh
 
 @dataclass(frozen=True)
 class MilFiles:
-    """The train-mil outputs evaluation reads: metrics.json (the val threshold), slides.parquet
+    """The hnm mil outputs evaluation reads: metrics.json (the val threshold), slides.parquet
     (bag probabilities) and the per-split patch scores that exist."""
 
     metrics: str | os.PathLike[str]
@@ -255,19 +255,19 @@ def _patch_summary(truth: np.ndarray, score: np.ndarray, n_slides: int) -> dict[
 
 def _read_mil_metrics(path: Path) -> dict[str, Any]:
     if not path.exists():
-        raise CheckpointError(f"MIL metrics {path} is missing; run train-mil first")
+        raise CheckpointError(f"MIL metrics {path} is missing; run hnm mil first")
     try:
         metrics = json.loads(path.read_text())
         float(metrics["threshold"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
         raise CheckpointError(
             f"MIL metrics {path} is unreadable or has no numeric `threshold` ({error}); "
-            "re-run train-mil"
+            "re-run hnm mil"
         ) from error
     return metrics
 
 
 def _read_parquet(path: Path) -> pd.DataFrame:
     if not path.exists():
-        raise CheckpointError(f"MIL output {path} is missing; run train-mil first")
+        raise CheckpointError(f"MIL output {path} is missing; run hnm mil first")
     return pd.read_parquet(path)

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     import openslide
 
 # scipy, openslide and pyvips are imported where used, so `hnm tile --help` (which builds its
-# flags from TilingSettings) stays instant.
+# flags from TileSettings) stays instant.
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ BLACK_MAX_CHANNEL = 5
 @dataclass(frozen=True)
 class TissueParams:
     """What tissue detection needs, all sizes physical; made by
-    hnm.tiling.settings.TilingSettings.tissue(), which holds the defaults, bounds and the reasons
+    hnm.tile.settings.TileSettings.tissue(), which holds the defaults, bounds and the reasons
     for them."""
 
     tissue_mpp: float

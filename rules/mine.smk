@@ -18,10 +18,10 @@ rule mine:
         mem_mb=4000,
         runtime=15,
     params:
-        settings=flags("mining"),
+        settings=flags("mine"),
         previous=previous_mining_flags,
         # The encoder's epoch schedule (finetune section) fixes the curriculum r(t); its total
-        # length is computed by the stage from these (hnm.mining.schedule.EncoderSchedule).
+        # length is computed by the stage from these (hnm.mine.schedule.EncoderSchedule).
         schedule=(
             f"--epochs-per-round {config['finetune']['epochs_per_round']} "
             f"--warmup {config['finetune']['warmup']} "

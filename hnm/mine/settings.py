@@ -19,11 +19,11 @@ GATE_METRICS = ("snapshot", "best_epoch")
 
 
 @dataclass(frozen=True)
-class MiningSettings(StageSettings):
+class MineSettings(StageSettings):
     """`schedule` is the encoder's epoch schedule, whose settings belong to the finetune section
-    (hnm.mining.schedule.EncoderSchedule)."""
+    (hnm.mine.schedule.EncoderSchedule)."""
 
-    section = "mining"
+    section = "mine"
 
     eta: float = setting(
         0.3, "pseudo-positive threshold on sigmoid instance scores", minimum=0, maximum=1
