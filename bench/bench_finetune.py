@@ -30,12 +30,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from hnm.contrastive.augment import SimCLRAugment  # noqa: E402
+from hnm.contrastive.batches import make_views  # noqa: E402
 from hnm.core.device import resolve_device, resolve_precision  # noqa: E402
 from hnm.encoders import build_encoder, save_encoder_file  # noqa: E402
-from hnm.finetune.augment import SimCLRAugment  # noqa: E402
 from hnm.finetune.plan import Pools, plan_epoch  # noqa: E402
 from hnm.finetune.settings import FinetuneSettings  # noqa: E402
-from hnm.finetune.train import contrastive_update, finetune, make_optimizer, make_views  # noqa: E402
+from hnm.finetune.train import contrastive_update, finetune, make_optimizer  # noqa: E402
 from hnm.io.h5io import level0_tiles_attrs, write_tiles  # noqa: E402
 from hnm.mine.sets import run_mining  # noqa: E402
 from hnm.mine.settings import MineSettings  # noqa: E402

@@ -30,11 +30,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from hnm.contrastive.augment import SimCLRAugment  # noqa: E402
+from hnm.contrastive.batches import make_views  # noqa: E402
 from hnm.core.device import resolve_device, resolve_precision  # noqa: E402
 from hnm.core.threads import torch_threads  # noqa: E402
 from hnm.encoders import build_encoder, save_encoder_file  # noqa: E402
-from hnm.finetune.augment import SimCLRAugment  # noqa: E402
-from hnm.finetune.train import make_views  # noqa: E402
 from hnm.io.h5io import level0_tiles_attrs, write_tiles  # noqa: E402
 from hnm.pretrain.ntxent import nt_xent_loss  # noqa: E402
 from hnm.pretrain.settings import PretrainSettings  # noqa: E402

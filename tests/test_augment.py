@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hnm.finetune.augment import (
+from hnm.contrastive.augment import (
     AugmentParams,
     AugmentSettings,
     SimCLRAugment,

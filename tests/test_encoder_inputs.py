@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from hnm.cli import main
+from hnm.contrastive.augment import SimCLRAugment
 from hnm.encoders import build_encoder, load_encoder_file, save_encoder_file
 from hnm.encoders.registry import IMAGENET_MEAN, IMAGENET_STD
 from hnm.extract.settings import ExtractSettings
 from hnm.extract.stage import extract_slide
-from hnm.finetune.augment import SimCLRAugment
 from hnm.io.h5io import read_features, write_tiles
 from hnm.io.patches import PatchReader
 from tests.test_extract import _attrs, _coords

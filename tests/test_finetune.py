@@ -13,13 +13,13 @@ import tifffile
 import torch
 
 from hnm.cli import main
+from hnm.contrastive.lr import learning_rate
 from hnm.core.errors import SlideError
 from hnm.encoders import build_encoder, load_encoder_file, save_encoder_file
 from hnm.finetune.plan import Pools, plan_epoch, steps_per_epoch
 from hnm.finetune.settings import EncoderSchedule, FinetuneSettings
 from hnm.finetune.train import finetune
 from hnm.io.h5io import level0_tiles_attrs, write_tiles
-from hnm.mine.schedule import learning_rate
 from hnm.mine.sets import run_mining
 from hnm.mine.settings import MineSettings
 

@@ -87,23 +87,6 @@ def open_readers(
     return readers
 
 
-def batch_loader(
-    dataset: torch.utils.data.Dataset, workers: int, device: torch.device
-) -> torch.utils.data.DataLoader:
-    """A loader over a dataset whose items are whole batches (fine-tuning steps, pretraining
-    batches): the dataset batches, the workers only read ahead."""
-    return torch.utils.data.DataLoader(
-        dataset,
-        batch_size=None,
-        shuffle=False,
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-        # Two steps queued per worker: enough to hide reading, and one step (both updates, about
-        # 1,000 patches at 224 px) is about 150 MB of shared memory.
-        prefetch_factor=2 if workers else None,
-    )
-
-
 def usable_pools(
     sets: pd.DataFrame,
     sets_path: str,

@@ -7,8 +7,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
+from hnm.contrastive.lr import LR_SCHEDULES, learning_rate, stepped_learning_rate
 from hnm.core.settings import ON_SLIDE_ERROR, PRECISIONS, StageSettings, setting
-from hnm.mine.schedule import LR_SCHEDULES, learning_rate, stepped_learning_rate
 
 # SupCon batch means (hnm.finetune.supcon).
 AVERAGES = ("anchors", "all_views")

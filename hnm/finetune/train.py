@@ -12,7 +12,7 @@ Where the time goes and how it is spent well:
 - Patches are read by DataLoader worker processes (each keeps one open reader per slide, the
   cheapest hnm.io.patches.open_patch_reader finds: JPEG tiles where the slide allows) several
   steps ahead of the training step; pixels travel as uint8, pinned on CUDA.
-- SimCLR augmentations run batched on the training device (hnm.finetune.augment); bf16 autocast and
+- SimCLR augmentations run batched on the training device (hnm.contrastive.augment); bf16 autocast and
   channels_last on CUDA.
 - Uncertain patches are never sampled: SupCon masks them out of every term, so a view of one would
   cost a forward/backward pass and contribute exactly nothing.
@@ -39,6 +39,8 @@ from typing import Any
 import pandas as pd
 import torch
 
+from hnm.contrastive.augment import SimCLRAugment
+from hnm.contrastive.batches import batch_loader, make_views
 from hnm.core.checkpoint import Checkpointer, file_digest, fingerprint
 from hnm.core.device import resolve_precision
 from hnm.core.errors import HnmError, SlideError
@@ -46,14 +48,8 @@ from hnm.core.progress import Progress
 from hnm.core.restart import train_skipping_bad_slides
 from hnm.encoders.inputs import check_patch_size
 from hnm.encoders.model_file import load_encoder_file, save_encoder_file
-from hnm.finetune.augment import SimCLRAugment
 from hnm.finetune.plan import Pools, StepPlan, plan_epoch, steps_per_epoch
-from hnm.finetune.reading import (
-    StepPatches,
-    batch_loader,
-    skip_slide,
-    usable_pools,
-)
+from hnm.finetune.reading import StepPatches, skip_slide, usable_pools
 from hnm.finetune.settings import FinetuneSettings
 from hnm.finetune.supcon import supcon_loss
 from hnm.io.h5io import files_by_slide
@@ -64,18 +60,6 @@ log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------------------- training
-
-
-def make_views(
-    augment: SimCLRAugment, patches: torch.Tensor, generator: torch.Generator, channels_last: bool
-) -> torch.Tensor:
-    """Two augmented views of every patch, stacked (view 1 of all, then view 2 of all).
-
-    One augmentation call over the doubled batch: every copy draws its own parameters, and the
-    kernels launch once instead of twice.
-    """
-    views = augment(torch.cat([patches, patches]), generator)
-    return views.contiguous(memory_format=torch.channels_last) if channels_last else views
 
 
 def contrastive_update(

@@ -21,7 +21,7 @@ GATE_METRICS = ("snapshot", "best_epoch")
 @dataclass(frozen=True)
 class MineSettings(StageSettings):
     """`schedule` is the encoder's epoch schedule, whose settings belong to the finetune section
-    (hnm.mine.schedule.EncoderSchedule)."""
+    (hnm.finetune.settings.EncoderSchedule)."""
 
     section = "mine"
 

@@ -21,7 +21,7 @@ def nt_xent_loss(projections: torch.Tensor, temperature: float = 0.5) -> torch.T
     """Mean over all 2N views of -log( exp(s_ip / T) / sum_{a != i} exp(s_ia / T) ).
 
     projections: (2N, D), view 1 of every patch then view 2 in the same order (as
-    hnm.finetune.train.make_views stacks them); s is the cosine similarity. Computed in float32
+    hnm.contrastive.batches.make_views stacks them); s is the cosine similarity. Computed in float32
     whatever the autocast dtype: bf16 similarities divided by a small temperature lose too many
     digits for the softmax.
     """

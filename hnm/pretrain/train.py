@@ -31,6 +31,9 @@ from typing import Any
 import pandas as pd
 import torch
 
+from hnm.contrastive.augment import SimCLRAugment
+from hnm.contrastive.batches import batch_loader, make_views
+from hnm.contrastive.lr import learning_rate
 from hnm.core.checkpoint import Checkpointer, file_digest, fingerprint
 from hnm.core.device import resolve_precision
 from hnm.core.errors import SlideError
@@ -39,12 +42,8 @@ from hnm.core.restart import train_skipping_bad_slides
 from hnm.core.threads import torch_threads, usable_cores
 from hnm.encoders.inputs import check_patch_size
 from hnm.encoders.model_file import load_encoder_file, save_encoder_file
-from hnm.finetune.augment import SimCLRAugment
-from hnm.finetune.reading import batch_loader
-from hnm.finetune.train import make_views
 from hnm.io.h5io import files_by_slide
 from hnm.io.patches import ReadFailure
-from hnm.mine.schedule import learning_rate
 from hnm.pretrain.data import (
     BatchPatches,
     TrainingPatches,
