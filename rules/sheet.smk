@@ -4,7 +4,7 @@
 
 
 SHEET_SOURCE = (
-    f"--demo-counts {shlex.quote(json.dumps(config['demo']['slides']))}"
+    f"--demo-counts {shlex.quote(json.dumps(config['demo']['slides'], sort_keys=True))}"
     if DEMO
     else f"--sheet {shlex.quote(config['sheet'])} "
     f"--labels {shlex.quote(json.dumps(config['labels']))} "

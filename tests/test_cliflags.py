@@ -14,7 +14,24 @@ def test_flags_from_a_config_section() -> None:
         },
         skip=["skip_me"],
     )
-    assert flags == "--batch-size 256 --no-ranking-loss --gate --weights '' --name 'a b'"
+    assert flags == "--batch-size 256 --gate --name 'a b' --no-ranking-loss --weights ''"
+
+
+def test_flags_do_not_depend_on_the_order_of_the_keys() -> None:
+    """A YAML written with sorted keys (yaml.safe_dump) and one in the user's order give one
+    command line, so Snakemake does not re-run a finished job for the order alone."""
+    ordered = {
+        "width": 2048,
+        "height": 1024,
+        "slides": {"val": {"tumor": 1}, "train": {"tumor": 2}},
+    }
+    shuffled = {
+        "slides": {"train": {"tumor": 2}, "val": {"tumor": 1}},
+        "height": 1024,
+        "width": 2048,
+    }
+    assert to_flags(ordered) == to_flags(shuffled)
+    assert to_flags(ordered).startswith("--height 1024 --slides")
 
 
 def test_job_flags_have_one_meaning_in_every_stage() -> None:

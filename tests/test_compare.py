@@ -11,12 +11,12 @@ import pytest
 import yaml
 
 from hnm.compare.paired import paired_differences
-from hnm.compare.runner import _check_shared, _share
+from hnm.compare.runner import COHORT_SHARED, _check_shared, _share
 from hnm.compare.spec import load_spec
 from hnm.compare.table import FinalScores
 from hnm.core.errors import HnmError
 from hnm.demo.settings import DemoSettings
-from tests.workflow_runner import TEST_CONFIGS, _env
+from tests.workflow_runner import TEST_CONFIGS, FinishedRun, _env, share_results
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -157,8 +157,10 @@ def test_shared_files_are_links_and_a_recomputed_one_is_named(tmp_path: Path) ->
 
 
 @pytest.mark.workflow
-def test_a_small_comparison_writes_its_tables(tmp_path: Path) -> None:
-    """Two round-0 methods at one seed on the tests' tiny cohort: shared folders, tables, summary."""
+def test_a_small_comparison_writes_its_tables(tmp_path: Path, tiny_run: FinishedRun) -> None:
+    """Two round-0 methods at one seed on the tests' tiny cohort: shared folders, tables, summary.
+    The cohort (slides, sheets, tiles) is the session's tiny run's, so only the comparison's own
+    jobs run."""
     spec = {
         "configfiles": [str(TEST_CONFIGS / "tiny.yaml")],
         "cohort": {},
@@ -173,6 +175,8 @@ def test_a_small_comparison_writes_its_tables(tmp_path: Path) -> None:
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
     out = tmp_path / "out"
+    # The cohort as its run leaves it: the shared files and the tiling QC pictures.
+    share_results(tiny_run.folder, out / "cohort", (*COHORT_SHARED, "qc/*.png"))
     import subprocess
     import sys
 
@@ -185,6 +189,8 @@ def test_a_small_comparison_writes_its_tables(tmp_path: Path) -> None:
         timeout=900,
     )
     assert result.returncode == 0, result.stderr[-4000:]
+    cohort_log = (out / "cohort" / "snakemake.log").read_text()
+    assert "Nothing to be done" in cohort_log, cohort_log[-2000:]
     runs = pd.read_csv(out / "runs.csv")
     assert sorted(zip(runs["method"], runs["seed"], runs["round"])) == [
         ("plain", 3, 0),

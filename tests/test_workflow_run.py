@@ -26,6 +26,7 @@ from tests.workflow_runner import (
     resume,
     run,
     run_and_kill,
+    share_results,
     write_config,
 )
 
@@ -83,6 +84,8 @@ def test_full_chain_writes_every_output(reference: Path) -> None:
 def test_killed_four_times_resumes_to_the_same_result(tmp_path: Path, reference: Path) -> None:
     results = tmp_path / "results"
     write_config(tmp_path)
+    # The reference run's rendered slides and sheets: the kills start at tiling.
+    share_results(reference, tmp_path, ("demo", "sheet.tsv", "sheet_eval.tsv"))
 
     def count(folder: Path) -> int:
         return len(list(folder.glob("[!.]*.h5"))) if folder.exists() else 0

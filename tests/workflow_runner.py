@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -46,6 +47,22 @@ def deep_update(base: dict, extra: dict) -> dict:
             else value
         )
     return merged
+
+
+def share_results(source: Path, folder: Path, parts: tuple[str, ...]) -> None:
+    """Start `folder` with `source`'s finished results (hard links to results/<part>, each part a
+    path or a glob) and Snakemake's record of them, so a test that needs the tiny cohort's slides
+    or tiles does not render or tile them again. Stages replace outputs by renaming, never write
+    into them, so the source stays intact."""
+    for part in parts:
+        for origin in sorted((source / "results").glob(part)):
+            target = folder / "results" / origin.relative_to(source / "results")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if origin.is_dir():
+                shutil.copytree(origin, target, copy_function=os.link)
+            else:
+                os.link(origin, target)
+    shutil.copytree(source / ".snakemake" / "metadata", folder / ".snakemake" / "metadata")
 
 
 def write_config(folder: Path, extra: dict | None = None, base: dict | None = None) -> Path:

@@ -15,16 +15,20 @@ from typing import Any
 
 
 def to_flags(settings: Mapping[str, Any], skip: Iterable[str] = ()) -> str:
+    """The command-line flags of a config section, in one canonical order (keys sorted, mappings
+    written with sorted keys): the same settings give the same command line whatever the order of
+    the keys in the user's YAML, so Snakemake's params trigger re-runs a job only for a changed
+    value, and a run's shared outputs stay valid for another run of the same settings."""
     skipped = set(skip)
     parts: list[str] = []
-    for key, value in settings.items():
+    for key, value in sorted(settings.items()):
         if key in skipped or value is None:
             continue
         flag = "--" + key.replace("_", "-")
         if isinstance(value, bool):
             parts.append(flag if value else "--no-" + key.replace("_", "-"))
         elif isinstance(value, (dict, list)):
-            parts.append(f"{flag} {shlex.quote(json.dumps(value))}")
+            parts.append(f"{flag} {shlex.quote(json.dumps(value, sort_keys=True))}")
         else:
             parts.append(f"{flag} {shlex.quote(str(value))}")
     return " ".join(parts)

@@ -1,0 +1,141 @@
+"""How long Snakemake takes to plan a run, by cohort size: CPU seconds, peak memory, job count.
+
+Every `snakemake` call (a run, a resume, `-n`, `--list-changes`) builds the whole DAG before its
+first job, so planning time is paid again and again on a large cohort. This writes a sheet of N
+slides (copies of one tiny real slide, tests/data/slides/small.svs: one file per row, as a real
+cohort has), then times `snakemake -n` on it for each config, in a child process whose CPU time
+(user + system) and peak resident memory come from the operating system (getrusage).
+
+    python bench/bench_plan.py                         # N = 1000, 3000 with both configs
+    python bench/bench_plan.py --slides 1000 3000 10000 --configs paper
+    python bench/bench_plan.py --profile 1000 --configs paper   # where the time goes (cProfile)
+
+Configs: `demo` is config/config.yaml (the demo's rounds and extraction jobs) on the sheet;
+`paper` adds config/paper.yaml (20 rounds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pstats
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SLIDE = REPO / "tests" / "data" / "slides" / "small.svs"
+CONFIGS = {"demo": [], "paper": [REPO / "config" / "paper.yaml"]}
+SPLITS = (("train", 0.54), ("val", 0.14), ("test", 0.32))  # Camelyon16's shares: 216 / 54 / 129
+
+
+def write_cohort(folder: Path, slides: int) -> Path:
+    """A sheet of `slides` rows, each its own file (a copy of the 2.6 kB slide: the sheet check
+    refuses two rows on one file), 40% tumor."""
+    data = folder / "slides"
+    data.mkdir(parents=True, exist_ok=True)
+    rows = ["slide_id\tpath\tlabel\tsplit\tmpp"]
+    start = 0
+    for split, share in SPLITS:
+        count = round(slides * share) if split != "test" else slides - start
+        for index in range(start, start + count):
+            path = data / f"slide_{index:05d}.svs"
+            if not path.exists():
+                shutil.copyfile(SLIDE, path)
+            label = "tumor" if index % 5 < 2 else "normal"
+            rows.append(f"slide_{index:05d}\t{path}\t{label}\t{split}\t0.5")
+        start += count
+    sheet = folder / "sheet.tsv"
+    sheet.write_text("\n".join(rows) + "\n")
+    return sheet
+
+
+def plan_command(folder: Path, sheet: Path, config: str, profile: Path | None) -> list[str]:
+    overlay = folder / "overlay.yaml"
+    overlay.write_text(yaml.safe_dump({"sheet": str(sheet)}))
+    runner = [sys.executable]
+    if profile is not None:
+        runner += ["-m", "cProfile", "-o", str(profile)]
+    return [
+        *runner,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(folder / f"run_{config}"),
+        "--configfile",
+        *[str(path) for path in CONFIGS[config]],
+        str(overlay),
+        "-n",
+        "--cores",
+        "2",
+    ]
+
+
+def measure(command: list[str]) -> dict[str, float]:
+    """CPU seconds and peak memory of one child process, and the jobs its dry run lists."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, check=False)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if result.returncode != 0:
+        raise SystemExit(f"snakemake -n failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    total = re.search(r"^total\s+(\d+)$", result.stdout, re.M)
+    return {
+        "cpu_s": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
+        "wall_s": wall,
+        # ru_maxrss of RUSAGE_CHILDREN is the largest child so far (kB on Linux): measure the
+        # sizes in increasing order, so each row's figure is its own run's.
+        "peak_gb": after.ru_maxrss / 1024**2,
+        "jobs": int(total.group(1)) if total else 0,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--slides", type=int, nargs="+", default=[1000, 3000])
+    parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=["demo", "paper"])
+    parser.add_argument("--profile", type=int, default=0, help="profile one dry run of N slides")
+    parser.add_argument("--keep", type=Path, default=None, help="folder to keep the cohorts in")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="bench_plan_") as scratch:
+        root = args.keep or Path(scratch)
+        if args.profile:
+            folder = root / f"n{args.profile}"
+            sheet = write_cohort(folder, args.profile)
+            for config in args.configs:
+                stats = folder / f"{config}.prof"
+                measure(plan_command(folder, sheet, config, stats))
+                print(f"== {config}, {args.profile} slides: the 25 costliest calls (cumulative)")
+                pstats.Stats(str(stats)).sort_stats("cumulative").print_stats(25)
+            return
+        print(f"machine: {os.cpu_count()} CPUs; snakemake -n, CPU = user + system of the process")
+        print(
+            f"{'slides':>7} {'config':>6} {'jobs':>7} {'CPU s':>7} {'wall s':>7} "
+            f"{'peak GB':>8} {'ms/job':>7}"
+        )
+        for slides in sorted(args.slides):
+            folder = root / f"n{slides}"
+            sheet = write_cohort(folder, slides)
+            for config in args.configs:
+                row = measure(plan_command(folder, sheet, config, None))
+                per_job = 1000 * row["cpu_s"] / max(row["jobs"], 1)
+                print(
+                    f"{slides:>7} {config:>6} {row['jobs']:>7} {row['cpu_s']:>7.1f} "
+                    f"{row['wall_s']:>7.1f} {row['peak_gb']:>8.2f} {per_job:>7.1f}",
+                    flush=True,
+                )
+
+
+if __name__ == "__main__":
+    main()
