@@ -21,7 +21,7 @@ from hnm.commands.synth import slide_seed
 from hnm.core.errors import ConfigError
 from hnm.demo import synth
 from hnm.demo.layout import make_layout
-from hnm.demo.pyramid import level_dimensions
+from hnm.demo.pyramid import level_dimensions, tiff_rational
 from hnm.demo.render import Scene
 from hnm.io.annotations import load_polygons, patch_tumor_fraction
 
@@ -72,6 +72,18 @@ def test_odd_mpp_and_single_level(tmp_path: Path) -> None:
     assert slide.level_count == 1
     assert level_dimensions(700, 600) == [(700, 600)]
     assert level_dimensions(1024, 100) == [(1024, 100), (512, 50)]
+
+
+@pytest.mark.parametrize("mpp", [0.2431, 0.25, 0.5, 0.2277, 1 / 3, 16.0, 1e-4, 1e4])
+def test_resolution_is_written_as_the_closest_uint32_fraction(mpp: float) -> None:
+    """The TIFF resolution (px/cm) is a fraction of two uint32 that reads back as the float
+    within a part in 1e9, whichever tifffile writes it (tifffile 2025.2's own conversion missed
+    0.2431 um/px by 3e-6)."""
+    numerator, denominator = tiff_rational(1e4 / mpp)
+    assert 0 < numerator < 2**32 and 0 < denominator < 2**32
+    assert 1e4 / (numerator / denominator) == pytest.approx(mpp, rel=1e-9)
+    if mpp == 0.2431:
+        assert (numerator, denominator) == (100_000_000, 2431)
 
 
 def test_colours_survive_jpeg_and_levels_are_averages(positive: synth.SynthResult) -> None:

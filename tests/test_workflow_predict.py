@@ -21,7 +21,9 @@ from hnm.io.h5io import read_tiles
 from hnm.viz.qupath import TILE_CLASS
 from tests.workflow_runner import TINY_CONFIG, FinishedRun, _env, command, jobs_run, run
 
-pytestmark = pytest.mark.workflow
+# Predicting is a user's path of its own (rules predict_*): the conda-pins tier runs it too, on the
+# CI-sized run it already makes.
+pytestmark = [pytest.mark.workflow, pytest.mark.conda_pins]
 
 ROUNDS = TINY_CONFIG["rounds"]
 PREDICT_RULES = {

@@ -43,6 +43,7 @@ def reference(tiny_run: FinishedRun) -> Path:
     return tiny_run.folder
 
 
+@pytest.mark.conda_pins  # the CI-sized run, every stage once: also run at envs/*.yaml's versions
 def test_full_chain_writes_every_output(reference: Path) -> None:
     results = reference / "results"
     slides = pd.read_csv(results / "sheet.tsv", sep="\t")

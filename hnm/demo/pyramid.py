@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
+from fractions import Fraction
 from pathlib import Path
 from typing import IO
 
@@ -27,6 +28,20 @@ _MIN_LEVEL_SIDE = 1024  # add pyramid levels until the longer side drops below t
 
 # (x, y, width, height) of level-0 pixels -> (RGB uint8, whether it is all background)
 Renderer = Callable[[int, int, int, int], tuple[np.ndarray, bool]]
+
+
+def tiff_rational(value: float) -> tuple[int, int]:
+    """`value` (> 0) as a TIFF RATIONAL, (numerator, denominator), both uint32: the closest
+    fraction whose denominator is at most (2**32 - 1) / value, so that the numerator fits too.
+
+    Why not hand tifffile the float: tifffile 2025.2 (the conda envs' pin) writes a float as
+    2**32 - 1 over a rounded denominator, which read a 0.2431 um/px slide back as 0.24310080.
+    1e4 / 0.2431 px/cm is exactly 100000000 / 2431, which this finds; it is tifffile 2026's own
+    conversion, so slides that tifffile 2026 wrote are written byte for byte as before.
+    """
+    limit = 2**32 - 1
+    fraction = Fraction(value).limit_denominator(max(1, min(limit, int(limit / value))))
+    return fraction.numerator, fraction.denominator
 
 
 def level_dimensions(width: int, height: int) -> list[tuple[int, int]]:
@@ -191,7 +206,10 @@ def write_pyramid(
 
     def options(level: int) -> dict:
         w, h = dims[level]
-        pixels_per_cm = 1e4 / (mpp * width / w), 1e4 / (mpp * height / h)
+        pixels_per_cm = (
+            tiff_rational(1e4 / (mpp * width / w)),
+            tiff_rational(1e4 / (mpp * height / h)),
+        )
         return dict(
             shape=(h, w, 3),
             dtype=np.uint8,
