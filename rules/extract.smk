@@ -5,7 +5,14 @@
 # batches its new slides join.
 
 
-EXTRACT_SETTINGS = flags("extract", skip=["slides_per_job"])
+# slides_per_job is the workflow's. feature_dtype goes on the command line only where it is not the
+# stage's default (float32): the command is a rerun trigger, and runs begun before the setting
+# existed must not re-extract every round for a flag that changes nothing.
+DEFAULT_FEATURE_DTYPE = config["extract"]["feature_dtype"] == "float32"
+EXTRACT_SETTINGS = flags(
+    "extract",
+    skip=["slides_per_job", *(["feature_dtype"] if DEFAULT_FEATURE_DTYPE else [])],
+)
 
 
 def extraction_rule(

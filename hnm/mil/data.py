@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 
 from hnm.core.errors import HnmError
+from hnm.io.h5io import read_feature_rows
 from hnm.mil.batch import BagBatch, make_batch
 
 log = logging.getLogger(__name__)
@@ -136,7 +137,7 @@ def load_cohort(
     start = 0
     for row, path, rows in planned:
         with h5py.File(path, "r") as handle:
-            block = np.asarray(handle["features"][:], dtype=np.float32)
+            block = read_feature_rows(handle["features"])  # float32, either dtype
             coords = _coords(handle, rows)
             side = patch_level0(dict(handle["features"].attrs))
         features[start : start + rows].copy_(torch.from_numpy(block))
