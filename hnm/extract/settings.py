@@ -46,6 +46,14 @@ class ExtractSettings(StageSettings):
         "TRIDENT) misread, and it keeps 8 significant bits to float16's 11",
         choices=FEATURE_DTYPES,
     )
+    keep_rounds: int = setting(
+        0,
+        "keep the features of the latest K rounds only (0: keep every round's); an older round's "
+        "are removed once its MIL and probe are done, and remade only if a job that reads them "
+        "must run again (docs/usage.md, 'Disk'); read by the workflow, not by `hnm extract`",
+        minimum=0,
+        cli=False,
+    )
     slides_per_job: int = setting(
         16,
         "slides per extraction job, each paying the interpreter/torch/CUDA start-up once (1: one "
