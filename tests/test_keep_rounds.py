@@ -17,6 +17,7 @@ import torch
 from hnm.cli import main
 from hnm.compare.runner import COHORT_SHARED, ROUND0_SHARED, _check_shared, _restore_pruned, _share
 from hnm.core.errors import HnmError
+from hnm.extract.disk import measure_features_file, project_disk
 from hnm.extract.keep import kept_rounds, pruned_rounds, round_pattern
 from hnm.io.h5io import FeatureWriter, files_by_slide, write_tiles
 from hnm.mil.data import load_cohort
@@ -205,3 +206,21 @@ def test_a_method_that_removed_its_round0_links_shares_them_again(tmp_path: Path
     (method / "results" / "r0" / "encoder.pt").unlink()
     with pytest.raises(HnmError, match="recomputed 1 file.*encoder.pt"):
         _check_shared(source, method, shared)
+
+
+def test_disk_projection_from_a_written_file(tmp_path: Path) -> None:
+    full = measure_features_file(3000, 64, "float32", tmp_path)
+    half = measure_features_file(3000, 64, "float16", tmp_path)
+    assert not list(tmp_path.iterdir())  # the measured file is not left behind
+    # Measured, not the payload: HDF5 adds a little, and never a nearly empty chunk.
+    assert full.payload_per_patch == 64 * 4 + 16 and half.payload_per_patch == 64 * 2 + 16
+    for cost in (full, half):
+        assert cost.payload_per_patch < cost.bytes_per_patch < 1.05 * cost.payload_per_patch
+    assert 0.5 < half.bytes / full.bytes < 0.58
+    keep_all = project_disk(full, slides=10, rounds=20, keep=0)
+    assert keep_all.per_round == 10 * full.bytes
+    assert keep_all.at_end == keep_all.peak == 21 * keep_all.per_round
+    keep_two = project_disk(full, slides=10, rounds=20, keep=2)
+    assert keep_two.kept == 2 and keep_two.at_end == 2 * keep_two.per_round
+    assert keep_two.peak == 3 * keep_two.per_round  # a removed round still read by its probe
+    assert project_disk(full, slides=10, rounds=0, keep=1).peak == full.bytes * 10
