@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+from hnm.cli import main
 from hnm.core.errors import ConfigError, HnmError
 from hnm.encoders import build_encoder, save_encoder_file
 from hnm.evaluate.probe import read_rows
@@ -67,18 +68,21 @@ def both_dtypes(test_slides: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     save_encoder_file(
         encoder, build_encoder("resnet_mini", {"norm": "batch"}, seed=5), source="random:5"
     )
-    out = {}
-    for dtype in ("float32", "float16"):
-        out[dtype] = root / f"{dtype}.h5"
-        extract_slide(
-            slide,
-            "cmu1",
-            str(tiles),
-            str(encoder),
-            0,
-            str(out[dtype]),
-            ExtractSettings(batch_size=64, workers=0, device="cpu", feature_dtype=dtype),
-        )
+    out = {dtype: root / f"{dtype}.h5" for dtype in ("float32", "float16")}
+    extract_slide(
+        slide,
+        "cmu1",
+        str(tiles),
+        str(encoder),
+        0,
+        str(out["float32"]),
+        ExtractSettings(batch_size=64, workers=0, device="cpu"),
+    )
+    # float16 through the command, with the flag the workflow passes (rules/extract.smk).
+    assert main(["extract", "--slide", slide, "--slide-id", "cmu1", "--tiles", str(tiles),
+                 "--encoder", str(encoder), "--round", "0", "--device", "cpu", "--batch-size",
+                 "64", "--workers", "0", "--feature-dtype", "float16",
+                 "--out", str(out["float16"])]) == 0  # fmt: skip
     return out
 
 
