@@ -21,6 +21,7 @@ from hnm.core.renames import check_section_names
 from hnm.core.reproducible import job_environment
 from hnm.evaluate.settings import PROBE_SETTINGS
 from hnm.extract.batches import extraction_batches
+from hnm.extract.keep import kept_rounds, pruned_rounds, round_pattern
 from hnm.io.sheet import demo_sheet, validate_sheet
 from hnm.mil.files import MIL_FILES
 from hnm.predict.settings import PredictSettings
@@ -53,6 +54,10 @@ ANNOTATION_CLASSES = [
 # Workstation GPU slots (resources.gpus): each GPU job takes one GPU's lock for its lifetime.
 GPU_SLOT = command_prefix(config["resources"]["gpus"])
 ROUNDS = int(config["rounds"])
+# extract.keep_rounds: the features of PRUNED_ROUNDS are temp() outputs, deleted by Snakemake once
+# the jobs that read them (that round's mil and probe) are done; KEPT_ROUNDS' stay (hnm.extract.keep).
+PRUNED_ROUNDS = pruned_rounds(ROUNDS, int(config["extract"]["keep_rounds"]))
+KEPT_ROUNDS = kept_rounds(ROUNDS, int(config["extract"]["keep_rounds"]))
 # Round 0's encoder (results/r0/encoder.pt): SimCLR-pretrained on the training slides' patches
 # (rule pretrain) when no weights file is given and pretrain.epochs > 0, starting from
 # init_encoder's random weights, which then go to INITIAL_ENCODER; otherwise init_encoder's file

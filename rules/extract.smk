@@ -5,16 +5,52 @@
 # batches its new slides join.
 
 
-EXTRACT_SETTINGS = flags("extract", skip=["slides_per_job"])
+# slides_per_job is the workflow's. feature_dtype goes on the command line only where it is not the
+# stage's default (float32): the command is a rerun trigger, and runs begun before the setting
+# existed must not re-extract every round for a flag that changes nothing.
+DEFAULT_FEATURE_DTYPE = config["extract"]["feature_dtype"] == "float32"
+EXTRACT_SETTINGS = flags(
+    "extract",
+    skip=[
+        "slides_per_job",
+        "keep_rounds",
+        *(["feature_dtype"] if DEFAULT_FEATURE_DTYPE else []),
+    ],
+)
 
 
 def extraction_rule(
-    name, slides, tiles, encoder, outputs, log, benchmark, slide_ids, round_
+    name,
+    slides,
+    tiles,
+    encoder,
+    outputs,
+    log,
+    benchmark,
+    slide_ids,
+    round_,
+    prune=False,
+    rounds=r"\d+",
+    temporary=False,
 ):
     """The one extraction rule, defined once per job shape: training's per-slide rule (wildcard
     `slide`) or each batch of training's or predict's slides (rules/predict.smk). `slides`,
     `tiles` and `outputs` are patterns or lists; `slide_ids` and `round_` are what the command
-    gets for --slide-id and --round (strings, or functions of the wildcards)."""
+    gets for --slide-id and --round (strings, or functions of the wildcards).
+
+    `prune` (training's shapes, whose outputs have a `round` wildcard): with extract.keep_rounds
+    the shape is two rules told apart by their `rounds` constraint, `name` for KEPT_ROUNDS and
+    `{name}_pruned` for PRUNED_ROUNDS, whose outputs are `temporary` (temp())."""
+    if prune and PRUNED_ROUNDS:
+        shape = (slides, tiles, encoder, outputs, log, benchmark, slide_ids, round_)
+        extraction_rule(name, *shape, rounds=round_pattern(KEPT_ROUNDS))
+        extraction_rule(
+            f"{name}_pruned",
+            *shape,
+            rounds=round_pattern(PRUNED_ROUNDS),
+            temporary=True,
+        )
+        return
     per_job = 1 if isinstance(slides, str) or callable(slides) else len(slides)
 
     rule:
@@ -25,11 +61,13 @@ def extraction_rule(
             tiles=tiles,
             encoder=encoder,
         output:
-            outputs,
+            temp(outputs) if temporary else outputs,
         log:
             log,
         benchmark:
             benchmark
+        wildcard_constraints:
+            round=rounds,
         conda:
             "../envs/torch.yaml"
         threads: rule_threads("extract")
@@ -62,6 +100,7 @@ if config["extract"]["slides_per_job"] == 1:
         benchmark="results/benchmarks/r{round}/extract/{slide}.tsv",
         slide_ids=lambda wildcards: wildcards.slide,
         round_=lambda wildcards: wildcards.round,
+        prune=True,
     )
 else:
     for batch, members in slide_batches(config["extract"]["slides_per_job"]).items():
@@ -75,4 +114,5 @@ else:
             benchmark=f"results/benchmarks/r{{round}}/extract/{batch}.tsv",
             slide_ids=" ".join(members),
             round_=lambda wildcards: wildcards.round,
+            prune=True,
         )

@@ -2,12 +2,20 @@
 # the per-round table.
 
 
+# A round whose features are removed once used (extract.keep_rounds) is read from its MIL's
+# metrics.json, which records the failed features files: reading the files would keep them until
+# this job, at the end of the run. Only then does the command name the MIL metrics, so that a run
+# without keep_rounds keeps its command (a rerun trigger).
+FAILURES_MIL_FLAG = "--mil-metrics {input.mil_metrics:q} " if PRUNED_ROUNDS else ""
+
+
 rule failures:
     # Skip mode (on_slide_error: skip) can drop a slide at tiling, extraction or fine-tuning: the
     # tiles file, a round's features file or a fine-tuned encoder records it, so all are read.
     input:
         tiles=tiles(),
-        features=[path for r in range(ROUNDS + 1) for path in features(r)],
+        features=[path for r in KEPT_ROUNDS for path in features(r)],
+        mil_metrics=[mil_outputs(r)["metrics"] for r in PRUNED_ROUNDS],
         encoders=expand("results/r{round}/encoder.pt", round=range(1, ROUNDS + 1)),
     output:
         "results/qc/failed_slides.tsv",
@@ -20,7 +28,8 @@ rule failures:
         runtime=10,
     shell:
         "python -m hnm failures --tiles {input.tiles:q} --features {input.features:q} "
-        "--encoders {input.encoders:q} --out {output:q} > {log:q} 2>&1"
+        + FAILURES_MIL_FLAG
+        + "--encoders {input.encoders:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule report:

@@ -6,6 +6,11 @@ A slide can fail at tiling (the tiles file is marked failed), at extraction (the
 its features file of some round is marked failed: pixels that do not decode) or at fine-tuning
 (the slide is listed in a fine-tuned encoder's skipped_slides). Each slide gets one row, at the
 first stage it failed; a slide that failed at tiling is not listed again for its empty features.
+
+A round whose features files are removed once used (extract.keep_rounds) is read from its MIL's
+metrics.json instead, whose excluded_slides record what each failed features file said: this job
+runs at the end of the chain, and reading the files themselves would keep every round's on disk
+until then.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 log = logging.getLogger("hnm.failures")
 
@@ -50,6 +56,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--features", nargs="*", default=[], help="features files of every round (r{r}/features)"
     )
     parser.add_argument(
+        "--mil-metrics",
+        nargs="*",
+        default=[],
+        help="MIL metrics.json of the rounds whose features files are removed once used "
+        "(extract.keep_rounds): their excluded_slides say which features files were marked failed",
+    )
+    parser.add_argument(
         "--encoders", nargs="*", default=[], help="fine-tuned encoders (r1..rR/encoder.pt)"
     )
     parser.add_argument("--out", required=True, help="TSV to write (slide_id, path, error, stage)")
@@ -59,9 +72,13 @@ def run(args: argparse.Namespace) -> int:
     from hnm.core.atomic import write_text
 
     failures: dict[str, Failure] = {}
-    for failure in _tiling(args.tiles):
+    tiled, slide_paths = _tiling(args.tiles)
+    for failure in tiled:
         failures.setdefault(failure.slide_id, failure)
-    for failure in [*_extraction(args.features), *_finetuning(args.encoders)]:
+    # Removed rounds are the earliest (0..R-K): read first, the table keeps the rounds' order.
+    extraction = [*_extraction_from_mil(args.mil_metrics), *_extraction(args.features)]
+    for failure in [*extraction, *_finetuning(args.encoders)]:
+        failure.path = failure.path or slide_paths.get(failure.slide_id, "")
         known = failures.get(failure.slide_id)
         if known is None:
             failures[failure.slide_id] = failure
@@ -86,11 +103,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tiling(paths: Iterable[str]) -> list[Failure]:
+def _tiling(paths: Iterable[str]) -> tuple[list[Failure], dict[str, str]]:
+    """(the slides that failed at tiling, every slide's path as its tiles file gives it)."""
     from hnm.core.errors import HnmError
     from hnm.io.h5io import read_tiles
 
     found = []
+    slide_paths = {}
     for tiles in paths:
         try:
             _coords, attrs = read_tiles(tiles)
@@ -98,9 +117,10 @@ def _tiling(paths: Iterable[str]) -> list[Failure]:
             raise HnmError(
                 f"tiles file {tiles} cannot be read ({error}); rerun `hnm tile` for it"
             ) from error
+        slide_paths[str(attrs.get("slide_id", ""))] = str(attrs.get("slide_path", ""))
         if bool(attrs.get("failed", False)):
             found.append(_failure(attrs, "tiling"))
-    return found
+    return found, slide_paths
 
 
 def _extraction(paths: Iterable[str]) -> list[Failure]:
@@ -117,6 +137,40 @@ def _extraction(paths: Iterable[str]) -> list[Failure]:
             ) from error
         if bool(attrs.get("failed", False)):
             found.append(_failure(attrs, "extraction", int(attrs.get("round", 0))))
+    return found
+
+
+def _extraction_from_mil(paths: Iterable[str]) -> list[Failure]:
+    """The failed features files of removed rounds, as their MIL's metrics.json recorded them."""
+    import json
+
+    from hnm.core.errors import HnmError
+    from hnm.mil.files import FAILED_UPSTREAM
+
+    found = []
+    for path in paths:
+        try:
+            excluded = json.loads(Path(path).read_text()).get("excluded_slides", [])
+        except (OSError, ValueError, AttributeError) as error:
+            raise HnmError(
+                f"MIL metrics {path} cannot be read ({error}); rerun that round's `hnm mil`"
+            ) from error
+        folder_round = re.search(r"(?:^|/)r(\d+)/mil/[^/]+$", Path(path).as_posix())
+        for item in excluded:
+            reason = str(item.get("reason", ""))
+            # MIL metrics written before the entries had `failed` and `error` say it in `reason`.
+            failed = item.get("failed", reason.startswith(FAILED_UPSTREAM))
+            if not failed:
+                continue
+            round_ = item.get("round")
+            if round_ is None and folder_round:
+                round_ = int(folder_round.group(1))
+            attrs = {
+                "slide_id": item.get("slide_id", ""),
+                "slide_path": item.get("slide_path", ""),
+                "error": item.get("error", reason.removeprefix(FAILED_UPSTREAM)),
+            }
+            found.append(_failure(attrs, "extraction", None if round_ is None else int(round_)))
     return found
 
 

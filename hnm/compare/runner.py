@@ -13,6 +13,13 @@ which proves that nothing shared was recomputed with other settings.
 
 A folder that already exists is run again as it is, so an interrupted comparison resumes where it
 stopped (Snakemake redoes only unfinished jobs).
+
+With extract.keep_rounds, a method's run removes its round-0 features once its round-0 MIL and
+probe are done. It removes its own links only: the inode stays with the seed's `_round0` folder
+(whose run asks for the features as its target, so Snakemake keeps them there) and with the other
+methods. Before a method's folder runs again, the links it removed are made again
+(`_restore_pruned`), so a job that must rerun on round-0 features (a changed MIL setting) reads the
+shared ones instead of extracting a copy of its own.
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ REPO = Path(__file__).resolve().parents[2]
 # Folders of results/ that the next level shares; everything else is the run's own.
 COHORT_SHARED = ("sheet.tsv", "sheet_eval.tsv", "demo", "tiles")
 ROUND0_SHARED = ("pretrain", "r0/encoder.pt", "r0/features")
+# Shared files that a method's run may remove once used (extract.keep_rounds): not recomputed.
+PRUNABLE_SHARED = ("r0/features",)
 COHORT_TARGETS = ["tiles", "results/sheet.tsv", "results/sheet_eval.tsv"]
 
 
@@ -65,6 +74,7 @@ def run_comparison(
         for method in spec.methods:
             folder = out / f"seed{seed}" / method
             _share(round0, folder)
+            _restore_pruned(round0, folder)
             overlay = spec.run_config(seed, method)
             seconds = _run(spec, folder, overlay, [], cores, snakemake_args)
             _check_shared(round0, folder, COHORT_SHARED + ROUND0_SHARED)
@@ -86,6 +96,27 @@ def _share(source: Path, folder: Path) -> None:
         shutil.rmtree(target, ignore_errors=True)
         shutil.copytree(metadata, target)
     staging.rename(folder / "results")
+
+
+def _restore_pruned(source: Path, folder: Path) -> list[Path]:
+    """Link again the shared files of PRUNABLE_SHARED that an earlier run of `folder` removed.
+
+    They are the source's very files (hard links), with the metadata Snakemake keeps for them in
+    `folder`, so Snakemake finds them done and older than what was made from them."""
+    restored = []
+    for name in PRUNABLE_SHARED:
+        origin = source / "results" / name
+        if not origin.is_dir():
+            continue
+        for path in sorted(p for p in origin.rglob("*") if p.is_file()):
+            twin = folder / "results" / path.relative_to(source / "results")
+            if not twin.exists():
+                twin.parent.mkdir(parents=True, exist_ok=True)
+                os.link(path, twin)
+                restored.append(twin)
+    if restored:
+        log.info("%s: linked %d shared file(s) back (removed once used)", folder, len(restored))
+    return restored
 
 
 def _run(
@@ -133,7 +164,10 @@ def _run(
 
 
 def _check_shared(source: Path, folder: Path, shared: tuple[str, ...]) -> None:
-    """Every shared file is still the same inode as the source's: nothing shared was redone."""
+    """Every shared file is still the same inode as the source's: nothing shared was redone.
+
+    A file of PRUNABLE_SHARED may be gone (removed once used, extract.keep_rounds); one that is
+    there must still be the shared one."""
     redone = []
     for name in shared:
         origin = source / "results" / name
@@ -144,7 +178,10 @@ def _check_shared(source: Path, folder: Path, shared: tuple[str, ...]) -> None:
         )
         for path in paths:
             twin = folder / "results" / path.relative_to(source / "results")
-            if not twin.exists() or twin.stat().st_ino != path.stat().st_ino:
+            if not twin.exists():
+                if name not in PRUNABLE_SHARED:
+                    redone.append(str(twin))
+            elif twin.stat().st_ino != path.stat().st_ino:
                 redone.append(str(twin))
     if redone:
         raise HnmError(

@@ -27,6 +27,8 @@ S = TypeVar("S", bound="StageSettings")
 ON_SLIDE_ERROR = ("fail", "skip")
 # Numeric precision of a stage's forward passes: auto = bf16 autocast on CUDA, fp32 on the CPU.
 PRECISIONS = ("auto", "fp32", "bf16")
+# How features are stored on disk (hnm.io.h5io); every reader gets float32 back whichever it is.
+FEATURE_DTYPES = ("float32", "float16")
 
 _JSON_TYPES = {int: "integer", float: "number", str: "string", bool: "boolean"}
 

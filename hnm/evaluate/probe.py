@@ -35,7 +35,7 @@ from hnm.core.threads import usable_cores
 from hnm.evaluate.evaluate import annotated_labels, versus_summary
 from hnm.evaluate.metrics import roc_auc
 from hnm.evaluate.settings import EvaluateSettings
-from hnm.io.h5io import read_tiles_or_fail, slide_file
+from hnm.io.h5io import read_feature_rows, read_tiles_or_fail, slide_file
 
 log = logging.getLogger(__name__)
 
@@ -125,9 +125,10 @@ def sample_rows(counts: Sequence[int], limit: int, seed: int) -> list[np.ndarray
 
 
 def read_rows(path: Path, rows: np.ndarray | None = None) -> np.ndarray:
-    """Rows of a feature file (all without `rows`) as float64, one slide in memory at a time."""
+    """Rows of a feature file (all without `rows`) as float64, one slide in memory at a time:
+    the float32 every stage reads (hnm.io.h5io, either stored dtype), widened for the probe."""
     with h5py.File(path, "r") as handle:
-        features = np.asarray(handle["features"][:], dtype=np.float64)
+        features = read_feature_rows(handle["features"]).astype(np.float64)
     return features if rows is None else features[rows]
 
 

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hnm.core.settings import ON_SLIDE_ERROR, PRECISIONS, StageSettings, setting
+from hnm.core.settings import (
+    FEATURE_DTYPES,
+    ON_SLIDE_ERROR,
+    PRECISIONS,
+    StageSettings,
+    setting,
+)
 
 
 @dataclass(frozen=True)
@@ -30,6 +36,23 @@ class ExtractSettings(StageSettings):
         "cpu: JPEG tiles on the CPU where the level is JPEG-tiled, else openslide; openslide: "
         "always openslide",
         choices=("auto", "gpu", "cpu", "openslide"),
+    )
+    feature_dtype: str = setting(
+        "float32",
+        "how the features file stores them: float32, or float16 at half the disk (each value "
+        "rounded to 11 significant bits, relative error at most 2^-11; a value beyond float16's "
+        "+-65504 stops the job with an error). Every reader gets float32 back. No bfloat16: HDF5 "
+        "has no such type, so it would be raw 16-bit integers that other HDF5 tools (CLAM, "
+        "TRIDENT) misread, and it keeps 8 significant bits to float16's 11",
+        choices=FEATURE_DTYPES,
+    )
+    keep_rounds: int = setting(
+        0,
+        "keep the features of the latest K rounds only (0: keep every round's); an older round's "
+        "are removed once its MIL and probe are done, and remade only if a job that reads them "
+        "must run again (docs/usage.md, 'Disk'); read by the workflow, not by `hnm extract`",
+        minimum=0,
+        cli=False,
     )
     slides_per_job: int = setting(
         16,

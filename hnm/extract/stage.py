@@ -149,6 +149,7 @@ def _base_attrs(
     tiles_attrs: dict[str, Any],
     meta: EncoderFileMeta,
     round_: int,
+    dtype: str,
 ) -> dict[str, Any]:
     return {
         "slide_id": slide_id,
@@ -162,7 +163,7 @@ def _base_attrs(
         "encoder_epoch": meta.epoch,
         "weights_sha256": meta.weights_sha256,
         "feature_dim": meta.feature_dim,
-        "dtype": "float32",
+        "dtype": dtype,
         "mpp": tiles_attrs.get("mpp", float("nan")),
         "target_mpp": tiles_attrs.get("target_mpp", float("nan")),
         "patch_size": tiles_attrs.get("patch_size", 0),
@@ -174,7 +175,8 @@ def _base_attrs(
 
 
 def _write_empty(out_path: str, attrs: dict[str, Any], dim: int, **extra: Any) -> None:
-    with FeatureWriter(out_path, dim, np.zeros((0, 2), np.int64), {**attrs, **extra}):
+    empty = np.zeros((0, 2), np.int64)
+    with FeatureWriter(out_path, dim, empty, {**attrs, **extra}, dtype=attrs["dtype"]):
         pass
 
 
@@ -230,7 +232,9 @@ def extract_slide(
     coords, tiles_attrs = read_tiles_or_fail(tiles_path)
     if tiles_attrs.get("failed") or len(coords) == 0:
         meta = read_encoder_meta(encoder_path)
-        attrs = _base_attrs(slide_id, slide_path, tiles_path, tiles_attrs, meta, round_)
+        attrs = _base_attrs(
+            slide_id, slide_path, tiles_path, tiles_attrs, meta, round_, settings.feature_dtype
+        )
         why = tiles_attrs.get("error") or "no tissue patches"
         log.warning(
             "%s: tiles file %s is %s (%s); writing an empty features file",
@@ -273,7 +277,9 @@ def extract_slide(
             meta.arch,
             meta.patch_size,
         )
-    attrs = _base_attrs(slide_id, slide_path, tiles_path, tiles_attrs, meta, round_)
+    attrs = _base_attrs(
+        slide_id, slide_path, tiles_path, tiles_attrs, meta, round_, settings.feature_dtype
+    )
     if settings.max_patches and len(coords) > settings.max_patches:
         log.warning(
             "%s: max_patches=%d: extracting only the first %d of %d patches (not for real runs)",
@@ -359,6 +365,7 @@ def _run(
         meta.feature_dim,
         coords,
         {**attrs, "decode_path": path, "decode_fallback_reason": why_not, "precision": precision},
+        dtype=settings.feature_dtype,
     ) as writer:
         sink = FeatureSink(writer, device)
         with progress, torch.inference_mode(), precision_context(device, precision):

@@ -3,7 +3,9 @@
 Layout follows CLAM (`coords` (N, 2) level-0 pixel x/y, `features` (N, D)) so files interchange with
 CLAM/TRIDENT tools, and adds attributes those tools lose (true mpp, read level and size, encoder,
 weights checksum). A slide that failed and was skipped still gets files, marked `failed` with the
-reason, so downstream stages can exclude it without the workflow breaking.
+reason, so downstream stages can exclude it without the workflow breaking. Features are stored as
+float32 or float16 (extract.feature_dtype, recorded in the `dtype` attribute) and always read back
+as float32 (`read_feature_rows`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 from hnm import __version__
 from hnm.core.atomic import atomic_path
 from hnm.core.errors import HnmError
+from hnm.core.settings import FEATURE_DTYPES
 
 
 def _encode_attr(value: Any) -> Any:
@@ -95,8 +98,24 @@ def read_tiles_or_fail(
         ) from error
 
 
+# HDF5 chunks of at most this many feature rows. A chunked dataset's last chunk takes a whole
+# chunk's space on disk even when it is nearly empty, so rows are split into equal chunks instead
+# (7,500 rows: two chunks of 3,750, not 4,096 + a 4,096-row chunk holding 3,404, 9% more disk).
+MAX_CHUNK_ROWS = 4096
+
+
+def chunk_rows(total: int) -> int:
+    """Rows per chunk: the fewest chunks of at most MAX_CHUNK_ROWS rows, as equal as can be."""
+    chunks = -(-total // MAX_CHUNK_ROWS)
+    return max(1, -(-total // max(1, chunks)))
+
+
 class FeatureWriter(AbstractContextManager["FeatureWriter"]):
-    """Appends feature rows in chunks so a million-patch slide never sits in memory whole."""
+    """Appends feature rows in chunks so a million-patch slide never sits in memory whole.
+
+    `dtype` is how the rows are stored (FEATURE_DTYPES); rows arrive as float32 and are rounded
+    here, once, by numpy (round to nearest even), so a float16 file holds exactly the float32
+    values rounded, whatever HDF5 library converts."""
 
     def __init__(
         self,
@@ -110,6 +129,11 @@ class FeatureWriter(AbstractContextManager["FeatureWriter"]):
         self.dim = dim
         self.coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
         self.attrs = attrs
+        if dtype not in FEATURE_DTYPES:
+            raise HnmError(
+                f"features file {self.path}: dtype '{dtype}' is not one of "
+                f"{', '.join(FEATURE_DTYPES)} (setting extract.feature_dtype)"
+            )
         self.dtype = dtype
         self.written = 0
         self._atomic = atomic_path(self.path)
@@ -119,15 +143,16 @@ class FeatureWriter(AbstractContextManager["FeatureWriter"]):
         temporary = self._atomic.__enter__()
         self._handle = h5py.File(temporary, "w")
         total = len(self.coords)
-        chunk_rows = max(1, min(total, 4096))
         self._features = self._handle.create_dataset(
             "features",
             shape=(total, self.dim),
             dtype=self.dtype,
-            chunks=(chunk_rows, self.dim) if total else None,
+            chunks=(chunk_rows(total), self.dim) if total else None,
         )
         self._handle.create_dataset("coords", data=self.coords)
-        for key, value in {**self.attrs, "code_version": __version__}.items():
+        # The file says how it stores its features, beside HDF5's own type of the dataset.
+        attrs = {**self.attrs, "dtype": self.dtype, "code_version": __version__}
+        for key, value in attrs.items():
             self._features.attrs[key] = _encode_attr(value)
         return self
 
@@ -138,7 +163,19 @@ class FeatureWriter(AbstractContextManager["FeatureWriter"]):
 
     def append(self, rows: np.ndarray) -> None:
         rows = np.asarray(rows)
-        self._features[self.written : self.written + len(rows)] = rows
+        with np.errstate(over="ignore"):  # an overflow is reported below, naming the file
+            stored = rows.astype(self.dtype, copy=False)
+        if stored.dtype != rows.dtype:
+            # float16 tops out at 65504: a larger value would be stored as inf, silently.
+            overflow = np.isinf(stored) & np.isfinite(rows)
+            if overflow.any():
+                raise HnmError(
+                    f"features file {self.path}: a feature value of magnitude "
+                    f"{float(np.abs(rows[overflow]).max()):.6g} does not fit {self.dtype} "
+                    f"(largest {float(np.finfo(self.dtype).max):.6g}); set "
+                    "extract.feature_dtype: float32"
+                )
+        self._features[self.written : self.written + len(rows)] = stored
         self.written += len(rows)
 
     def __exit__(
@@ -160,13 +197,19 @@ class FeatureWriter(AbstractContextManager["FeatureWriter"]):
         self._atomic.__exit__(None, None, None)
 
 
+def read_feature_rows(dataset: h5py.Dataset) -> np.ndarray:
+    """A features dataset's rows as float32, however the file stores them (extract.feature_dtype):
+    every stage computes in float32, so a float16 file changes the disk, not the arithmetic."""
+    return np.asarray(dataset[:], dtype=np.float32)
+
+
 def read_features(
     path: str | os.PathLike[str],
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """(features (N, D), coords (N, 2), attrs)."""
+    """(features (N, D) float32, coords (N, 2), attrs)."""
     with h5py.File(path, "r") as handle:
         return (
-            handle["features"][:],
+            read_feature_rows(handle["features"]),
             handle["coords"][:].astype(np.int64),
             _decode_attrs(handle["features"].attrs),
         )

@@ -20,7 +20,9 @@ import pandas as pd
 import torch
 
 from hnm.core.errors import HnmError
+from hnm.io.h5io import read_feature_rows
 from hnm.mil.batch import BagBatch, make_batch
+from hnm.mil.files import FAILED_UPSTREAM
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +90,7 @@ def load_cohort(
     `feature_files` maps slide ids to the files the job was given (hnm.io.h5io.files_by_slide);
     a sheet slide without one is a missing input."""
     planned: list[tuple[pd.Series, Path, int]] = []
-    excluded: list[dict[str, str]] = []
+    excluded: list[dict[str, Any]] = []
     identities: list[dict[str, Any]] = []
     missing: list[str] = []
     dim: int | None = None
@@ -100,7 +102,7 @@ def load_cohort(
             missing.append(f"{slide_id}: {path or 'not passed'}")
             continue
         stat = path.stat()
-        rows, width, reason, seconds = _inspect(path, slide_id)
+        rows, width, reason, seconds, failure = _inspect(path, slide_id)
         identities.append(
             {
                 "slide": slide_id,
@@ -112,7 +114,9 @@ def load_cohort(
         )
         if reason:
             log.warning("excluding slide %s (%s): %s", slide_id, path, reason)
-            excluded.append({"slide_id": slide_id, "split": str(row["split"]), "reason": reason})
+            excluded.append(
+                {"slide_id": slide_id, "split": str(row["split"]), "reason": reason, **failure}
+            )
             continue
         if dim is None:
             dim, dim_source = width, slide_id
@@ -136,7 +140,7 @@ def load_cohort(
     start = 0
     for row, path, rows in planned:
         with h5py.File(path, "r") as handle:
-            block = np.asarray(handle["features"][:], dtype=np.float32)
+            block = read_feature_rows(handle["features"])  # float32, either dtype
             coords = _coords(handle, rows)
             side = patch_level0(dict(handle["features"].attrs))
         features[start : start + rows].copy_(torch.from_numpy(block))
@@ -180,9 +184,13 @@ def _coords(handle: h5py.File, rows: int) -> np.ndarray:
     return np.full((rows, 2), -1, dtype=np.int64)
 
 
-def _inspect(path: Path, slide_id: str) -> tuple[int, int, str, float]:
-    """(rows, feature dim, reason to exclude or "", extraction seconds) without reading the
-    features; the seconds are what the extraction stage recorded for the slide (0 if none)."""
+def _inspect(path: Path, slide_id: str) -> tuple[int, int, str, float, dict[str, Any]]:
+    """(rows, feature dim, reason to exclude or "", extraction seconds, failure) without reading
+    the features; the seconds are what the extraction stage recorded for the slide (0 if none).
+
+    `failure` is what the file says of a slide skipped upstream (failed, error, slide_path,
+    round), kept in the MIL's excluded_slides: with extract.keep_rounds the file itself is removed
+    after this round, and `hnm failures` then reads the skip from there."""
     try:
         with h5py.File(path, "r") as handle:
             if "features" not in handle:
@@ -193,6 +201,8 @@ def _inspect(path: Path, slide_id: str) -> tuple[int, int, str, float]:
             dataset = handle["features"]
             failed = dataset.attrs.get("failed", False)
             error = dataset.attrs.get("error", "")
+            slide_path = dataset.attrs.get("slide_path", "")
+            round_ = dataset.attrs.get("round")
             shape = dataset.shape
             seconds = float(dataset.attrs.get("seconds", 0.0))
     except OSError as error_:
@@ -200,12 +210,19 @@ def _inspect(path: Path, slide_id: str) -> tuple[int, int, str, float]:
             f"feature file {path} of slide '{slide_id}' cannot be read ({error_}); "
             "delete it and re-run extraction for this slide"
         ) from error_
-    if isinstance(error, bytes):
-        error = error.decode()
+    error, slide_path = (
+        v.decode() if isinstance(v, bytes) else str(v) for v in (error, slide_path)
+    )
     if bool(failed):
-        return 0, 0, f"marked failed upstream: {error or 'no reason given'}", seconds
+        failure = {
+            "failed": True,
+            "error": error,
+            "slide_path": slide_path,
+            "round": None if round_ is None else int(round_),
+        }
+        return 0, 0, f"{FAILED_UPSTREAM}{error or 'no reason given'}", seconds, failure
     if len(shape) != 2:
         raise HnmError(f"feature file {path} of slide '{slide_id}' has features of shape {shape}")
     if shape[0] == 0:
-        return 0, int(shape[1]), "no patches (empty feature file)", seconds
-    return int(shape[0]), int(shape[1]), "", seconds
+        return 0, int(shape[1]), "no patches (empty feature file)", seconds, {"failed": False}
+    return int(shape[0]), int(shape[1]), "", seconds, {"failed": False}

@@ -22,3 +22,9 @@ MIL_FILES: dict[str, str] = {
 def mil_file(folder: str | Path, name: str) -> Path:
     """The path of file `name` (a key of MIL_FILES) in MIL folder `folder`."""
     return Path(folder) / MIL_FILES[name]
+
+
+# How metrics.json's excluded_slides words a slide whose features file is marked failed (a skip at
+# tiling or extraction), before the error itself; `hnm failures` reads it back from MIL metrics
+# written before the entries carried `failed` and `error` as fields of their own.
+FAILED_UPSTREAM = "marked failed upstream: "
