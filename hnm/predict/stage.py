@@ -83,7 +83,7 @@ def predict_slides(
         columns=PREDICTION_COLUMNS,
     )
     for item in cohort.excluded:
-        log.warning("%s: not predicted: %s", item.get("slide"), item.get("reason"))
+        log.warning("%s: not predicted: %s", item.get("slide_id"), item.get("reason"))
     with atomic_path(out_predictions) as temporary:
         predictions.to_csv(temporary, index=False)
     write_parquet(Path(out_scores), scores)
