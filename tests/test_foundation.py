@@ -343,3 +343,15 @@ def test_every_preset_is_documented() -> None:
         if preset.card:
             assert preset.card in docs
             assert all(f in docs for f in preset.weight_files)
+
+
+def test_the_comparison_runs_frozen_and_adapters_as_methods() -> None:
+    from hnm.compare.spec import load_spec
+
+    spec = load_spec(Path(__file__).parents[1] / "config" / "compare_foundation.yaml")
+    assert set(spec.methods) == {"frozen", "lora_rounds"} and spec.reference == "frozen"
+    assert [Path(f).name for f in spec.configfiles] == ["paper.yaml", "foundation.yaml"]
+    frozen, adapted = spec.run_config(0, "frozen"), spec.run_config(0, "lora_rounds")
+    assert frozen["encoder"]["preset"] == adapted["encoder"]["preset"] == "uni"
+    assert frozen["rounds"] == 0 and adapted["rounds"] == 5
+    assert adapted["finetune"]["adapter"] == "lora"
