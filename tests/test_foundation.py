@@ -171,6 +171,23 @@ def test_published_layout_loads_strictly_and_gives_the_feature_width(
     assert preset.feature_dim == CARD_WIDTH[name] // get_preset(name).embed_dim * 16
 
 
+@pytest.mark.parametrize("name", PUBLISHED)
+def test_each_preset_refuses_a_truncated_or_foreign_file(tmp_path: Path, name: str) -> None:
+    preset = get_preset(name).reduced()
+    good = write_weights(tmp_path / "good.bin", reference_weights(name))
+    truncated = tmp_path / "truncated.bin"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size * 2 // 3])
+    with pytest.raises(CheckpointError, match=rf"encoder\.preset {name}-reduced: .*truncated\.bin"):
+        load_base_backbone(truncated, preset.vit, preset.name)
+    other = PUBLISHED[(PUBLISHED.index(name) + 1) % len(PUBLISHED)]
+    foreign = write_weights(tmp_path / f"{other}.safetensors", reference_weights(other))
+    with pytest.raises(CheckpointError) as caught:
+        load_base_backbone(foreign, preset.vit, preset.name)
+    text = str(caught.value)
+    assert f"encoder.preset {name}-reduced: " in text and f"{other}.safetensors" in text
+    assert re.search(r"\d+ (missing key|unexpected key|key\(s\) of another shape)", text), text
+
+
 def test_truncated_and_foreign_files_are_refused_naming_the_preset(tmp_path: Path) -> None:
     uni = get_preset("uni").reduced()
     good = write_weights(tmp_path / "uni.bin", reference_weights("uni"))
