@@ -140,3 +140,45 @@ def test_gradient_checkpointing_gives_the_same_gradients() -> None:
     assert model.backbone.gradient_checkpointing
     for plain, recomputed in zip(*grads):
         torch.testing.assert_close(plain, recomputed)
+
+
+def test_resumable_checkpoint_keeps_only_what_trains(tmp_path: Path) -> None:
+    """An epoch's checkpoint under adapters holds the head and the adapters (not the frozen
+    backbone), and loading it restores them; an epoch that meets an unreadable slide starts again
+    from the weights it started from."""
+    from hnm.core.checkpoint import Checkpointer
+    from hnm.core.errors import SlideError
+    from hnm.core.restart import train_skipping_bad_slides
+
+    model = tiny_encoder()
+    settings = FinetuneSettings(adapter="lora")
+    prepare_training(model, settings, "r0.pt", torch.device("cpu"))
+    optimizer = make_optimizer(model, settings, None)
+    views = torch.cat([images(), images(seed=2)])
+    labels = torch.tensor([0, 0, 0, 0, 1, 1])
+    failures = iter([True, False])
+    skipped = []
+
+    def epochs(done: int):  # noqa: ANN202
+        for epoch in range(done, 2):
+            for _ in range(2):
+                contrastive_update(model, optimizer, views, labels, "negative", settings, "fp32")
+            if epoch == 1 and next(failures):
+                raise SlideError("s1", "s1.svs", "unreadable")
+            yield epoch + 1
+
+    checkpointer = Checkpointer(tmp_path / "ckpt", "fp")
+    done = train_skipping_bad_slides(
+        model, optimizer, 0, 2, epochs, checkpointer, {}, lambda e, n: skipped.append((e, n))
+    )
+    assert done == 2 and [n for _, n in skipped] == [1]
+    state = torch.load(checkpointer.path, weights_only=False)
+    assert state["model"] and not any(k.startswith("backbone.") for k in state["model"])
+    fresh = tiny_encoder()
+    prepare_training(fresh, settings, "r0.pt", torch.device("cpu"))
+    fresh.load_trainable_state(state["model"])
+    with torch.no_grad():
+        assert torch.equal(fresh.features(images()), model.features(images()))
+    with pytest.raises(RuntimeError, match="missing"):
+        fresh.load_trainable_state({k: v for k, v in state["model"].items() if "head" not in k})
+    checkpointer.close()
