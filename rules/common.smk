@@ -19,6 +19,7 @@ from hnm.core.gpu_slots import command_prefix
 from hnm.core.overrides import typed_overrides
 from hnm.core.renames import check_section_names
 from hnm.core.reproducible import job_environment
+from hnm.encoders.presets import workflow_problems
 from hnm.evaluate.settings import PROBE_SETTINGS
 from hnm.extract.batches import extraction_batches
 from hnm.extract.keep import kept_rounds, pruned_rounds, round_pattern
@@ -62,7 +63,17 @@ KEPT_ROUNDS = kept_rounds(ROUNDS, int(config["extract"]["keep_rounds"]))
 # (rule pretrain) when no weights file is given and pretrain.epochs > 0, starting from
 # init_encoder's random weights, which then go to INITIAL_ENCODER; otherwise init_encoder's file
 # (the given weights, or random ones) is round 0's encoder itself.
-PRETRAIN = not config["encoder"]["weights"] and int(config["pretrain"]["epochs"]) > 0
+# A foundation-model preset (encoder.preset, docs/foundation.md) starts from its published
+# weights: no SimCLR pretraining; its weights file and the tiling are checked here, before any job.
+PRESET = config["encoder"]["preset"]
+PRESET_CHECK = workflow_problems(config)
+if PRESET_CHECK.problems:
+    raise WorkflowError("; ".join(PRESET_CHECK.problems))
+PRETRAIN = (
+    not PRESET
+    and not config["encoder"]["weights"]
+    and int(config["pretrain"]["epochs"]) > 0
+)
 INITIAL_ENCODER = (
     "results/pretrain/initial_encoder.pt" if PRETRAIN else "results/r0/encoder.pt"
 )
@@ -75,11 +86,13 @@ if workflow.is_main_process and not QUIET_ALL:
     print(
         round0_start(
             config["encoder"]["weights"],
-            int(config["pretrain"]["epochs"]),
-            config["encoder"]["arch"],
+            0 if PRESET else int(config["pretrain"]["epochs"]),
+            PRESET or config["encoder"]["arch"],
         )[1],
         file=sys.stderr,
     )
+    for note in PRESET_CHECK.notes:
+        print(f"hnm: {note}", file=sys.stderr)
 
 try:
     if DEMO:

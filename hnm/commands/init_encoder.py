@@ -24,6 +24,8 @@ def run(args: argparse.Namespace) -> int:
     from hnm.encoders.inputs import resolve_input
 
     settings = EncoderSettings.from_args(args)
+    if settings.preset:
+        return _init_preset(args, settings)
     kwargs = dict(settings.arch_kwargs)
     if not settings.arch.startswith(("torchvision:", "timm:")):
         kwargs = {"norm": settings.norm, **kwargs}
@@ -66,4 +68,46 @@ def run(args: argparse.Namespace) -> int:
         model.feature_dim,
         weights_digest(model.backbone)[:12],
     )
+    return 0
+
+
+def _init_preset(args: argparse.Namespace, settings: EncoderSettings) -> int:
+    """Round 0's encoder from a foundation-model preset: its published weights, named (path and
+    sha256) in the encoder file rather than copied, and its own input convention."""
+    from hnm.encoders import save_encoder_file
+    from hnm.encoders.foundation import build_preset_encoder
+    from hnm.encoders.inputs import resolve_input
+
+    model = build_preset_encoder(
+        settings.preset,
+        settings.weights,
+        args.seed,
+        settings.proj_dim,
+        allow_other_mpp=settings.allow_other_mpp,
+    )
+    if settings.channel_order != "auto" or settings.normalize != "auto":
+        model.spec = resolve_input(model.spec, None, settings.channel_order, settings.normalize)
+    base = model.base
+    log.info(
+        "encoder.preset %s: %d-d features, input %s %d px, mean %s, std %s; weights %s",
+        settings.preset,
+        model.feature_dim,
+        model.spec.channel_order.upper(),
+        model.spec.patch_size,
+        model.spec.mean,
+        model.spec.std,
+        f"{base.path} (sha256 {base.sha256[:12]}, named in the encoder file, not copied)"
+        if base
+        else f"random from seed {args.seed}",
+    )
+    save_encoder_file(
+        args.out,
+        model,
+        source=base.path if base else f"random:{args.seed}",
+        source_sha256=base.sha256 if base else "",
+        epoch=0,
+        round=0,
+        extra={"seed": args.seed},
+    )
+    log.info("wrote %s", args.out)
     return 0

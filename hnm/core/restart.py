@@ -36,7 +36,7 @@ def train_skipping_bad_slides(
     slides), then `on_epoch_end(count)` runs. `skip_slide(error, done)` forgets a slide before its
     epoch starts again, or is None to let the error end the job."""
     while done < total:
-        before = copy.deepcopy((model.state_dict(), optimizer.state_dict()))
+        before = copy.deepcopy((_state(model), optimizer.state_dict()))
         try:
             for count in epochs(done):
                 done = count
@@ -44,18 +44,33 @@ def train_skipping_bad_slides(
                     {
                         "epoch": epoch_offset + done,
                         "done": done,
-                        "model": model.state_dict(),
+                        "model": _state(model),
                         "optimizer": optimizer.state_dict(),
                         **record,
                     }
                 )
                 if on_epoch_end is not None:
                     on_epoch_end(done)
-                before = copy.deepcopy((model.state_dict(), optimizer.state_dict()))
+                before = copy.deepcopy((_state(model), optimizer.state_dict()))
         except SlideError as error:
             if skip_slide is None:
                 raise
-            model.load_state_dict(before[0])
+            _load_state(model, before[0])
             optimizer.load_state_dict(before[1])
             skip_slide(error, done)
     return done
+
+
+def _state(model: torch.nn.Module) -> dict[str, Any]:
+    """What must be kept to resume: a model with a frozen backbone under adapters says which
+    part trains (SimCLRModel.trainable_state), so gigabytes of frozen weights are not copied."""
+    trainable = getattr(model, "trainable_state", None)
+    return trainable() if trainable is not None else model.state_dict()
+
+
+def _load_state(model: torch.nn.Module, state: dict[str, Any]) -> None:
+    load = getattr(model, "load_trainable_state", None)
+    if load is not None:
+        load(state)
+    else:
+        model.load_state_dict(state)

@@ -72,3 +72,16 @@ def check_patch_size(arch: str, arch_kwargs: dict[str, Any], patch_size: int) ->
             f"{arch}, but {patch_size} px patches give {side} x {side}; use tile.patch_size >= "
             f"{RESNET_STRIDE + 1} (the paper: 224) or encoder.norm batch"
         )
+
+
+def check_preset_resolution(meta: Any, tiles_attrs: dict[str, Any], tiles_path: str) -> None:
+    """Refuse to extract a foundation model's features from patches at a resolution it was not
+    trained at (encoder.allow_other_mpp in its encoder file allows it)."""
+    from hnm.encoders.presets import resolution_advice, resolution_mismatch
+
+    target = float(tiles_attrs.get("target_mpp", float("nan")))
+    if not meta.preset or target != target:  # not a preset, or a tiles file without it
+        return
+    text = resolution_mismatch(meta.preset, tuple(meta.mpp), target)
+    if text and not meta.allow_other_mpp:
+        raise ConfigError(f"{text} in {tiles_path}{resolution_advice(tuple(meta.mpp))}")

@@ -3,7 +3,9 @@
 An encoder's definition includes its input convention (RGB order, mean/std, nominal patch size), so
 the file that carries its weights also carries how to feed it; nobody re-derives normalisation in a
 second place. Our own ResNets need no extra package; `torchvision:<name>` and `timm:<name>` build
-those libraries' models when they are installed (imported only then).
+those libraries' models when they are installed (imported only then). `vit` is our own Vision
+Transformer in timm's parameter names (hnm.encoders.vit), which the foundation-model presets
+(hnm.encoders.presets) build with their published sizes.
 """
 
 from __future__ import annotations
@@ -37,6 +39,11 @@ class EncoderSpec:
     fixed_input: bool = False
     # Key prefixes of the ImageNet classifier that weight files carry and a backbone drops.
     classifier_prefixes: tuple[str, ...] = ("fc.",)
+    # Foundation-model presets (hnm.encoders.presets): the name, the resolutions (um/px) it was
+    # trained at, and whether tiling at another one was allowed (encoder.allow_other_mpp).
+    preset: str = ""
+    mpp: tuple[float, ...] = ()
+    allow_other_mpp: bool = False
 
 
 _OWN = {
@@ -47,7 +54,7 @@ _OWN = {
 
 
 def known_archs() -> list[str]:
-    return sorted(_OWN) + ["torchvision:<name>", "timm:<name>"]
+    return sorted(_OWN) + ["vit", "torchvision:<name>", "timm:<name>"]
 
 
 def build_backbone(
@@ -67,11 +74,31 @@ def build_backbone(
         except ValueError as error:
             raise ConfigError(f"encoder '{arch}': {error}") from error
         return model, EncoderSpec(arch=arch, arch_kwargs=kwargs, feature_dim=dim)
+    if arch == "vit":
+        return _vit(kwargs)
     if arch.startswith("torchvision:"):
         return _torchvision(arch, kwargs)
     if arch.startswith("timm:"):
         return _timm(arch, kwargs)
     raise ConfigError(f"unknown encoder '{arch}'; choose one of {', '.join(known_archs())}")
+
+
+def _vit(kwargs: dict[str, Any]) -> tuple[nn.Module, EncoderSpec]:
+    """Our ViT from its full set of sizes (an encoder file records them; presets give them)."""
+    from hnm.encoders.vit import VisionTransformer
+
+    try:
+        model = VisionTransformer(**kwargs)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"encoder 'vit' {kwargs}: {error}") from error
+    return model, EncoderSpec(
+        arch="vit",
+        arch_kwargs=kwargs,
+        feature_dim=model.feature_dim,
+        patch_size=model.img_size,
+        fixed_input=not model.dynamic_img_size,
+        classifier_prefixes=("head.",),
+    )
 
 
 def _optional(module: str, arch: str) -> Any:

@@ -7,6 +7,7 @@ from typing import Any
 
 from hnm.core.settings import StageSettings, setting
 from hnm.encoders.inputs import CHANNEL_ORDERS, NORMALISATIONS
+from hnm.encoders.presets import preset_names
 from hnm.encoders.simclr import PROJECTION_DIM
 
 
@@ -16,10 +17,24 @@ class EncoderSettings(StageSettings):
 
     `weights` empty means random weights from the seed, said loudly in the log: features are then
     not pretrained. `norm` applies to our own ResNets only (DSMIL/ItS2CLR weights use instance
-    norm); `arch_kwargs` reaches torchvision/timm models.
+    norm); `arch_kwargs` reaches torchvision/timm models. `preset` names a pathology foundation
+    model (hnm.encoders.presets); it then fixes the architecture and input, `weights` must be its
+    published file, and arch, norm and arch_kwargs are not used.
     """
 
     section = "encoder"
+
+    preset: str = setting(
+        "",
+        "pathology foundation model (docs/foundation.md): uni, uni2_h, virchow2, h_optimus_0, "
+        "prov_gigapath, or vit_tiny_test (tests); empty: the encoder named by arch",
+        choices=("", *preset_names()),
+    )
+    allow_other_mpp: bool = setting(
+        False,
+        "use a preset at a tiling resolution (tile.target_mpp) other than the one it was "
+        "trained at",
+    )
 
     arch: str = setting(
         "resnet_mini",

@@ -31,6 +31,7 @@ import torch
 
 from hnm.core.checkpoint import file_digest
 from hnm.core.errors import CheckpointError
+from hnm.encoders.safetensors_io import read_safetensors
 from hnm.encoders.simclr import SimCLRModel
 
 log = logging.getLogger(__name__)
@@ -68,17 +69,8 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Any:
         raise CheckpointError(
             f"weights file {path} not found; check the path (or use empty weights for random init)"
         )
-    if path.suffix == ".safetensors":  # timm / Hugging Face weights
-        try:
-            from safetensors.torch import load_file
-        except ImportError as error:
-            raise CheckpointError(
-                f"{path} is a safetensors file; install the 'safetensors' package to read it"
-            ) from error
-        try:
-            return load_file(str(path), device="cpu")
-        except Exception as error:
-            raise CheckpointError(f"{path} cannot be read as safetensors ({error})") from error
+    if path.suffix == ".safetensors":  # timm / Hugging Face weights (read without the package)
+        return read_safetensors(path)
     try:
         # Training scripts often pickle their argparse settings beside the weights.
         with torch.serialization.safe_globals([argparse.Namespace]):
@@ -121,6 +113,11 @@ def _strip(key: str) -> str:
             if key.startswith(prefix):
                 key, changed = key[len(prefix) :], True
     return key
+
+
+def plain_state_dict(raw: Any, path: Path) -> dict[str, torch.Tensor]:
+    """The state dict inside `raw` (wrappers unwrapped), with `module.`/`_orig_mod.` stripped."""
+    return {_strip(k): v for k, v in _unwrap(raw, path).items()}
 
 
 def split_checkpoint(

@@ -25,7 +25,7 @@ from hnm.core.errors import ConfigError, SlideError
 from hnm.core.progress import Progress
 from hnm.core.threads import usable_cores
 from hnm.encoders import EncoderFileMeta, load_encoder_file, read_encoder_meta
-from hnm.encoders.inputs import check_patch_size
+from hnm.encoders.inputs import check_patch_size, check_preset_resolution
 from hnm.extract.settings import ExtractSettings
 from hnm.extract.sources import choose_source
 from hnm.io.h5io import FeatureWriter, read_tiles_or_fail
@@ -264,6 +264,7 @@ def extract_slide(
     model, meta, backbone = encoder.load(device)
     geometry = PatchGeometry.from_attrs(tiles_attrs)
     check_patch_size(meta.arch, meta.arch_kwargs, geometry.patch_size)
+    check_preset_resolution(meta, tiles_attrs, tiles_path)
     if geometry.patch_size != meta.patch_size:
         if model.spec.fixed_input:
             raise ConfigError(

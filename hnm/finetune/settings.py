@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from hnm.contrastive.lr import LR_SCHEDULES, learning_rate, stepped_learning_rate
 from hnm.core.settings import ON_SLIDE_ERROR, PRECISIONS, StageSettings, setting
+from hnm.encoders.presets import LORA_TARGETS
 
 # SupCon batch means (hnm.finetune.supcon).
 AVERAGES = ("anchors", "all_views")
@@ -139,7 +140,40 @@ class FinetuneSettings(EncoderSchedule):
         "round's sets and list it in results/qc/failed_slides.tsv)",
         choices=ON_SLIDE_ERROR,
     )
+    adapter: str = setting(
+        "none",
+        "what the rounds train: none (the whole encoder, as the paper) or lora (low-rank "
+        "adapters on a frozen foundation-model backbone, encoder.preset; docs/foundation.md)",
+        choices=("none", "lora"),
+    )
+    lora_rank: int = setting(8, "rank r of each LoRA adapter", minimum=1)
+    lora_alpha: float = setting(
+        16.0, "LoRA scale alpha: an adapter's update is multiplied by alpha / r", above=0
+    )
+    lora_targets: list[str] = setting(
+        ["qkv", "proj"],
+        "layers of each block that get an adapter: qkv and proj (the attention projections), "
+        "fc1, fc2 (the MLP)",
+    )
+    lora_last_blocks: int = setting(
+        0, "adapters on the last N transformer blocks only (0: every block)", minimum=0
+    )
+    gradient_checkpointing: bool = setting(
+        False,
+        "recompute each transformer block's activations in the backward pass: less memory for "
+        "a foundation model, at about a third more compute",
+    )
     seed: int = 0
+
+    def check(self) -> list[str]:
+        problems = super().check()
+        unknown = sorted(set(self.lora_targets) - set(LORA_TARGETS))
+        if unknown or not self.lora_targets:
+            problems.append(
+                f"lora_targets {self.lora_targets} must name one or more of "
+                f"{', '.join(LORA_TARGETS)}"
+            )
+        return problems
 
     def rate(self, global_epoch: int, step: int, steps: int) -> float:
         """The learning rate of one step (lr_schedule)."""

@@ -48,6 +48,7 @@ from hnm.core.progress import Progress
 from hnm.core.restart import train_skipping_bad_slides
 from hnm.encoders.inputs import check_patch_size
 from hnm.encoders.model_file import load_encoder_file, save_encoder_file
+from hnm.finetune.adapters import prepare_training, trainable_parameters
 from hnm.finetune.plan import Pools, StepPlan, plan_epoch, steps_per_epoch
 from hnm.finetune.reading import StepPatches, skip_slide, usable_pools
 from hnm.finetune.settings import FinetuneSettings
@@ -143,13 +144,14 @@ def train_epoch(
 def make_optimizer(
     model: torch.nn.Module, settings: FinetuneSettings, state: dict[str, Any] | None
 ) -> torch.optim.SGD:
-    """SGD over backbone and head; a carried-over state keeps its momentum buffers.
+    """SGD over backbone and head (under adapters: adapters and head); a carried-over state
+    keeps its momentum buffers.
 
     The hyper-parameters are always this run's settings (a state saved with other ones would
     otherwise override them silently).
     """
     optimizer = torch.optim.SGD(
-        model.parameters(),
+        trainable_parameters(model),
         lr=settings.lr,
         momentum=settings.momentum,
         weight_decay=settings.weight_decay,
@@ -211,6 +213,7 @@ def finetune(
     all_sets = read_sets(sets_path)
     tiles_files = files_by_slide(tiles, "tiles")
     model, meta = load_encoder_file(encoder_in, device)
+    prepare_training(model, settings, os.fspath(encoder_in), device)
     start_epoch = meta.epoch
     epochs = job_epochs(settings, meta.round, start_epoch, encoder_in)
     precision = resolve_precision(settings.precision, device)
@@ -234,7 +237,7 @@ def finetune(
     skipped: dict[str, dict[str, str]] = {}  # slide -> path and reason (on_slide_error: skip)
     state = checkpointer.load()
     if state is not None:
-        model.load_state_dict(state["model"])
+        model.load_trainable_state(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         done, timing = state["done"], state["timing"]
         skipped = state.get("skipped", {})
