@@ -22,6 +22,7 @@ import argparse
 import re
 import sys
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -118,24 +119,29 @@ def parse_dependency(dep: str) -> tuple[str, str]:
     return match.group(1), match.group(2)
 
 
+def pip_dependencies(envs: Path) -> Iterator[tuple[Path, str, str, str]]:
+    """(env file, conda name, pinned version, pip name) of every pip-installable dependency of
+    every env, in file order: what both the tier's pins and the bound check read."""
+    for path in sorted(envs.glob("*.yaml")):
+        for dep in env_dependencies(path):
+            conda_name, version = parse_dependency(dep)
+            if conda_name not in NOT_PIP:
+                yield path, conda_name, version, CONDA_TO_PIP.get(conda_name, conda_name)
+
+
 def env_pins(envs: Path = REPO / "envs") -> dict[str, Pin]:
     """pip name (normalized) -> the envs' pin. Every env must pin a package at the same version:
     one virtualenv can prove only one version of it."""
     seen: dict[str, Pin] = {}
-    for path in sorted(envs.glob("*.yaml")):
-        for dep in env_dependencies(path):
-            conda_name, version = parse_dependency(dep)
-            if conda_name in NOT_PIP:
-                continue
-            pip_name = CONDA_TO_PIP.get(conda_name, conda_name)
-            key = normalize(pip_name)
-            if key in seen and seen[key].version != version:
-                raise ValueError(
-                    f"{conda_name}: {path.name} pins {version}, {', '.join(seen[key].envs)} "
-                    f"{seen[key].version}; the conda-pins tier needs one version"
-                )
-            envs_so_far = seen[key].envs if key in seen else ()
-            seen[key] = Pin(pip_name, conda_name, version, (*envs_so_far, path.name))
+    for path, conda_name, version, pip_name in pip_dependencies(envs):
+        key = normalize(pip_name)
+        if key in seen and seen[key].version != version:
+            raise ValueError(
+                f"{conda_name}: {path.name} pins {version}, {', '.join(seen[key].envs)} "
+                f"{seen[key].version}; the conda-pins tier needs one version"
+            )
+        envs_so_far = seen[key].envs if key in seen else ()
+        seen[key] = Pin(pip_name, conda_name, version, (*envs_so_far, path.name))
     return seen
 
 
@@ -234,32 +240,27 @@ def bound_problems(
     """
     bounds = lower_bounds(pyproject)
     problems = []
-    for path in sorted(envs.glob("*.yaml")):
-        for dep in env_dependencies(path):
-            conda_name, version = parse_dependency(dep)
-            if conda_name in NOT_PIP:
-                continue
-            pip_name = CONDA_TO_PIP.get(conda_name, conda_name)
-            key = normalize(pip_name)
-            if key not in bounds:
-                problems.append(f"{path.name} pins {conda_name}, which pyproject.toml lacks")
-            elif bounds[key] is None:
-                problems.append(f"pyproject.toml's {pip_name} has no >= bound")
-            elif release(version) < release(bounds[key]):
-                problems.append(
-                    f"{path.name} pins {conda_name} ={version}, below pyproject.toml's "
-                    f"{pip_name}>={bounds[key]}"
-                )
-            elif release(version) > release(bounds[key]):
-                proves = (
-                    f"(the conda-pins tier runs {OVERRIDES[pip_name].version} instead)"
-                    if pip_name in OVERRIDES
-                    else "the version the conda-pins tier proves"
-                )
-                problems.append(
-                    f"pyproject.toml's {pip_name}>={bounds[key]} is below {path.name}'s "
-                    f"{conda_name} ={version}, {proves}: raise it"
-                )
+    for path, conda_name, version, pip_name in pip_dependencies(envs):
+        key = normalize(pip_name)
+        if key not in bounds:
+            problems.append(f"{path.name} pins {conda_name}, which pyproject.toml lacks")
+        elif bounds[key] is None:
+            problems.append(f"pyproject.toml's {pip_name} has no >= bound")
+        elif release(version) < release(bounds[key]):
+            problems.append(
+                f"{path.name} pins {conda_name} ={version}, below pyproject.toml's "
+                f"{pip_name}>={bounds[key]}"
+            )
+        elif release(version) > release(bounds[key]):
+            proves = (
+                f"(the conda-pins tier runs {OVERRIDES[pip_name].version} instead)"
+                if pip_name in OVERRIDES
+                else "the version the conda-pins tier proves"
+            )
+            problems.append(
+                f"pyproject.toml's {pip_name}>={bounds[key]} is below {path.name}'s "
+                f"{conda_name} ={version}, {proves}: raise it"
+            )
     for line in requirements.read_text().splitlines():
         name = requirement_name(line)
         pinned = re.search(r"==\s*([\w.]+)", line.split("#", 1)[0])

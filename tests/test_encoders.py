@@ -257,7 +257,7 @@ def test_key_mismatches_name_the_keys(tmp_path):
     torch.save(build_encoder("resnet18").backbone.state_dict(), tmp_path / "r18.pth")
     with pytest.raises(
         CheckpointError,
-        match=r"r18.pth \(plain layout\) does not fit.*unexpected, first \['layer1.1",
+        match=r"r18.pth \(plain layout\) does not fit.*unexpected key\(s\), first \[.layer1.1",
     ):
         load_weights(tmp_path / "r18.pth", _target())
     state = dict(_source().backbone.state_dict())

@@ -22,10 +22,9 @@ import torch
 from hnm.core.checkpoint import file_digest
 from hnm.core.errors import CheckpointError
 from hnm.encoders.vit import VisionTransformer
-from hnm.encoders.weights import plain_state_dict, read_checkpoint
+from hnm.encoders.weights import layout_problems, plain_state_dict, read_checkpoint
 
 log = logging.getLogger(__name__)
-_SHOWN = 5
 
 
 @dataclass(frozen=True)
@@ -57,27 +56,6 @@ def expected_layout(vit_kwargs: Mapping[str, Any]) -> dict[str, tuple[int, ...]]
     """Every state-dict key of the network and its shape, computed on the meta device."""
     model = build_vit(vit_kwargs, "meta")
     return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
-
-
-def layout_problems(
-    expected: Mapping[str, tuple[int, ...]], given: Mapping[str, torch.Tensor]
-) -> str:
-    """Missing, unexpected and wrongly shaped keys, each with its count and the first few."""
-    missing = [k for k in expected if k not in given]
-    unexpected = [k for k in given if k not in expected]
-    shapes = [
-        f"{k} {tuple(given[k].shape)} (the preset's {expected[k]})"
-        for k in expected
-        if k in given and tuple(given[k].shape) != expected[k]
-    ]
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing key(s), e.g. {missing[:_SHOWN]}")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[:_SHOWN]}")
-    if shapes:
-        parts.append(f"{len(shapes)} key(s) of another shape, e.g. {shapes[:_SHOWN]}")
-    return "; ".join(parts)
 
 
 def read_base_state(path: Path, preset: str) -> dict[str, torch.Tensor]:

@@ -261,22 +261,30 @@ def load_weights(
     return report
 
 
-def _mismatches(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor]) -> str:
+def layout_problems(
+    expected: Mapping[str, tuple[int, ...]], given: Mapping[str, torch.Tensor]
+) -> str:
+    """Missing, unexpected and wrongly shaped keys of a weights file against the network's
+    (key -> shape), each kind with its count and the first few: what a refused file's error says."""
     missing = [k for k in expected if k not in given]
     unexpected = [k for k in given if k not in expected]
     shapes = [
-        f"{k} {tuple(given[k].shape)} vs ours {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in given and tuple(given[k].shape) != tuple(v.shape)
+        f"{k} {tuple(given[k].shape)} (ours {tuple(expected[k])})"
+        for k in expected
+        if k in given and tuple(given[k].shape) != tuple(expected[k])
     ]
     parts = []
     if missing:
-        parts.append(f"{len(missing)} missing, first {missing[:_SHOWN]}")
+        parts.append(f"{len(missing)} missing key(s), first {missing[:_SHOWN]}")
     if unexpected:
-        parts.append(f"{len(unexpected)} unexpected, first {unexpected[:_SHOWN]}")
+        parts.append(f"{len(unexpected)} unexpected key(s), first {unexpected[:_SHOWN]}")
     if shapes:
-        parts.append(f"{len(shapes)} with other shapes, first {shapes[:_SHOWN]}")
+        parts.append(f"{len(shapes)} key(s) of another shape, first {shapes[:_SHOWN]}")
     return "; ".join(parts)
+
+
+def _mismatches(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor]) -> str:
+    return layout_problems({k: tuple(v.shape) for k, v in expected.items()}, given)
 
 
 def _load_strict(
