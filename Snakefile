@@ -30,6 +30,7 @@ report: "workflow/report/workflow.rst"
 
 
 include: "rules/common.smk"
+include: "rules/lists.smk"
 include: "rules/sheet.smk"
 include: "rules/demo.smk"
 include: "rules/tile.smk"

@@ -13,8 +13,10 @@ import argparse
 import importlib
 import logging
 import sys
+from types import ModuleType
 
 from hnm import __version__
+from hnm.core.arglists import PREFIX
 from hnm.core.errors import HnmError
 from hnm.core.lifetime import exit_with_parent
 from hnm.core.renames import RENAMED_COMMANDS
@@ -55,6 +57,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def stage_parser(stage: str) -> tuple[ModuleType, argparse.ArgumentParser]:
+    """The stage's module and its parser. `@FILE` stands for the arguments listed in FILE, one
+    per line (hnm.core.arglists): the workflow passes per-slide file lists that way, since a
+    shell command longer than 128 KiB cannot start."""
+    module = importlib.import_module(f"hnm.commands.{STAGES[stage][0]}")
+    parser = argparse.ArgumentParser(
+        prog=f"hnm {stage}", description=STAGES[stage][1], fromfile_prefix_chars=PREFIX
+    )
+    module.add_arguments(parser)
+    return module, parser
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         exit_with_parent()
@@ -69,12 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     parser = build_parser()
     known, rest = parser.parse_known_args(argv[: _stage_position(argv) + 1])
-    module = importlib.import_module(f"hnm.commands.{STAGES[known.stage][0]}")
-    stage_parser = argparse.ArgumentParser(
-        prog=f"hnm {known.stage}", description=STAGES[known.stage][1]
-    )
-    module.add_arguments(stage_parser)
-    args = stage_parser.parse_args(argv[_stage_position(argv) + 1 :])
+    module, parser_of_stage = stage_parser(known.stage)
+    args = parser_of_stage.parse_args(argv[_stage_position(argv) + 1 :])
     logging.basicConfig(
         level=logging.DEBUG if known.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

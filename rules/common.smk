@@ -13,6 +13,7 @@ from snakemake.utils import validate
 
 sys.path.insert(0, workflow.basedir)
 
+from hnm.core.arglists import list_digest, write_list
 from hnm.core.cliflags import to_flags
 from hnm.core.errors import SheetError
 from hnm.core.gpu_slots import command_prefix
@@ -183,6 +184,34 @@ def tiles(slides=None):
     )
 
 
+# A stage that takes one file per slide gets the paths as `@results/lists/NAME.txt`, one per line
+# (hnm.core.arglists; written by the file_list rule): a job's shell command longer than 128 KiB cannot
+# start, and one path per slide passes that at a few thousand slides. The consuming rule still
+# declares the files themselves (what it waits for, and what temp() removes after it); its list is
+# ancient(), so a rewritten list re-runs nothing that the files themselves would not.
+FILE_LISTS = {}
+
+
+def file_list(name, paths, folder="results"):
+    """Register `paths` as the list file `folder`/lists/`name`.txt; that file, for a rule's input."""
+    path = f"{folder}/lists/{name}.txt"
+    FILE_LISTS[path] = [str(each) for each in paths]
+    return ancient(path)
+
+
+def listed_paths(path):
+    if path not in FILE_LISTS:
+        raise WorkflowError(f"{path} is not a list this workflow writes")
+    return FILE_LISTS[path]
+
+
+def write_file_list(path, log):
+    """Rule file_list's job: the list, and in its log how many paths it holds."""
+    paths = listed_paths(path)
+    write_list(path, paths)
+    Path(log).write_text(f"{len(paths)} paths, sha256 {list_digest(paths)}\n")
+
+
 def slide_batches(size):
     """{batch name: slides}; a slide's batch depends on its id only (hnm.extract.batches)."""
     return extraction_batches(SLIDES, size)
@@ -190,6 +219,15 @@ def slide_batches(size):
 
 def features(round_):
     return expand("results/r{round}/features/{slide}.h5", round=round_, slide=SLIDES)
+
+
+for _round in range(ROUNDS + 1):
+    file_list(f"features_r{_round}", features(_round))
+
+
+def features_list(round_):
+    """Round `round_`'s features as a list file (every round's is registered above)."""
+    return ancient(f"results/lists/features_r{round_}.txt")
 
 
 def mil_outputs(round_):
@@ -338,6 +376,11 @@ def predict_file(kind, slide, extension):
 def predict_files(kind, extension, slides=None):
     slides = PREDICT_SLIDES if slides is None else slides
     return [predict_file(kind, slide, extension) for slide in slides]
+
+
+def predict_list(kind, paths):
+    """A list file (file_list) in the prediction's own folder."""
+    return file_list(kind, paths, folder=PREDICT_DIR)
 
 
 def predict_mpp_flag(wildcards):

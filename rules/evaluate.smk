@@ -7,6 +7,7 @@ rule evaluate:
         unpack(lambda wildcards: mil_outputs(wildcards.round)),
         sheet="results/sheet_eval.tsv",
         tiles=tiles(),
+        tiles_list=file_list("tiles_all", tiles()),
     output:
         metrics="results/r{round}/eval/metrics.json",
         predictions="results/r{round}/eval/predictions.csv",
@@ -22,7 +23,7 @@ rule evaluate:
     shell:
         "python -m hnm evaluate --sheet {input.sheet:q} --mil-metrics {input.metrics:q} "
         "--mil-slides {input.slides:q} --train-scores {input.train:q} --val-scores {input.val:q} "
-        "--test-scores {input.test:q} --tiles {input.tiles:q} --out {output.metrics:q} "
+        "--test-scores {input.test:q} --tiles @{input.tiles_list:q} --out {output.metrics:q} "
         "--predictions {output.predictions:q} {params.settings} > {log:q} 2>&1"
 
 
@@ -35,7 +36,9 @@ rule probe:
         sheet="results/sheet.tsv",
         eval_sheet="results/sheet_eval.tsv",
         features=lambda wildcards: features(wildcards.round),
+        features_list=lambda wildcards: features_list(wildcards.round),
         tiles=tiles(),
+        tiles_list=file_list("tiles_all", tiles()),
         evaluation="results/r{round}/eval/metrics.json",
     output:
         "results/r{round}/eval/probe.json",
@@ -59,7 +62,7 @@ rule probe:
         gpu_slot=GPU_SLOT if MIL_SEEDS else "",
     shell:
         "{params.gpu_slot}python -m hnm probe --sheet {input.sheet:q} --eval-sheet "
-        "{input.eval_sheet:q} --features {input.features:q} --tiles {input.tiles:q} "
+        "{input.eval_sheet:q} --features @{input.features_list:q} --tiles @{input.tiles_list:q} "
         "--eval-metrics {input.evaluation:q} --out {output:q} --seed {params.seed} "
         "--device {params.device} --threads {threads} {params.mil} {params.evaluation} "
         "> {log:q} 2>&1"

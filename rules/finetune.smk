@@ -7,6 +7,7 @@ rule finetune:
         encoder=lambda wildcards: f"results/r{int(wildcards.round) - 1}/encoder.pt",
         sets=lambda wildcards: f"results/r{int(wildcards.round) - 1}/mining/sets.parquet",
         tiles=tiles(TRAIN_SLIDES),
+        tiles_list=file_list("tiles_train", tiles(TRAIN_SLIDES)),
     output:
         "results/r{round}/encoder.pt",
     log:
@@ -30,7 +31,7 @@ rule finetune:
         device=config["device"],
         gpu_slot=GPU_SLOT,
     shell:
-        "{params.gpu_slot}python -m hnm finetune --sheet {input.sheet:q} --sets {input.sets:q} --tiles {input.tiles:q} "
+        "{params.gpu_slot}python -m hnm finetune --sheet {input.sheet:q} --sets {input.sets:q} --tiles @{input.tiles_list:q} "
         "--encoder-in {input.encoder:q} --out {output:q} --checkpoint-dir {params.checkpoints:q} "
         "--rounds {params.rounds} --seed {params.seed} "
         "--device {params.device} --threads {threads} {params.settings} > {log:q} 2>&1"

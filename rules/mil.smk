@@ -5,6 +5,7 @@ rule mil:
     input:
         sheet="results/sheet.tsv",
         features=lambda wildcards: features(wildcards.round),
+        features_list=lambda wildcards: features_list(wildcards.round),
     output:
         **mil_outputs("{round}"),
     log:
@@ -26,6 +27,6 @@ rule mil:
         device=config["device"],
         gpu_slot=GPU_SLOT,
     shell:
-        "{params.gpu_slot}python -m hnm mil --sheet {input.sheet:q} --features {input.features:q} "
+        "{params.gpu_slot}python -m hnm mil --sheet {input.sheet:q} --features @{input.features_list:q} "
         "--out-dir {params.folder:q} --checkpoint-dir {params.checkpoints:q} --seed {params.seed} "
         "--device {params.device} --threads {threads} {params.settings} > {log:q} 2>&1"

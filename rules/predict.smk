@@ -31,6 +31,12 @@ if PREDICT.sheet:
         shell:
             "python -m hnm check-sheet --new-slides {params.sheet:q} --out {output:q} > {log:q} 2>&1"
 
+    use rule file_list as predict_file_list with:
+        output:
+            f"{PREDICT_DIR}/lists/{{name}}.txt",
+        log:
+            f"{PREDICT_DIR}/logs/lists/{{name}}.log",
+
     use rule tile as predict_tile with:
         input:
             slide=lambda wildcards: PREDICT_ROWS[wildcards.slide]["path"],
@@ -65,6 +71,7 @@ if PREDICT.sheet:
         input:
             sheet=f"{PREDICT_DIR}/sheet.tsv",
             features=predict_files("features", "h5"),
+            features_list=predict_list("features", predict_files("features", "h5")),
             model=mil_outputs(ROUNDS)["model"],
             metrics=mil_outputs(ROUNDS)["metrics"],
         output:
@@ -87,7 +94,7 @@ if PREDICT.sheet:
             gpu_slot=GPU_SLOT,
         shell:
             "{params.gpu_slot}python -m hnm predict --sheet {input.sheet:q} --features "
-            "{input.features:q} --model {input.model:q} --mil-metrics {input.metrics:q} "
+            "@{input.features_list:q} --model {input.model:q} --mil-metrics {input.metrics:q} "
             "--out-predictions {output.predictions:q} --out-scores {output.scores:q} "
             "--out-summary {output.summary:q} --device {params.device} --threads {threads} "
             "> {log:q} 2>&1"
@@ -99,6 +106,8 @@ if PREDICT.sheet:
             scores=f"{PREDICT_DIR}/scores.parquet",
             tiles=predict_files("tiles", "h5"),
             slides=[PREDICT_ROWS[slide]["path"] for slide in PREDICT_SLIDES],
+            tiles_list=predict_list("tiles", predict_files("tiles", "h5")),
+            out_list=predict_list("heatmaps_png", predict_files("heatmaps", "png")),
         output:
             predict_files("heatmaps", "png"),
         log:
@@ -110,6 +119,10 @@ if PREDICT.sheet:
         input:
             scores=f"{PREDICT_DIR}/scores.parquet",
             tiles=predict_files("tiles", "h5"),
+            tiles_list=predict_list("tiles", predict_files("tiles", "h5")),
+            out_list=predict_list(
+                "heatmaps_geojson", predict_files("heatmaps", "geojson")
+            ),
         output:
             predict_files("heatmaps", "geojson"),
         log:

@@ -31,6 +31,7 @@ if PRETRAIN:
             sheet="results/sheet.tsv",
             encoder=INITIAL_ENCODER,
             tiles=tiles(TRAIN_SLIDES),
+            tiles_list=file_list("tiles_train", tiles(TRAIN_SLIDES)),
         output:
             "results/r0/encoder.pt",
         log:
@@ -51,7 +52,7 @@ if PRETRAIN:
             device=config["device"],
             gpu_slot=GPU_SLOT,
         shell:
-            "{params.gpu_slot}python -m hnm pretrain --sheet {input.sheet:q} --tiles {input.tiles:q} "
+            "{params.gpu_slot}python -m hnm pretrain --sheet {input.sheet:q} --tiles @{input.tiles_list:q} "
             "--encoder-in {input.encoder:q} --out {output:q} --checkpoint-dir {params.checkpoints:q} "
             "--seed {params.seed} --device {params.device} --threads {threads} {params.settings} "
             "> {log:q} 2>&1"

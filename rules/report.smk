@@ -14,7 +14,11 @@ rule failures:
     # tiles file, a round's features file or a fine-tuned encoder records it, so all are read.
     input:
         tiles=tiles(),
+        tiles_list=file_list("tiles_all", tiles()),
         features=[path for r in KEPT_ROUNDS for path in features(r)],
+        features_list=file_list(
+            "features_kept", [path for r in KEPT_ROUNDS for path in features(r)]
+        ),
         mil_metrics=[mil_outputs(r)["metrics"] for r in PRUNED_ROUNDS],
         encoders=expand("results/r{round}/encoder.pt", round=range(1, ROUNDS + 1)),
     output:
@@ -27,7 +31,7 @@ rule failures:
         mem_mb=1000,
         runtime=10,
     shell:
-        "python -m hnm failures --tiles {input.tiles:q} --features {input.features:q} "
+        "python -m hnm failures --tiles @{input.tiles_list:q} --features @{input.features_list:q} "
         + FAILURES_MIL_FLAG
         + "--encoders {input.encoders:q} --out {output:q} > {log:q} 2>&1"
 

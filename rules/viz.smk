@@ -10,6 +10,11 @@ rule heatmaps:
         scores=FINAL_SCORES,
         tiles=tiles(EVAL_SLIDES),
         slides=[slide_file(s) for s in EVAL_SLIDES],
+        tiles_list=file_list("tiles_eval", tiles(EVAL_SLIDES)),
+        out_list=file_list(
+            "heatmaps_png",
+            expand("results/final/heatmaps/{slide}.png", slide=EVAL_SLIDES),
+        ),
     output:
         expand("results/final/heatmaps/{slide}.png", slide=EVAL_SLIDES),
     log:
@@ -25,7 +30,8 @@ rule heatmaps:
         settings=f"{evaluation_flags()} {flags('viz')}",
     shell:
         "python -m hnm heatmaps --sheet {input.sheet:q} --predictions {input.predictions:q} "
-        "--scores {input.scores:q} --tiles {input.tiles:q} --out {output:q} {params.settings} "
+        "--scores {input.scores:q} --tiles @{input.tiles_list:q} --out @{input.out_list:q} "
+        "{params.settings} "
         "> {log:q} 2>&1"
 
 
@@ -33,6 +39,11 @@ rule qupath:
     input:
         scores=FINAL_SCORES,
         tiles=tiles(),
+        tiles_list=file_list("tiles_all", tiles()),
+        out_list=file_list(
+            "heatmaps_geojson",
+            expand("results/final/heatmaps/{slide}.geojson", slide=SLIDES),
+        ),
     output:
         expand("results/final/heatmaps/{slide}.geojson", slide=SLIDES),
     log:
@@ -45,7 +56,8 @@ rule qupath:
         mem_mb=2000,
         runtime=30,
     shell:
-        "python -m hnm qupath --scores {input.scores:q} --tiles {input.tiles:q} --out {output:q} "
+        "python -m hnm qupath --scores {input.scores:q} --tiles @{input.tiles_list:q} "
+        "--out @{input.out_list:q} "
         "> {log:q} 2>&1"
 
 
@@ -55,6 +67,7 @@ rule mined:
         sets="results/r{round}/mining/sets.parquet",
         tiles=tiles(TRAIN_SLIDES),
         slides=[slide_file(s) for s in TRAIN_SLIDES],
+        tiles_list=file_list("tiles_train", tiles(TRAIN_SLIDES)),
     output:
         overlay=report(
             "results/final/mined/r{round}.overlay.png",
@@ -85,7 +98,7 @@ rule mined:
         settings=f"{evaluation_flags()} {flags('viz')}",
     shell:
         "python -m hnm mined --sheet {input.sheet:q} --round {wildcards.round} "
-        "--sets {input.sets:q} --tiles {input.tiles:q} --out-overlay {output.overlay:q} "
+        "--sets {input.sets:q} --tiles @{input.tiles_list:q} --out-overlay {output.overlay:q} "
         "--out-gallery {output.gallery:q} {params.settings} > {log:q} 2>&1"
 
 
@@ -101,6 +114,7 @@ rule figures:
         mil_epochs=expand("results/r{round}/mil/epochs.csv", round=range(ROUNDS + 1)),
         test_scores=mil_outputs(ROUNDS)["test"],
         tiles=tiles(TEST_SLIDES),
+        tiles_list=file_list("tiles_test", tiles(TEST_SLIDES)),
     output:
         roc=figure_output("roc", "Test performance", "ROC curves"),
         confusion=figure_output("confusion", "Test performance", "confusion matrix"),
@@ -123,7 +137,7 @@ rule figures:
         "python -m hnm figures --sheet {input.sheet:q} --predictions {input.predictions:q} "
         "--mil-metrics {input.mil_metrics:q} --eval-metrics {input.eval_metrics:q} "
         "--mil-epochs {input.mil_epochs:q} --finetune-epochs {input.finetune:q} "
-        "--test-scores {input.test_scores:q} --tiles {input.tiles:q} --out-roc {output.roc:q} "
+        "--test-scores {input.test_scores:q} --tiles @{input.tiles_list:q} --out-roc {output.roc:q} "
         "--out-rounds {output.rounds:q} --out-confusion {output.confusion:q} "
         "--out-finetune {output.finetune:q} --out-mil {output.mil:q} {params.settings} "
         "> {log:q} 2>&1"

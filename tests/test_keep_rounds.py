@@ -70,7 +70,11 @@ def test_the_plan_removes_the_older_rounds_features_after_their_mil_and_probe(
     # The failures table reads the removed rounds from their MIL's metrics, not the files.
     failures = next(line for line in lines if "python -m hnm failures" in line)
     assert "--mil-metrics results/r0/mil/metrics.json results/r1/mil/metrics.json" in failures
-    assert "results/r0/features/" not in failures and "results/r2/features/" in failures
+    # its features (a list file on the command line) are the kept round's alone
+    start = lines.index("rule failures:")
+    inputs = next(line for line in lines[start:] if line.strip().startswith("input:"))
+    assert "results/r0/features/" not in inputs and "results/r2/features/" in inputs
+    assert "--features @results/lists/features_kept.txt" in failures
 
 
 def test_keep_all_leaves_the_plan_as_it_was_and_a_round0_target_keeps_its_features(
@@ -79,8 +83,11 @@ def test_keep_all_leaves_the_plan_as_it_was_and_a_round0_target_keeps_its_featur
     (tmp_path / "all").mkdir()
     plan = _plan(tmp_path / "all", "--config", "rounds=2")
     assert "Would remove" not in plan and "_pruned" not in plan
-    failures = next(line for line in plan.splitlines() if "python -m hnm failures" in line)
-    assert "--mil-metrics" not in failures and "results/r0/features/" in failures
+    lines = plan.splitlines()
+    failures = next(line for line in lines if "python -m hnm failures" in line)
+    start = lines.index("rule failures:")
+    inputs = next(line for line in lines[start:] if line.strip().startswith("input:"))
+    assert "--mil-metrics" not in failures and "results/r0/features/" in inputs
     # hnm compare builds a seed's round-0 features with this target: they must stay for the
     # methods to share, even where round 0 is one that the methods' runs remove.
     (tmp_path / "round0").mkdir()
