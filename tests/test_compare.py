@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -11,7 +12,14 @@ import pytest
 import yaml
 
 from hnm.compare.paired import paired_differences
-from hnm.compare.runner import COHORT_SHARED, _check_shared, _share
+from hnm.compare.runner import (
+    COHORT_SHARED,
+    SECONDS_NAME,
+    _add_seconds,
+    _check_shared,
+    _hold,
+    _share,
+)
 from hnm.compare.spec import load_spec
 from hnm.compare.table import FinalScores
 from hnm.core.errors import HnmError
@@ -156,6 +164,34 @@ def test_shared_files_are_links_and_a_recomputed_one_is_named(tmp_path: Path) ->
         _check_shared(source, tmp_path / "run", ("tiles", "sheet.tsv"))
 
 
+def test_one_compare_at_a_time_holds_the_output_folder(tmp_path: Path) -> None:
+    with _hold(tmp_path / "out"):
+        with pytest.raises(HnmError, match=rf"another `hnm compare` \(process {os.getpid()}\)"):
+            with _hold(tmp_path / "out"):
+                pass
+    with _hold(tmp_path / "out"):  # released when the first one ended
+        pass
+
+
+def test_a_folders_seconds_add_up_over_invocations(tmp_path: Path) -> None:
+    assert _add_seconds(tmp_path, 100.0) == 100.0
+    assert _add_seconds(tmp_path, 5.5) == 105.5  # a resume that found most of it done
+    assert (tmp_path / SECONDS_NAME).exists()
+
+
+def _kill_mid_report(folder: Path) -> None:
+    """What a run killed (SIGKILL) during its report job leaves: the report's output missing and
+    Snakemake's lock files naming its outputs (paths as Snakemake writes them, relative)."""
+    (folder / "results" / "final" / "rounds.csv").unlink()
+    locks = folder / ".snakemake" / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    outputs = sorted(
+        p.relative_to(folder).as_posix() for p in (folder / "results" / "final").glob("*")
+    )
+    (locks / "0.output.lock").write_text("\n".join([*outputs, "results/final/rounds.csv"]))
+    (locks / "0.input.lock").write_text("")
+
+
 @pytest.mark.workflow
 def test_a_small_comparison_writes_its_tables(tmp_path: Path, tiny_run: FinishedRun) -> None:
     """Two round-0 methods at one seed on the tests' tiny cohort: shared folders, tables, summary.
@@ -209,3 +245,32 @@ def test_a_small_comparison_writes_its_tables(tmp_path: Path, tiny_run: Finished
     for method in ("plain", "ranked"):
         twin = out / "seed3" / method / "results" / "r0" / "features" / features[0].name
         assert twin.stat().st_ino == features[0].stat().st_ino
+
+    # A run killed mid-way leaves Snakemake's lock; the same command then resumes past it, and
+    # each run's time adds up over both invocations.
+    first = {r["name"]: r["seconds"] for r in json.loads((out / "timing.json").read_text())["runs"]}
+    plain = out / "seed3" / "plain"
+    _kill_mid_report(plain)
+    # Snakemake itself refuses the folder (what `hnm compare` used to stop on).
+    locked = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
+         "--directory", str(plain), "--configfile", str(TEST_CONFIGS / "tiny.yaml"),
+         str(plain / "compare.yaml"), "--cores", "1"],
+        capture_output=True, text=True, env=_env(), cwd=REPO, timeout=300,
+    )  # fmt: skip
+    assert "LockException" in locked.stdout + locked.stderr
+    again = subprocess.run(
+        [sys.executable, "-m", "hnm", "compare", "--spec", str(path), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=REPO,
+        timeout=900,
+    )
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert "removing the lock a stopped run left" in again.stderr
+    assert (plain / "results" / "final" / "rounds.csv").exists()
+    second = {
+        r["name"]: r["seconds"] for r in json.loads((out / "timing.json").read_text())["runs"]
+    }
+    assert all(second[m] > first[m] for m in first), (first, second)

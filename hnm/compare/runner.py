@@ -12,7 +12,10 @@ change another's files; after each run the shared files are checked to be the ve
 which proves that nothing shared was recomputed with other settings.
 
 A folder that already exists is run again as it is, so an interrupted comparison resumes where it
-stopped (Snakemake redoes only unfinished jobs).
+stopped (Snakemake redoes only unfinished jobs). One `hnm compare` at a time holds the output
+folder (a lock file); holding it, any Snakemake lock left in a run folder is a killed run's, and is
+removed before that folder resumes. Each folder keeps the Snakemake time of all its invocations
+(`compare_seconds.json`), so a comparison that spans several sessions reports its whole cost.
 
 With extract.keep_rounds, a method's run removes its round-0 features once its round-0 MIL and
 probe are done. It removes its own links only: the inode stays with the seed's `_round0` folder
@@ -24,12 +27,16 @@ shared ones instead of extracting a copy of its own.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import logging
 import os
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,11 +55,14 @@ ROUND0_SHARED = ("pretrain", "r0/encoder.pt", "r0/features")
 # Shared files that a method's run may remove once used (extract.keep_rounds): not recomputed.
 PRUNABLE_SHARED = ("r0/features",)
 COHORT_TARGETS = ["tiles", "results/sheet.tsv", "results/sheet_eval.tsv"]
+LOCK_NAME = ".compare.lock"
+SECONDS_NAME = "compare_seconds.json"
 
 
 @dataclass(frozen=True)
 class RunRecord:
-    """One workflow run of the comparison and how long Snakemake took for it."""
+    """One workflow run of the comparison and how long Snakemake took for it (every
+    invocation's time, for a comparison resumed after a stop)."""
 
     name: str
     folder: Path
@@ -60,6 +70,34 @@ class RunRecord:
 
 
 def run_comparison(
+    spec: CompareSpec, out: Path, cores: int, snakemake_args: list[str]
+) -> list[RunRecord]:
+    with _hold(out):
+        return _run_all(spec, out, cores, snakemake_args)
+
+
+@contextlib.contextmanager
+def _hold(out: Path) -> Iterator[None]:
+    """The output folder's lock for this process's life, or an error naming the holder."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / LOCK_NAME, "a+") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise HnmError(
+                f"{out} is in use by another `hnm compare` (process {holder}); wait for it to "
+                "end, or stop it, then run this command again"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+
+
+def _run_all(
     spec: CompareSpec, out: Path, cores: int, snakemake_args: list[str]
 ) -> list[RunRecord]:
     cohort = out / "cohort"
@@ -148,19 +186,41 @@ def _run(
         *extra,
         *targets,
     ]
+    _remove_stale_lock(folder, command)
     log.info("running %s", folder)
     started = time.perf_counter()
-    with open(folder / "snakemake.log", "w") as console:
-        result = subprocess.run(command, stdout=console, stderr=subprocess.STDOUT, check=False)
-    seconds = time.perf_counter() - started
+    try:
+        with open(folder / "snakemake.log", "w") as console:
+            result = subprocess.run(command, stdout=console, stderr=subprocess.STDOUT, check=False)
+    finally:
+        seconds = _add_seconds(folder, time.perf_counter() - started)
     if result.returncode != 0:
         raise HnmError(
             f"the workflow in {folder} failed (exit {result.returncode}); its console output is "
             f"in {folder / 'snakemake.log'}. Fix the cause and run the same compare command "
             "again: finished folders are kept and the failed one resumes"
         )
-    log.info("%s done in %.0f s", folder, seconds)
+    log.info("%s done (%.0f s of Snakemake time in all)", folder, seconds)
     return seconds
+
+
+def _remove_stale_lock(folder: Path, command: list[str]) -> None:
+    """Unlock a folder that a killed run left locked. Only `hnm compare` runs Snakemake in these
+    folders, and this one holds the output folder (`_hold`), so a lock here is no live run's."""
+    locks = folder / ".snakemake" / "locks"
+    if not locks.is_dir() or not any(locks.iterdir()):
+        return
+    log.info("%s: removing the lock a stopped run left (snakemake --unlock)", folder)
+    subprocess.run([*command, "--unlock"], capture_output=True, check=True)
+
+
+def _add_seconds(folder: Path, seconds: float) -> float:
+    """This invocation's seconds added to the folder's total; the total."""
+    path = folder / SECONDS_NAME
+    total = json.loads(path.read_text())["seconds"] if path.exists() else 0.0
+    total += seconds
+    write_text(path, json.dumps({"seconds": total}) + "\n")
+    return total
 
 
 def _check_shared(source: Path, folder: Path, shared: tuple[str, ...]) -> None:

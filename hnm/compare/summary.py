@@ -58,7 +58,7 @@ def write_summary(
         "",
         f"Methods at seeds {seeds} (mean ± standard deviation over seeds), written by "
         f"`hnm compare`. Whole comparison: {wall_seconds / 60:.1f} min of wall time "
-        f"({len(records)} workflow runs).",
+        f"({len(records)} workflow runs, each counted over every invocation that ran it).",
         "",
         "## Final round, test split",
         "",
