@@ -1,0 +1,87 @@
+"""A cohort that grows: five slides added to a finished 40-slide run re-extract only the batches
+they join, and batches hold close to `extract.slides_per_job` slides."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from hnm.extract.batches import extraction_batches
+from tests.workflow_runner import jobs_run, run, write_config
+
+pytestmark = pytest.mark.workflow
+
+PER_JOB = 4
+# 40 small demo slides; round 0 from random weights (no pretraining, which reads every train tile
+# and so would re-extract everything when a slide joins).
+BASE = {
+    "rounds": 0,
+    "demo": {
+        "slides": {
+            "train": {"tumor": 10, "normal": 10},
+            "val": {"tumor": 5, "normal": 5},
+            "test": {"tumor": 5, "normal": 5},
+        },
+        "width": 1024,
+        "height": 1024,
+        "tumor_regions": 1,
+        "mimic_regions": 1,
+    },
+    "pretrain": {"epochs": 0},
+    "extract": {"slides_per_job": PER_JOB},
+}
+
+
+def _slide_ids(train_tumor: int) -> list[str]:
+    counts = {"train": (train_tumor, 10), "val": (5, 5), "test": (5, 5)}
+    return [
+        f"demo_{split}_{label}_{index:02d}"
+        for split, (tumor, normal) in counts.items()
+        for label, count in (("tumor", tumor), ("normal", normal))
+        for index in range(count)
+    ]
+
+
+def test_added_slides_re_extract_only_the_batches_they_join(tmp_path) -> None:  # noqa: ANN001
+    write_config(tmp_path, BASE)
+    first = jobs_run(run(tmp_path, "features_round0", timeout=1200))
+    before = extraction_batches(_slide_ids(10), PER_JOB)
+    assert sum(n for rule, n in first.items() if rule.startswith("extract_")) == len(before)
+
+    grown = {**BASE, "demo": {**BASE["demo"], "slides": {**BASE["demo"]["slides"]}}}
+    grown["demo"]["slides"]["train"] = {"tumor": 15, "normal": 10}
+    write_config(tmp_path, grown)
+    second = jobs_run(run(tmp_path, "features_round0", timeout=1200))
+    after = extraction_batches(_slide_ids(15), PER_JOB)
+    new = set(_slide_ids(15)) - set(_slide_ids(10))
+    # The batches whose members changed: those the new slides joined, and the halves of one that
+    # grew past slides_per_job and split (its old members' features are made again by the half
+    # they are now in). Every other batch keeps its name and members, and is not run.
+    changed = {name for name, members in after.items() if before.get(name) != members}
+    landed = {name for name in before for slide in new if slide in _members(after, name)}
+    assert all(any(name.startswith(leaf) for leaf in landed) or new & set(after[name])
+               for name in changed), (changed, landed)  # fmt: skip
+    extracted = {rule for rule in second if rule.startswith("extract_")}
+    assert extracted == {f"extract_{name}" for name in changed}, (extracted, changed)
+    assert len(changed) <= 2 * len(new) < len(after)  # most batches untouched
+    # The old slides' tiles and slides were not made again.
+    assert second.get("tile", 0) == len(new) and second.get("synth", 0) == len(new), second
+    # Batches average within a factor 2 of slides_per_job.
+    assert 45 / len(after) >= PER_JOB / 2
+
+
+def _members(batches: dict[str, list[str]], prefix: str) -> set[str]:
+    """The slides of every batch under the trie node `prefix` (a batch name)."""
+    return {s for name, members in batches.items() if name.startswith(prefix) for s in members}
+
+
+@pytest.mark.parametrize("per_job", [4, 16])
+def test_batches_average_within_a_factor_2_of_slides_per_job(per_job: int) -> None:
+    """The hash trie's leaves, at cohort sizes from 40 to 10,000 slides of random ids."""
+    rng = random.Random(0)
+    for slides in (40, 45, 100, 399, 1000, 3000, 10000):
+        ids = {f"TCGA-{rng.randrange(16**8):08X}" for _ in range(slides)}
+        batches = extraction_batches(ids, per_job)
+        assert max(map(len, batches.values())) <= per_job
+        assert len(ids) / len(batches) >= per_job / 2, (slides, per_job, len(batches))
