@@ -168,10 +168,16 @@ def slide_path(wildcards):
     return slide_file(wildcards.slide)
 
 
-def mpp_flag(row):
-    """--mpp from a sheet row's mpp column, or nothing where it is empty (None or NaN)."""
+def mpp_value(row):
+    """A sheet row's mpp, or None where the column is empty (None or NaN)."""
     mpp = row["mpp"]
-    return "" if mpp is None or mpp != mpp else f"--mpp {mpp}"
+    return None if mpp is None or mpp != mpp else mpp
+
+
+def mpp_flag(row):
+    """--mpp from a sheet row's mpp column, or nothing where it is empty."""
+    mpp = mpp_value(row)
+    return "" if mpp is None else f"--mpp {mpp}"
 
 
 def slide_mpp_flag(wildcards):

@@ -37,20 +37,15 @@ if PREDICT.sheet:
         log:
             f"{PREDICT_DIR}/logs/lists/{{name}}.log",
 
-    use rule tile as predict_tile with:
-        input:
-            slide=lambda wildcards: PREDICT_ROWS[wildcards.slide]["path"],
-        output:
-            tiles=predict_file("tiles", "{slide}", "h5"),
-            qc=predict_file("qc", "{slide}", "png"),
-        log:
-            f"{PREDICT_DIR}/logs/tile/{{slide}}.log",
-        benchmark:
-            f"{PREDICT_DIR}/benchmarks/tile/{{slide}}.tsv"
-        params:
-            mpp=predict_mpp_flag,
-            settings=flags("tile"),
-
+    tiling_rule(
+        "predict_tile",
+        slides=lambda wildcards: PREDICT_ROWS[wildcards.slide]["path"],
+        tiles_out=predict_file("tiles", "{slide}", "h5"),
+        qc_out=predict_file("qc", "{slide}", "png"),
+        mpp=predict_mpp_flag,
+        log=f"{PREDICT_DIR}/logs/tile/{{slide}}.log",
+        benchmark=f"{PREDICT_DIR}/benchmarks/tile/{{slide}}.tsv",
+    )
     # Extraction with the final round's encoder, cut into jobs as training's (rules/extract.smk).
     for batch, members in extraction_batches(
         PREDICT_SLIDES, config["extract"]["slides_per_job"]

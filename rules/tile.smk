@@ -1,27 +1,84 @@
-# Tissue detection and the patch grid, one job per slide (skipped slides: rule failures).
+# Tissue detection and the patch grid: one job per slide, or one per batch of at most
+# `tile.slides_per_job` slides (each batch its own rule, as extraction's: rules/extract.smk), a
+# slide's batch following from its id alone (hnm.extract.batches). Skipped slides: rule failures.
+TILE_SETTINGS = flags("tile", skip=["slides_per_job"])
 
 
-rule tile:
-    input:
-        slide=slide_path,
-    output:
-        tiles="results/tiles/{slide}.h5",
-        # not in the report itself: rule report_sample embeds small copies of a bounded sample
-        qc="results/qc/{slide}.png",
-    log:
-        "results/logs/tile/{slide}.log",
-    benchmark:
-        "results/benchmarks/tile/{slide}.tsv"
-    group:
-        "per_slide"
-    conda:
-        "../envs/slide.yaml"
-    resources:
-        mem_mb=retry_scaled("tile", "mem_mb"),
-        runtime=retry_scaled("tile", "runtime"),
-    params:
+def tiling_rule(name, slides, tiles_out, qc_out, mpp, log, benchmark, slide_ids=""):
+    """The one tiling rule, defined once per job shape: per slide (patterns with a `slide`
+    wildcard) or per batch (lists), for training's slides and predict's (rules/predict.smk).
+    The per-slide command is the one runs begun before batches existed recorded (Snakemake re-runs
+    a job whose command template changed)."""
+    per_slide = isinstance(slides, str) or callable(slides)
+    command = (
+        "python -m hnm tile --slide {input.slide:q} --slide-id "
+        + ("{wildcards.slide}" if per_slide else "{params.slide_ids}")
+        + " {params.mpp} {params.settings} --out {output.tiles:q} --qc {output.qc:q} "
+        "> {log:q} 2>&1"
+    )
+
+    rule:
+        name:
+            name
+        input:
+            slide=slides,
+        output:
+            tiles=tiles_out,
+            # not in the report itself: rule report_sample embeds small copies of a bounded sample
+            qc=qc_out,
+        log:
+            log,
+        benchmark:
+            benchmark
+        group:
+            "per_slide"
+        conda:
+            "../envs/slide.yaml"
+        resources:
+            mem_mb=retry_scaled("tile", "mem_mb"),
+            # resources.tile.runtime is per slide
+            runtime=retry_scaled(
+                "tile", "runtime", slides=1 if per_slide else len(slides)
+            ),
+        params:
+            # per batch only: a per-slide job's params are the ones runs begun before batches
+            # recorded (a changed set of params re-runs the job)
+            **({} if per_slide else {"slide_ids": slide_ids}),
+            mpp=mpp,
+            settings=TILE_SETTINGS,
+        shell:
+            command
+
+
+def batch_mpp_flag(rows):
+    """--mpp for a batch: each slide's sheet value, or `metadata` where the sheet has none."""
+    values = [mpp_value(row) for row in rows]
+    if all(value is None for value in values):
+        return ""
+    return "--mpp " + " ".join("metadata" if v is None else str(v) for v in values)
+
+
+if config["tile"]["slides_per_job"] == 1:
+    tiling_rule(
+        "tile",
+        slides=slide_path,
+        tiles_out="results/tiles/{slide}.h5",
+        qc_out="results/qc/{slide}.png",
         mpp=slide_mpp_flag,
-        settings=flags("tile"),
-    shell:
-        "python -m hnm tile --slide {input.slide:q} --slide-id {wildcards.slide} {params.mpp} "
-        "{params.settings} --out {output.tiles:q} --qc {output.qc:q} > {log:q} 2>&1"
+        log="results/logs/tile/{slide}.log",
+        benchmark="results/benchmarks/tile/{slide}.tsv",
+    )
+else:
+    for batch, members in extraction_batches(
+        SLIDES, config["tile"]["slides_per_job"]
+    ).items():
+        tiling_rule(
+            f"tile_{batch}",
+            slides=[slide_file(slide) for slide in members],
+            slide_ids=" ".join(members),
+            tiles_out=tiles(members),
+            qc_out=expand("results/qc/{slide}.png", slide=members),
+            mpp=batch_mpp_flag([SLIDE_ROWS[slide] for slide in members]),
+            log=f"results/logs/tile/{batch}.log",
+            benchmark=f"results/benchmarks/tile/{batch}.tsv",
+        )

@@ -289,3 +289,40 @@ def test_failures_names_an_unreadable_tiles_file(tmp_path, capsys) -> None:
     missing = tmp_path / "nope.h5"
     assert main(["failures", "--tiles", str(missing), "--out", str(tmp_path / "f.tsv")]) == 2
     assert str(missing) in capsys.readouterr().err
+
+
+def test_one_call_tiles_several_slides_as_separate_calls_do(test_slides, tmp_path) -> None:
+    """tile.slides_per_job: one process for a batch writes each slide's files exactly as one
+    process per slide does, each slide with its own --mpp (or its metadata)."""
+    cmu1, boxes = test_slides / "cmu-1-small-region.svs", test_slides / "boxes.tiff"
+    small = ["--patch-size", "16", "--target-mpp", "2.0", "--tissue-mpp", "2"]
+    small += ["--min-tissue-area-um2", "500", "--closing-um", "0", "--median-um", "0"]
+    assert _tile(cmu1, "cmu1", tmp_path / "one", *small) == 0
+    assert _tile(boxes, "boxes", tmp_path / "one", "--mpp", "0.5", *small) == 0
+    batch = tmp_path / "batch"
+    args = ["tile", "--slide", str(cmu1), str(boxes), "--slide-id", "cmu1", "boxes"]
+    args += ["--out", str(batch / "cmu1.h5"), str(batch / "boxes.h5")]
+    args += ["--qc", str(batch / "cmu1.png"), str(batch / "boxes.png"), *small]
+    assert main([*args, "--mpp", "metadata", "0.5"]) == 0
+    for slide_id in ("cmu1", "boxes"):
+        (alone, alone_attrs), (batched, batched_attrs) = (
+            read_tiles(folder / f"{slide_id}.h5") for folder in (tmp_path / "one", batch)
+        )
+        assert np.array_equal(alone, batched) and len(alone)
+        assert {k: v for k, v in alone_attrs.items() if k != "timings"} == {
+            k: v for k, v in batched_attrs.items() if k != "timings"
+        }
+    assert read_tiles(batch / "boxes.h5")[1]["mpp_source"] == "sheet"
+    assert read_tiles(batch / "cmu1.h5")[1]["mpp_source"] == "metadata"
+
+
+def test_a_batch_with_uneven_lists_is_refused(test_slides, tmp_path, capsys) -> None:
+    slide = str(test_slides / "cmu-1-small-region.svs")
+    args = ["tile", "--slide", slide, slide, "--slide-id", "a", "b", "--out", "a.h5", "b.h5"]
+    assert main([*args, "--qc", str(tmp_path / "a.png")]) == 2
+    assert "give one of each per slide" in capsys.readouterr().err
+    assert main([*args, "--qc", "a.png", "b.png", "--mpp", "0.5"]) == 2
+    assert "1 value(s) for 2 slide(s)" in capsys.readouterr().err
+    assert main([*args, "--qc", "a.png", "b.png", "--mpp", "0.5", "fast"]) == 2
+    assert "neither a number nor 'metadata'" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

@@ -1,5 +1,5 @@
-"""A cohort that grows: five slides added to a finished 40-slide run re-extract only the batches
-they join, and batches hold close to `extract.slides_per_job` slides."""
+"""A cohort that grows: five slides added to a finished 40-slide run re-tile and re-extract only
+the batches they join, and batches hold close to `slides_per_job` slides."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ BASE = {
         "mimic_regions": 1,
     },
     "pretrain": {"epochs": 0},
+    "tile": {"slides_per_job": PER_JOB},
     "extract": {"slides_per_job": PER_JOB},
 }
 
@@ -48,6 +49,7 @@ def test_added_slides_re_extract_only_the_batches_they_join(tmp_path) -> None:  
     first = jobs_run(run(tmp_path, "features_round0", timeout=1200))
     before = extraction_batches(_slide_ids(10), PER_JOB)
     assert sum(n for rule, n in first.items() if rule.startswith("extract_")) == len(before)
+    assert sum(n for rule, n in first.items() if rule.startswith("tile_")) == len(before)
 
     grown = {**BASE, "demo": {**BASE["demo"], "slides": {**BASE["demo"]["slides"]}}}
     grown["demo"]["slides"]["train"] = {"tumor": 15, "normal": 10}
@@ -65,8 +67,11 @@ def test_added_slides_re_extract_only_the_batches_they_join(tmp_path) -> None:  
     extracted = {rule for rule in second if rule.startswith("extract_")}
     assert extracted == {f"extract_{name}" for name in changed}, (extracted, changed)
     assert len(changed) <= 2 * len(new) < len(after)  # most batches untouched
-    # The old slides' tiles and slides were not made again.
-    assert second.get("tile", 0) == len(new) and second.get("synth", 0) == len(new), second
+    # Tiling is batched the same way (tile.slides_per_job): the same batches are tiled again,
+    # and only the new slides are drawn.
+    tiled = {rule for rule in second if rule.startswith("tile_")}
+    assert tiled == {f"tile_{name}" for name in changed}, (tiled, changed)
+    assert second.get("synth", 0) == len(new), second
     # Batches average within a factor 2 of slides_per_job.
     assert 45 / len(after) >= PER_JOB / 2
 

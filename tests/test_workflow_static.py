@@ -69,10 +69,13 @@ def rules_with_stages() -> dict[str, tuple[str, str]]:
     functions: dict[str, tuple[str, str]] = {}
     for path in sorted((REPO / "rules").glob("*.smk")):
         text = path.read_text()
-        # Shell commands kept in a constant (shared by several rules): NAME = ("python -m hnm ...
+        # Shell commands kept in a variable (shared by several rules, or chosen in a rule-defining
+        # function): NAME = ("python -m hnm ...
         constants = dict(
             re.findall(
-                r"^(\w+) = \(\s*\n\s*\"(?:\{params\.gpu_slot\})?(python -m hnm [\w-]+)", text, re.M
+                r"^\s*(\w+) = \(\s*\n\s*\"(?:\{params\.gpu_slot\})?(python -m hnm [\w-]+)",
+                text,
+                re.M,
             )
         )
         # A rule defined by a function (rules/extract.smk's extraction_rule) is named by its calls:

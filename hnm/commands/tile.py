@@ -1,4 +1,7 @@
-"""`hnm tile`: tissue detection and the patch grid of one slide -> tiles HDF5 + QC PNG.
+"""`hnm tile`: tissue detection and the patch grid of each slide -> tiles HDF5 + QC PNG.
+
+Several slides per call (`--slide A B --slide-id a b ...`, tile.slides_per_job in the workflow)
+pay the interpreter and imports once.
 
 The stage is hnm.tile.stage.tile_to_files (what skip and fail mode do is said there); the tiling
 flags, their defaults and why are declared once in hnm.tile.settings.TileSettings.
@@ -9,21 +12,52 @@ from __future__ import annotations
 import argparse
 import logging
 
+from hnm.core.errors import HnmError
 from hnm.tile.settings import TileSettings
+
+# What --mpp says for a slide whose level-0 resolution comes from its own metadata.
+FROM_METADATA = "metadata"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--slide", required=True, help="slide file (anything openslide opens)")
-    parser.add_argument("--slide-id", required=True, help="id used in messages and file attributes")
-    parser.add_argument("--out", required=True, help="tiles HDF5 to write (results/tiles/ID.h5)")
-    parser.add_argument("--qc", required=True, help="QC PNG to write (results/qc/ID.png)")
+    parser.add_argument(
+        "--slide", nargs="+", required=True, help="slide file(s) (anything openslide opens)"
+    )
+    parser.add_argument(
+        "--slide-id", nargs="+", required=True, help="one id per slide (messages, attributes)"
+    )
+    parser.add_argument(
+        "--out", nargs="+", required=True, help="tiles HDF5 per slide (results/tiles/ID.h5)"
+    )
+    parser.add_argument(
+        "--qc", nargs="+", required=True, help="QC PNG per slide (results/qc/ID.png)"
+    )
     parser.add_argument(
         "--mpp",
-        type=float,
+        nargs="+",
         default=None,
-        help="level-0 um/px to use instead of the slide's metadata (the sheet's mpp column)",
+        help="level-0 um/px per slide instead of its metadata (the sheet's mpp column); "
+        f"'{FROM_METADATA}' for a slide whose metadata is to be used",
     )
     TileSettings.add_arguments(parser)
+
+
+def slide_mpps(values: list[str] | None, slides: int) -> list[float | None]:
+    """--mpp as one value per slide (None: the slide's metadata), or an error saying what to pass."""
+    if values is None:
+        return [None] * slides
+    if len(values) != slides:
+        raise HnmError(f"--mpp gives {len(values)} value(s) for {slides} slide(s); give one each")
+    mpps: list[float | None] = []
+    for value in values:
+        if value == FROM_METADATA:
+            mpps.append(None)
+            continue
+        try:
+            mpps.append(float(value))
+        except ValueError:
+            raise HnmError(f"--mpp {value!r} is neither a number nor '{FROM_METADATA}'") from None
+    return mpps
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,8 +65,16 @@ def run(args: argparse.Namespace) -> int:
 
     # Bad settings are the user's, not the slide's: they fail even with --on-slide-error skip.
     settings = TileSettings.from_args(args)
+    counts = {len(args.slide_id), len(args.out), len(args.qc)}
+    if counts != {len(args.slide)}:
+        raise HnmError(
+            f"{len(args.slide)} --slide, {len(args.slide_id)} --slide-id, {len(args.out)} --out "
+            f"and {len(args.qc)} --qc: give one of each per slide"
+        )
+    mpps = slide_mpps(args.mpp, len(args.slide))
     # libvips reports each decoding step at INFO and a corrupt tile as a WARNING before we fall
     # back to openslide, which then gives the real verdict; keep job logs to what matters.
     logging.getLogger("pyvips").setLevel(logging.ERROR)
-    tile_to_files(args.slide, args.slide_id, args.out, args.qc, settings, args.mpp)
+    for slide, slide_id, out, qc, mpp in zip(args.slide, args.slide_id, args.out, args.qc, mpps):
+        tile_to_files(slide, slide_id, out, qc, settings, mpp)
     return 0
