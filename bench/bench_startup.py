@@ -15,6 +15,7 @@ difference gives.
 
     python bench/bench_startup.py                    # 1,000 slides, the demo config
     python bench/bench_startup.py --slides 100 --config paper
+    python bench/bench_startup.py --slides 300 --tile-slides-per-job 1 16   # batched tiling
 """
 
 from __future__ import annotations
@@ -64,17 +65,24 @@ def write_cohort(folder: Path, slides: int) -> Path:
     return sheet
 
 
-def run_workflow(folder: Path, sheet: Path, config: str, cores: int) -> float:
-    """The workflow's wall time for tiling and round-0 extraction of the sheet."""
-    overlay = folder / "overlay.yaml"
+def run_workflow(folder: Path, sheet: Path, config: str, cores: int, tile_batch: int) -> float:
+    """The workflow's wall time for tiling (`tile_batch` slides a job) and round-0 extraction of
+    the sheet, in folder/run_tile{tile_batch}."""
+    overlay = folder / f"overlay_tile{tile_batch}.yaml"
     overlay.write_text(
         yaml.safe_dump(
-            {"sheet": str(sheet), "rounds": 0, "pretrain": {"epochs": 0}, "device": "cpu"}
+            {
+                "sheet": str(sheet),
+                "rounds": 0,
+                "pretrain": {"epochs": 0},
+                "device": "cpu",
+                "tile": {"slides_per_job": tile_batch},
+            }
         )
     )
     command = [
         sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
-        "--directory", str(folder / "run"), "--configfile",
+        "--directory", str(folder / f"run_tile{tile_batch}"), "--configfile",
         *[str(path) for path in CONFIGS[config]], str(overlay),
         "--cores", str(cores), "features_round0",
     ]  # fmt: skip
@@ -155,36 +163,60 @@ def main() -> None:
     parser.add_argument("--config", choices=sorted(CONFIGS), default="demo")
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--keep", type=Path, default=None, help="folder to keep the runs in")
+    parser.add_argument(
+        "--tile-slides-per-job",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="one workflow run per value of tile.slides_per_job (1: a job per slide)",
+    )
     args = parser.parse_args()
+    runs = {}
     with tempfile.TemporaryDirectory(prefix="bench_startup_") as scratch:
         folder = args.keep or Path(scratch)
         sheet = write_cohort(folder, args.slides)
-        wall = run_workflow(folder, sheet, args.config, args.cores)
-        benchmarks = folder / "run" / "results" / "benchmarks"
-        tile_jobs = len(list((benchmarks / "tile").glob("*.tsv")))
-        extract_jobs = len(list((benchmarks / "r0" / "extract").glob("*.tsv")))
-        tiled = job_seconds(benchmarks / "tile")
-        extracted = job_seconds(benchmarks / "r0" / "extract")
+        for batch in args.tile_slides_per_job:
+            wall = run_workflow(folder, sheet, args.config, args.cores, batch)
+            benchmarks = folder / f"run_tile{batch}" / "results" / "benchmarks"
+            runs[batch] = {
+                "wall": wall,
+                "tile": (
+                    len(list((benchmarks / "tile").glob("*.tsv"))),
+                    job_seconds(benchmarks / "tile"),
+                ),
+                "extract": (
+                    len(list((benchmarks / "r0" / "extract").glob("*.tsv"))),
+                    job_seconds(benchmarks / "r0" / "extract"),
+                ),
+            }
+        first = folder / f"run_tile{args.tile_slides_per_job[0]}"
         tile_once = tile_in_one_process(sheet, folder / "one_process" / "tiles", args.config)
         extract_once = extract_in_one_process(
-            folder / "run", sheet, folder / "one_process" / "r0", args.config
+            first, sheet, folder / "one_process" / "r0", args.config
         )
     print(
-        f"machine: {os.cpu_count()} CPUs; {args.slides} slides, config {args.config}, "
-        f"--cores {args.cores}; workflow wall time {wall:.1f} s"
+        f"machine: {os.cpu_count()} CPUs; {args.slides} slides, config {args.config}, --cores {args.cores}"
     )
     print(
-        f"{'stage':>8} {'jobs':>6} {'jobs s':>8} {'1 proc s':>9} {'start-up s/job':>15} {'share':>6}"
+        f"{'tile batch':>10} {'wall s':>7} {'stage':>8} {'jobs':>6} {'jobs s':>8} {'1 proc s':>9} "
+        f"{'start-up s/job':>15} {'share':>6}"
     )
-    for stage, jobs, summed, once in (
-        ("tile", tile_jobs, tiled, tile_once),
-        ("extract", extract_jobs, extracted, extract_once),
-    ):
-        startup = (summed - once) / max(jobs, 1)
-        print(
-            f"{stage:>8} {jobs:>6} {summed:>8.1f} {once:>9.1f} {startup:>15.2f} "
-            f"{(summed - once) / summed:>6.0%}"
-        )
+    for batch, run in runs.items():
+        for stage, once in (("tile", tile_once), ("extract", extract_once)):
+            jobs, summed = run[stage]
+            startup = (summed - once) / max(jobs, 1)
+            print(
+                f"{batch:>10} {run['wall']:>7.1f} {stage:>8} {jobs:>6} {summed:>8.1f} "
+                f"{once:>9.1f} {startup:>15.2f} {(summed - once) / summed:>6.0%}"
+            )
+    if len(runs) > 1:
+        base, *others = runs
+        for batch in others:
+            print(
+                f"tile.slides_per_job {batch} against {base}: workflow wall time "
+                f"{runs[base]['wall'] / runs[batch]['wall']:.2f} x faster, tiling jobs' time "
+                f"{runs[base]['tile'][1] / runs[batch]['tile'][1]:.2f} x less"
+            )
 
 
 if __name__ == "__main__":
