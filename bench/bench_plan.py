@@ -36,9 +36,9 @@ CONFIGS = {"demo": [], "paper": [REPO / "config" / "paper.yaml"]}
 SPLITS = (("train", 0.54), ("val", 0.14), ("test", 0.32))  # Camelyon16's shares: 216 / 54 / 129
 
 
-def write_cohort(folder: Path, slides: int) -> Path:
-    """A sheet of `slides` rows, each its own file (a copy of the 2.6 kB slide: the sheet check
-    refuses two rows on one file), 40% tumor."""
+def write_cohort(folder: Path, slides: int, source: Path = SLIDE) -> Path:
+    """A sheet of `slides` rows, each its own file (a copy of `source`, by default the 2.6 kB
+    slide: the sheet check refuses two rows on one file), 40% tumor."""
     data = folder / "slides"
     data.mkdir(parents=True, exist_ok=True)
     rows = ["slide_id\tpath\tlabel\tsplit\tmpp"]
@@ -46,9 +46,9 @@ def write_cohort(folder: Path, slides: int) -> Path:
     for split, share in SPLITS:
         count = round(slides * share) if split != "test" else slides - start
         for index in range(start, start + count):
-            path = data / f"slide_{index:05d}.svs"
+            path = data / f"slide_{index:05d}{source.suffix}"
             if not path.exists():
-                shutil.copyfile(SLIDE, path)
+                shutil.copyfile(source, path)
             label = "tumor" if index % 5 < 2 else "normal"
             rows.append(f"slide_{index:05d}\t{path}\t{label}\t{split}\t0.5")
         start += count

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -36,33 +35,21 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_plan import CONFIGS, SPLITS  # noqa: E402
+from bench_plan import CONFIGS  # noqa: E402
+from bench_plan import write_cohort as plan_cohort  # noqa: E402
 
 
 def write_cohort(folder: Path, slides: int) -> Path:
-    """A sheet of `slides` copies of one synthetic tumor slide, Camelyon16's split shares."""
-    data = folder / "slides"
-    data.mkdir(parents=True, exist_ok=True)
-    source = data / "source.tiff"
+    """A sheet of `slides` copies of one synthetic tumor slide (bench_plan.py's sheet)."""
+    source = folder / "source" / "source.tiff"
+    source.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run(
         [sys.executable, "-m", "hnm", "synth", "--slide-id", "source", "--label", "1",
-         "--out", str(source), "--annotation", str(data / "source.geojson"),
+         "--out", str(source), "--annotation", str(source.with_suffix(".geojson")),
          "--width", "1024", "--height", "1024", "--tumor-regions", "1", "--mimic-regions", "1"],
         check=True, capture_output=True, cwd=REPO,
     )  # fmt: skip
-    rows = ["slide_id\tpath\tlabel\tsplit\tmpp"]
-    start = 0
-    for split, share in SPLITS:
-        count = round(slides * share) if split != "test" else slides - start
-        for index in range(start, start + count):
-            path = data / f"slide_{index:05d}.tiff"
-            shutil.copyfile(source, path)
-            label = "tumor" if index % 5 < 2 else "normal"
-            rows.append(f"slide_{index:05d}\t{path}\t{label}\t{split}\t0.5")
-        start += count
-    sheet = folder / "sheet.tsv"
-    sheet.write_text("\n".join(rows) + "\n")
-    return sheet
+    return plan_cohort(folder, slides, source)
 
 
 def run_workflow(folder: Path, sheet: Path, config: str, cores: int, tile_batch: int) -> float:

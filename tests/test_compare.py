@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -192,6 +194,14 @@ def _kill_mid_report(folder: Path) -> None:
     (locks / "0.input.lock").write_text("")
 
 
+def _compare(spec: Path, out: Path) -> subprocess.CompletedProcess[str]:
+    """`python -m hnm compare` as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "hnm", "compare", "--spec", str(spec), "--out", str(out)],
+        capture_output=True, text=True, env=_env(), cwd=REPO, timeout=900,
+    )  # fmt: skip
+
+
 @pytest.mark.workflow
 def test_a_small_comparison_writes_its_tables(tmp_path: Path, tiny_run: FinishedRun) -> None:
     """Two round-0 methods at one seed on the tests' tiny cohort: shared folders, tables, summary.
@@ -213,17 +223,7 @@ def test_a_small_comparison_writes_its_tables(tmp_path: Path, tiny_run: Finished
     out = tmp_path / "out"
     # The cohort as its run leaves it: the shared files and the tiling QC pictures.
     share_results(tiny_run.folder, out / "cohort", (*COHORT_SHARED, "qc/*.png"))
-    import subprocess
-    import sys
-
-    result = subprocess.run(
-        [sys.executable, "-m", "hnm", "compare", "--spec", str(path), "--out", str(out)],
-        capture_output=True,
-        text=True,
-        env=_env(),
-        cwd=REPO,
-        timeout=900,
-    )
+    result = _compare(path, out)
     assert result.returncode == 0, result.stderr[-4000:]
     cohort_log = (out / "cohort" / "snakemake.log").read_text()
     assert "Nothing to be done" in cohort_log, cohort_log[-2000:]
@@ -259,14 +259,7 @@ def test_a_small_comparison_writes_its_tables(tmp_path: Path, tiny_run: Finished
         capture_output=True, text=True, env=_env(), cwd=REPO, timeout=300,
     )  # fmt: skip
     assert "LockException" in locked.stdout + locked.stderr
-    again = subprocess.run(
-        [sys.executable, "-m", "hnm", "compare", "--spec", str(path), "--out", str(out)],
-        capture_output=True,
-        text=True,
-        env=_env(),
-        cwd=REPO,
-        timeout=900,
-    )
+    again = _compare(path, out)
     assert again.returncode == 0, again.stderr[-4000:]
     assert "removing the lock a stopped run left" in again.stderr
     assert (plain / "results" / "final" / "rounds.csv").exists()
