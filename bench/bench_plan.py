@@ -20,7 +20,6 @@ import argparse
 import os
 import pstats
 import re
-import resource
 import shutil
 import subprocess
 import sys
@@ -80,22 +79,28 @@ def plan_command(folder: Path, sheet: Path, config: str, profile: Path | None) -
     ]
 
 
-def measure(command: list[str]) -> dict[str, float]:
-    """CPU seconds and peak memory of one child process, and the jobs its dry run lists."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+def measure(command: list[str], cwd: Path = REPO) -> dict[str, float]:
+    """CPU seconds and peak memory of one `snakemake -n` child, and the jobs its dry run lists.
+
+    The figures are that child's own (wait4's rusage), so each row's peak memory is its own run's
+    whatever ran before it."""
     started = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, check=False)
+    with tempfile.TemporaryFile("w+") as output:
+        child = subprocess.Popen(
+            command, stdout=output, stderr=subprocess.STDOUT, cwd=cwd, text=True
+        )
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+        output.seek(0)
+        text = output.read()
     wall = time.perf_counter() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if result.returncode != 0:
-        raise SystemExit(f"snakemake -n failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    total = re.search(r"^total\s+(\d+)$", result.stdout, re.M)
+    if child.returncode != 0:
+        raise SystemExit(f"snakemake -n failed:\n{text[-6000:]}")
+    total = re.search(r"^total\s+(\d+)$", text, re.M)
     return {
-        "cpu_s": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
+        "cpu_s": usage.ru_utime + usage.ru_stime,
         "wall_s": wall,
-        # ru_maxrss of RUSAGE_CHILDREN is the largest child so far (kB on Linux): measure the
-        # sizes in increasing order, so each row's figure is its own run's.
-        "peak_gb": after.ru_maxrss / 1024**2,
+        "peak_gb": usage.ru_maxrss / 1024**2,  # kB on Linux
         "jobs": int(total.group(1)) if total else 0,
     }
 

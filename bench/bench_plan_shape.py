@@ -24,16 +24,15 @@ slides each). CPU = user + system of the `snakemake -n` process; peak = its larg
 from __future__ import annotations
 
 import argparse
-import os
-import re
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
+from bench_plan import measure  # noqa: E402
 from hnm.extract.batches import extraction_batches  # noqa: E402
 
 # The rules every shape shares: a round's consumers and the chain from one round to the next.
@@ -160,27 +159,11 @@ def write_skeleton(folder: Path, shape: str, slides: int, rounds: int, batch: in
     return snakefile
 
 
-def measure(snakefile: Path, folder: Path) -> dict[str, float]:
-    """CPU seconds, peak memory and job count of one `snakemake -n` child (its own rusage, from
-    wait4, so each row's peak is its own run's)."""
-    command = [
+def plan_command(snakefile: Path, folder: Path) -> list[str]:
+    return [
         sys.executable, "-m", "snakemake", "--snakefile", str(snakefile),
         "--directory", str(folder), "all", "-n", "--cores", "1", "--quiet", "rules",
     ]  # fmt: skip
-    with tempfile.TemporaryFile("w+") as output:
-        child = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, text=True)
-        _, status, usage = os.wait4(child.pid, 0)
-        child.returncode = os.waitstatus_to_exitcode(status)
-        output.seek(0)
-        text = output.read()
-    if child.returncode != 0:
-        raise SystemExit(f"snakemake -n failed:\n{text[-3000:]}")
-    total = re.search(r"^total\s+(\d+)$", text, re.M)
-    return {
-        "cpu_s": usage.ru_utime + usage.ru_stime,
-        "peak_gb": usage.ru_maxrss / 1024**2,  # kB on Linux
-        "jobs": int(total.group(1)) if total else 0,
-    }
 
 
 def main() -> None:
@@ -202,7 +185,7 @@ def main() -> None:
                 with tempfile.TemporaryDirectory(prefix="hnm-shape-") as tmp:
                     folder = Path(tmp)
                     snakefile = write_skeleton(folder, shape, slides, args.rounds, batch)
-                    row = measure(snakefile, folder)
+                    row = measure(plan_command(snakefile, folder))
                 per_job = 1000 * row["cpu_s"] / max(row["jobs"], 1)
                 print(
                     f"{slides:>7} {batch:>5} {shape:>6} {row['jobs']:>7} {row['cpu_s']:>7.1f} "
