@@ -105,6 +105,21 @@ def measure(command: list[str], cwd: Path = REPO) -> dict[str, float]:
     }
 
 
+COLUMNS = [
+    ("slides", ">7"), ("config", ">6"), ("jobs", ">7"), ("CPU s", ">7.1f"), ("wall s", ">7.1f"),
+    ("peak GB", ">8.2f"), ("ms/job", ">7.1f"),
+]  # fmt: skip
+
+
+def row_text(columns: list[tuple[str, str]], values: list[object]) -> str:
+    """One line of a printed table: each value in its column's format (a header: the names, as
+    text, in the column's width)."""
+    cells = []
+    for (_, spec), value in zip(columns, values, strict=True):
+        cells.append(format(value, spec if not isinstance(value, str) else spec.split(".")[0]))
+    return " ".join(cells)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slides", type=int, nargs="+", default=[1000, 3000])
@@ -125,21 +140,15 @@ def main() -> None:
                 pstats.Stats(str(stats)).sort_stats("cumulative").print_stats(25)
             return
         print(f"machine: {os.cpu_count()} CPUs; snakemake -n, CPU = user + system of the process")
-        print(
-            f"{'slides':>7} {'config':>6} {'jobs':>7} {'CPU s':>7} {'wall s':>7} "
-            f"{'peak GB':>8} {'ms/job':>7}"
-        )
+        print(row_text(COLUMNS, [name for name, _ in COLUMNS]))
         for slides in sorted(args.slides):
             folder = root / f"n{slides}"
             sheet = write_cohort(folder, slides)
             for config in args.configs:
                 row = measure(plan_command(folder, sheet, config, None))
                 per_job = 1000 * row["cpu_s"] / max(row["jobs"], 1)
-                print(
-                    f"{slides:>7} {config:>6} {row['jobs']:>7} {row['cpu_s']:>7.1f} "
-                    f"{row['wall_s']:>7.1f} {row['peak_gb']:>8.2f} {per_job:>7.1f}",
-                    flush=True,
-                )
+                values = [slides, config, row["jobs"], row["cpu_s"], row["wall_s"], row["peak_gb"]]
+                print(row_text(COLUMNS, [*values, per_job]), flush=True)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_plan import measure  # noqa: E402
+from bench_plan import measure, row_text  # noqa: E402
 from hnm.extract.batches import extraction_batches  # noqa: E402
 
 # The rules every shape shares: a round's consumers and the chain from one round to the next.
@@ -76,16 +76,28 @@ rule failures:
     shell: "touch {output}"
 """
 
-SLIDE_SHAPE = """
+# The pieces each shape is made of.
+SLIDE_TILES = """
 TILES = expand("tiles/{slide}.h5", slide=SLIDES)
-
-def features(r):
-    return expand("r{r}/features/{slide}.h5", r=r, slide=SLIDES)
 
 rule tile:
     input: "slides/{slide}.svs"
     output: "tiles/{slide}.h5"
     shell: "touch {output}"
+"""
+
+BATCH_TILES = """
+TILES = expand("tiles/{batch}.h5", batch=BATCHES)
+
+rule tile:
+    input: lambda w: expand("slides/{slide}.svs", slide=BATCHES[w.batch])
+    output: "tiles/{batch}.h5"
+    shell: "touch {output}"
+"""
+
+SLIDE_FEATURES = """
+def features(r):
+    return expand("r{r}/features/{slide}.h5", r=r, slide=SLIDES)
 
 for batch, members in BATCHES.items():
     rule:
@@ -98,43 +110,23 @@ for batch, members in BATCHES.items():
         shell: "touch {output}"
 """
 
-BATCH_SHAPE = """
-TILES = expand("tiles/{batch}.h5", batch=BATCHES)
-
+# TILES_OF_BATCH: the batch's tiles, one file per slide or the batch's one file.
+BATCH_FEATURES = """
 def features(r):
     return expand("r{r}/features/{batch}.h5", r=r, batch=BATCHES)
 
-rule tile:
-    input: lambda w: expand("slides/{slide}.svs", slide=BATCHES[w.batch])
-    output: "tiles/{batch}.h5"
-    shell: "touch {output}"
-
 rule extract:
-    input: tiles="tiles/{batch}.h5", encoder="r{round}/encoder.pt"
+    input: tiles=TILES_OF_BATCH, encoder="r{round}/encoder.pt"
     output: "r{round}/features/{batch}.h5"
     shell: "touch {output}"
 """
+TILES_OF_SLIDES = 'lambda w: expand("tiles/{slide}.h5", slide=BATCHES[w.batch])'
 
-FEATURES_SHAPE = """
-TILES = expand("tiles/{slide}.h5", slide=SLIDES)
-
-def features(r):
-    return expand("r{r}/features/{batch}.h5", r=r, batch=BATCHES)
-
-rule tile:
-    input: "slides/{slide}.svs"
-    output: "tiles/{slide}.h5"
-    shell: "touch {output}"
-
-rule extract:
-    input:
-        tiles=lambda w: expand("tiles/{slide}.h5", slide=BATCHES[w.batch]),
-        encoder="r{round}/encoder.pt",
-    output: "r{round}/features/{batch}.h5"
-    shell: "touch {output}"
-"""
-
-SHAPES = {"slide": SLIDE_SHAPE, "features": FEATURES_SHAPE, "batch": BATCH_SHAPE}
+SHAPES = {
+    "slide": SLIDE_TILES + SLIDE_FEATURES,
+    "features": SLIDE_TILES + BATCH_FEATURES.replace("TILES_OF_BATCH", TILES_OF_SLIDES),
+    "batch": BATCH_TILES + BATCH_FEATURES.replace("TILES_OF_BATCH", '"tiles/{batch}.h5"'),
+}
 
 
 def write_skeleton(folder: Path, shape: str, slides: int, rounds: int, batch: int) -> Path:
@@ -159,6 +151,12 @@ def write_skeleton(folder: Path, shape: str, slides: int, rounds: int, batch: in
     return snakefile
 
 
+COLUMNS = [
+    ("slides", ">7"), ("batch", ">5"), ("shape", ">8"), ("jobs", ">7"),
+    ("CPU s", ">7.1f"), ("peak GB", ">8.2f"), ("ms/job", ">7.2f"),
+]  # fmt: skip
+
+
 def plan_command(snakefile: Path, folder: Path) -> list[str]:
     return [
         sys.executable, "-m", "snakemake", "--snakefile", str(snakefile),
@@ -176,9 +174,7 @@ def main() -> None:
     print(
         "skeleton DAGs; snakemake -n; CPU = user + system, peak = resident memory, of its process"
     )
-    print(
-        f"{'slides':>7} {'batch':>5} {'shape':>6} {'jobs':>7} {'CPU s':>7} {'peak GB':>8} {'ms/job':>7}"
-    )
+    print(row_text(COLUMNS, [name for name, _ in COLUMNS]))
     for slides in args.slides:
         for batch in args.batch:
             for shape in args.shapes:
@@ -187,11 +183,8 @@ def main() -> None:
                     snakefile = write_skeleton(folder, shape, slides, args.rounds, batch)
                     row = measure(plan_command(snakefile, folder))
                 per_job = 1000 * row["cpu_s"] / max(row["jobs"], 1)
-                print(
-                    f"{slides:>7} {batch:>5} {shape:>6} {row['jobs']:>7} {row['cpu_s']:>7.1f} "
-                    f"{row['peak_gb']:>8.2f} {per_job:>7.2f}",
-                    flush=True,
-                )
+                values = [slides, batch, shape, row["jobs"], row["cpu_s"], row["peak_gb"], per_job]
+                print(row_text(COLUMNS, values), flush=True)
 
 
 if __name__ == "__main__":
