@@ -18,6 +18,7 @@ from hnm.core.cliflags import to_flags
 from hnm.core.errors import SheetError
 from hnm.core.gpu_slots import command_prefix
 from hnm.core.overrides import typed_overrides
+from hnm.core.plan_size import planning_note
 from hnm.core.renames import check_section_names
 from hnm.core.reproducible import job_environment
 from hnm.encoders.presets import workflow_problems
@@ -120,6 +121,10 @@ validate(
 SLIDES = list(SHEET["slide_id"])
 SLIDE_ROWS = SHEET.set_index("slide_id").to_dict("index")
 TRAIN_SLIDES = [s for s in SLIDES if SLIDE_ROWS[s]["split"] == "train"]
+if workflow.is_main_process and not QUIET_ALL:
+    PLANNING_NOTE = planning_note(len(SLIDES), ROUNDS)
+    if PLANNING_NOTE:
+        print(PLANNING_NOTE, file=sys.stderr)
 
 
 wildcard_constraints:
