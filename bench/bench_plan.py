@@ -90,6 +90,7 @@ def measure(command: list[str], cwd: Path = REPO) -> dict[str, float]:
             command, stdout=output, stderr=subprocess.STDOUT, cwd=cwd, text=True
         )
         _, status, usage = os.wait4(child.pid, 0)
+        # wait4 reaped the child: tell Popen, so it does not try to reap it again.
         child.returncode = os.waitstatus_to_exitcode(status)
         output.seek(0)
         text = output.read()

@@ -81,10 +81,10 @@ INITIAL_ENCODER = (
 )
 # Said once, while the DAG is built (dry runs too), and not again by each cluster job's own parse,
 # nor under `--quiet all` (demo.sh's report step parses the workflow a second time).
-QUIET_ALL = any(
+SAY_NOTES = workflow.is_main_process and not any(
     q.name == "ALL" for q in getattr(workflow.output_settings, "quiet", None) or ()
 )
-if workflow.is_main_process and not QUIET_ALL:
+if SAY_NOTES:
     print(
         round0_start(
             config["encoder"]["weights"],
@@ -121,10 +121,9 @@ validate(
 SLIDES = list(SHEET["slide_id"])
 SLIDE_ROWS = SHEET.set_index("slide_id").to_dict("index")
 TRAIN_SLIDES = [s for s in SLIDES if SLIDE_ROWS[s]["split"] == "train"]
-if workflow.is_main_process and not QUIET_ALL:
-    PLANNING_NOTE = planning_note(len(SLIDES), ROUNDS)
-    if PLANNING_NOTE:
-        print(PLANNING_NOTE, file=sys.stderr)
+PLANNING_NOTE = planning_note(len(SLIDES), ROUNDS)
+if SAY_NOTES and PLANNING_NOTE:
+    print(PLANNING_NOTE, file=sys.stderr)
 
 
 wildcard_constraints:
