@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from bench_plan import measure, row_text  # noqa: E402
+
 from hnm.extract.batches import extraction_batches  # noqa: E402
 
 # The rules every shape shares: a round's consumers and the chain from one round to the next.
