@@ -69,7 +69,7 @@ rule all:
     input:
         "results/final/metrics.json",
         "results/final/rounds.csv",
-        expand("results/qc/{slide}.png", slide=SLIDES),
+        qc_pictures(),
         viz_outputs(),
 
 

@@ -44,6 +44,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "report-sample": ("report_sample", "small per-slide images and the slide index for the report"),
     "predict": ("predict", "score new slides with a finished run's model at its val threshold"),
     "compare": ("compare", "run several methods over several seeds and tabulate them"),
+    "regroup": ("regroup", "move a run's per-slide tiles and features into batch files"),
 }
 
 

@@ -188,10 +188,49 @@ def slide_mpp_flag(wildcards):
     return mpp_flag(SLIDE_ROWS[wildcards.slide])
 
 
+# Batched stages (tile.slides_per_job or extract.slides_per_job above 1) write one file per batch
+# of slides, a group per slide (hnm.io.h5io), under batches/: {batch name: slides} and each slide's
+# batch. A slide's batch follows from its id alone (hnm.extract.batches).
+TILE_BATCHES = (
+    extraction_batches(SLIDES, config["tile"]["slides_per_job"])
+    if config["tile"]["slides_per_job"] > 1
+    else {}
+)
+EXTRACT_BATCHES = (
+    extraction_batches(SLIDES, config["extract"]["slides_per_job"])
+    if config["extract"]["slides_per_job"] > 1
+    else {}
+)
+TILE_BATCH_OF = {s: batch for batch, members in TILE_BATCHES.items() for s in members}
+
+
+wildcard_constraints:
+    batch=r"b[01]*",
+
+
+def batch_files(pattern, batches, slides):
+    """The batch files (`pattern` with {batch}) holding `slides`, each once, in name order."""
+    wanted = set(slides)
+    return [
+        pattern.format(batch=batch)
+        for batch, members in sorted(batches.items())
+        if wanted.intersection(members)
+    ]
+
+
 def tiles(slides=None):
-    return expand(
-        "results/tiles/{slide}.h5", slide=SLIDES if slides is None else slides
-    )
+    """The tiles files of `slides` (all by default): one per slide, or their batches' files."""
+    slides = SLIDES if slides is None else slides
+    if TILE_BATCHES:
+        return batch_files("results/tiles/batches/{batch}.h5", TILE_BATCHES, slides)
+    return expand("results/tiles/{slide}.h5", slide=slides)
+
+
+def qc_pictures():
+    """Every QC picture tiling makes: one per slide, or one per batch (the slides' stacked)."""
+    if TILE_BATCHES:
+        return expand("results/qc/batches/{batch}.png", batch=sorted(TILE_BATCHES))
+    return expand("results/qc/{slide}.png", slide=SLIDES)
 
 
 # A stage that takes one file per slide gets the paths as `@results/lists/NAME.txt`, one per line
@@ -222,12 +261,14 @@ def write_file_list(path, log):
     Path(log).write_text(f"{len(paths)} paths, sha256 {list_digest(paths)}\n")
 
 
-def slide_batches(size):
-    """{batch name: slides}; a slide's batch depends on its id only (hnm.extract.batches)."""
-    return extraction_batches(SLIDES, size)
-
-
 def features(round_):
+    """Round `round_`'s features files: one per slide, or one per extraction batch."""
+    if EXTRACT_BATCHES:
+        return expand(
+            "results/r{round}/features/batches/{batch}.h5",
+            round=round_,
+            batch=sorted(EXTRACT_BATCHES),
+        )
     return expand("results/r{round}/features/{slide}.h5", round=round_, slide=SLIDES)
 
 
@@ -249,9 +290,9 @@ def gpu_resources():
     """SLURM GPU request for GPU-capable rules; the local executor ignores unknown resources.
 
     resources.gpu_slurm adds the GPU rules' partition, constraint or other flags. It lives in the
-    config, not in the profile's set-resources, because a profile names rules one by one and the
-    extraction rules are one per batch of slides (extract_b0, extract_b1, ...). A `gres` there
-    replaces gpu=1: the SLURM plugin refuses a job that asks for both.
+    config, not in the profile's set-resources, so that every GPU rule (extract, pretrain, finetune,
+    mil, probe, predict's) gets them from one place. A `gres` there replaces gpu=1: the SLURM
+    plugin refuses a job that asks for both.
     """
     settings = {"gpu": 1}
     if config["resources"]["gpu_model"]:
@@ -264,9 +305,12 @@ def gpu_resources():
 
 def retry_scaled(rule_name, key, slides=1):
     """mem_mb / runtime that grow with the retry attempt, so a retry after OOM or timeout can pass;
-    `slides` scales a per-slide amount to a job of several slides."""
-    base = config["resources"][rule_name][key] * slides
-    return lambda wildcards, attempt: base * attempt
+    `slides` scales a per-slide amount to a job of several slides: a number, or for a batch rule
+    {batch name: slides} (the job's batch wildcard picks its count)."""
+    base = config["resources"][rule_name][key]
+    if isinstance(slides, dict):
+        return lambda wildcards, attempt: base * len(slides[wildcards.batch]) * attempt
+    return lambda wildcards, attempt: base * slides * attempt
 
 
 def rule_threads(rule_name):

@@ -1,8 +1,9 @@
 # Feature extraction for every round: one job per slide, or one per batch of at most
-# `extract.slides_per_job` slides (each batch its own rule, since a rule's outputs cannot vary
-# with a wildcard), so small slides do not each pay the interpreter and device start-up. A slide's
-# batch follows from its id alone (hnm.extract.batches), so a grown cohort re-extracts only the
-# batches its new slides join.
+# `extract.slides_per_job` slides (one rule with a `batch` wildcard, writing one features file per
+# batch, a group per slide), so small slides do not each pay the interpreter and device start-up,
+# and ten thousand slides make a plan of thousands of files rather than hundreds of thousands. A
+# slide's batch follows from its id alone (hnm.extract.batches), so a grown cohort re-extracts
+# only the batches its new slides join.
 
 
 # slides_per_job is the workflow's. feature_dtype goes on the command line only where it is not the
@@ -32,26 +33,37 @@ def extraction_rule(
     prune=False,
     rounds=r"\d+",
     temporary=False,
+    batches=None,
 ):
-    """The one extraction rule, defined once per job shape: training's per-slide rule (wildcard
-    `slide`) or each batch of training's or predict's slides (rules/predict.smk). `slides`,
-    `tiles` and `outputs` are patterns or lists; `slide_ids` and `round_` are what the command
-    gets for --slide-id and --round (strings, or functions of the wildcards).
+    """The one extraction rule, defined once per job shape: per slide (wildcard `slide`), or per
+    batch (`batches`, {batch name: slides}; wildcard `batch`, one output file holding every slide
+    of the batch), for training's slides and predict's (rules/predict.smk). `slides`, `tiles` and
+    `outputs` are patterns, lists or functions; `slide_ids` and `round_` are what the command gets
+    for --slide-id and --round (strings, or functions of the wildcards).
 
     `prune` (training's shapes, whose outputs have a `round` wildcard): with extract.keep_rounds
     the shape is two rules told apart by their `rounds` constraint, `name` for KEPT_ROUNDS and
     `{name}_pruned` for PRUNED_ROUNDS, whose outputs are `temporary` (temp())."""
     if prune and PRUNED_ROUNDS:
         shape = (slides, tiles, encoder, outputs, log, benchmark, slide_ids, round_)
-        extraction_rule(name, *shape, rounds=round_pattern(KEPT_ROUNDS))
+        extraction_rule(
+            name, *shape, rounds=round_pattern(KEPT_ROUNDS), batches=batches
+        )
         extraction_rule(
             f"{name}_pruned",
             *shape,
             rounds=round_pattern(PRUNED_ROUNDS),
             temporary=True,
+            batches=batches,
         )
         return
-    per_job = 1 if isinstance(slides, str) or callable(slides) else len(slides)
+    if batches is not None:
+        per_job = batches
+    else:
+        per_job = 1 if isinstance(slides, str) or callable(slides) else len(slides)
+    # The per-slide command is the one runs begun before batch files recorded (Snakemake re-runs
+    # a job whose command changed).
+    out_flag = "--batch --out {output:q}" if batches is not None else "--out {output:q}"
 
     rule:
         name:
@@ -86,14 +98,19 @@ def extraction_rule(
             "{params.gpu_slot}python -m hnm extract --slide {input.slides:q} --slide-id "
             "{params.slide_ids} --tiles {input.tiles:q} --encoder {input.encoder:q} --round "
             "{params.round} --device {params.device} --threads {threads} {params.settings} "
-            "--out {output:q} > {log:q} 2>&1"
+            + out_flag
+            + " > {log:q} 2>&1"
 
 
 if config["extract"]["slides_per_job"] == 1:
     extraction_rule(
         "extract",
         slides=slide_path,
-        tiles="results/tiles/{slide}.h5",
+        tiles=(
+            (lambda wildcards: tiles([wildcards.slide]))
+            if TILE_BATCHES
+            else "results/tiles/{slide}.h5"
+        ),
         encoder="results/r{round}/encoder.pt",
         outputs="results/r{round}/features/{slide}.h5",
         log="results/logs/r{round}/extract/{slide}.log",
@@ -103,16 +120,16 @@ if config["extract"]["slides_per_job"] == 1:
         prune=True,
     )
 else:
-    for batch, members in slide_batches(config["extract"]["slides_per_job"]).items():
-        extraction_rule(
-            f"extract_{batch}",
-            slides=[slide_file(slide) for slide in members],
-            tiles=tiles(members),
-            encoder="results/r{round}/encoder.pt",
-            outputs=expand("results/r{{round}}/features/{slide}.h5", slide=members),
-            log=f"results/logs/r{{round}}/extract/{batch}.log",
-            benchmark=f"results/benchmarks/r{{round}}/extract/{batch}.tsv",
-            slide_ids=" ".join(members),
-            round_=lambda wildcards: wildcards.round,
-            prune=True,
-        )
+    extraction_rule(
+        "extract",
+        slides=lambda wildcards: [slide_file(s) for s in EXTRACT_BATCHES[wildcards.batch]],
+        tiles=lambda wildcards: tiles(EXTRACT_BATCHES[wildcards.batch]),
+        encoder="results/r{round}/encoder.pt",
+        outputs="results/r{round}/features/batches/{batch}.h5",
+        log="results/logs/r{round}/extract/batches/{batch}.log",
+        benchmark="results/benchmarks/r{round}/extract/batches/{batch}.tsv",
+        slide_ids=lambda wildcards: " ".join(EXTRACT_BATCHES[wildcards.batch]),
+        round_=lambda wildcards: wildcards.round,
+        prune=True,
+        batches=EXTRACT_BATCHES,
+    )

@@ -47,26 +47,51 @@ if PREDICT.sheet:
         benchmark=f"{PREDICT_DIR}/benchmarks/tile/{{slide}}.tsv",
     )
     # Extraction with the final round's encoder, cut into jobs as training's (rules/extract.smk).
-    for batch, members in extraction_batches(
-        PREDICT_SLIDES, config["extract"]["slides_per_job"]
-    ).items():
+    PREDICT_BATCHES = (
+        extraction_batches(PREDICT_SLIDES, config["extract"]["slides_per_job"])
+        if config["extract"]["slides_per_job"] > 1
+        else {}
+    )
+    if PREDICT_BATCHES:
         extraction_rule(
-            f"predict_extract_{batch}",
-            slides=[PREDICT_ROWS[slide]["path"] for slide in members],
-            tiles=predict_files("tiles", "h5", members),
+            "predict_extract",
+            slides=lambda wildcards: [
+                PREDICT_ROWS[s]["path"] for s in PREDICT_BATCHES[wildcards.batch]
+            ],
+            tiles=lambda wildcards: predict_files(
+                "tiles", "h5", PREDICT_BATCHES[wildcards.batch]
+            ),
             encoder=FINAL_ENCODER,
-            outputs=predict_files("features", "h5", members),
-            log=f"{PREDICT_DIR}/logs/extract/{batch}.log",
-            benchmark=f"{PREDICT_DIR}/benchmarks/extract/{batch}.tsv",
-            slide_ids=" ".join(members),
+            outputs=predict_file("features", "batches/{batch}", "h5"),
+            log=f"{PREDICT_DIR}/logs/extract/batches/{{batch}}.log",
+            benchmark=f"{PREDICT_DIR}/benchmarks/extract/batches/{{batch}}.tsv",
+            slide_ids=lambda wildcards: " ".join(PREDICT_BATCHES[wildcards.batch]),
+            round_=ROUNDS,
+            batches=PREDICT_BATCHES,
+        )
+        PREDICT_FEATURES = [
+            predict_file("features", f"batches/{batch}", "h5")
+            for batch in sorted(PREDICT_BATCHES)
+        ]
+    else:
+        extraction_rule(
+            "predict_extract",
+            slides=lambda wildcards: PREDICT_ROWS[wildcards.slide]["path"],
+            tiles=predict_file("tiles", "{slide}", "h5"),
+            encoder=FINAL_ENCODER,
+            outputs=predict_file("features", "{slide}", "h5"),
+            log=f"{PREDICT_DIR}/logs/extract/{{slide}}.log",
+            benchmark=f"{PREDICT_DIR}/benchmarks/extract/{{slide}}.tsv",
+            slide_ids=lambda wildcards: wildcards.slide,
             round_=ROUNDS,
         )
+        PREDICT_FEATURES = predict_files("features", "h5")
 
     rule predict_score:
         input:
             sheet=f"{PREDICT_DIR}/sheet.tsv",
-            features=predict_files("features", "h5"),
-            features_list=predict_list("features", predict_files("features", "h5")),
+            features=PREDICT_FEATURES,
+            features_list=predict_list("features", PREDICT_FEATURES),
             model=mil_outputs(ROUNDS)["model"],
             metrics=mil_outputs(ROUNDS)["metrics"],
         output:

@@ -1,18 +1,20 @@
 # Tissue detection and the patch grid: one job per slide, or one per batch of at most
-# `tile.slides_per_job` slides (each batch its own rule, as extraction's: rules/extract.smk), a
-# slide's batch following from its id alone (hnm.extract.batches). Skipped slides: rule failures.
+# `tile.slides_per_job` slides (one rule with a `batch` wildcard, writing one tiles file and one
+# stacked QC PNG per batch), a slide's batch following from its id alone (hnm.extract.batches).
+# Skipped slides: rule failures.
 TILE_SETTINGS = flags("tile", skip=["slides_per_job"])
 
 
-def tiling_rule(name, slides, tiles_out, qc_out, mpp, log, benchmark, slide_ids=""):
+def tiling_rule(name, slides, tiles_out, qc_out, mpp, log, benchmark, batches=None):
     """The one tiling rule, defined once per job shape: per slide (patterns with a `slide`
-    wildcard) or per batch (lists), for training's slides and predict's (rules/predict.smk).
+    wildcard), for training's slides and predict's (rules/predict.smk), or per batch (`batches`,
+    {batch name: slides}; patterns with a `batch` wildcard, `slides` and `mpp` functions of it).
     The per-slide command is the one runs begun before batches existed recorded (Snakemake re-runs
     a job whose command template changed)."""
-    per_slide = isinstance(slides, str) or callable(slides)
+    per_slide = batches is None
     command = (
         "python -m hnm tile --slide {input.slide:q} --slide-id "
-        + ("{wildcards.slide}" if per_slide else "{params.slide_ids}")
+        + ("{wildcards.slide}" if per_slide else "{params.slide_ids} --batch")
         + " {params.mpp} {params.settings} --out {output.tiles:q} --qc {output.qc:q} "
         "> {log:q} 2>&1"
     )
@@ -37,13 +39,15 @@ def tiling_rule(name, slides, tiles_out, qc_out, mpp, log, benchmark, slide_ids=
         resources:
             mem_mb=retry_scaled("tile", "mem_mb"),
             # resources.tile.runtime is per slide
-            runtime=retry_scaled(
-                "tile", "runtime", slides=1 if per_slide else len(slides)
-            ),
+            runtime=retry_scaled("tile", "runtime", slides=1 if per_slide else batches),
         params:
             # per batch only: a per-slide job's params are the ones runs begun before batches
             # recorded (a changed set of params re-runs the job)
-            **({} if per_slide else {"slide_ids": slide_ids}),
+            **(
+                {}
+                if per_slide
+                else {"slide_ids": lambda wildcards: " ".join(batches[wildcards.batch])}
+            ),
             mpp=mpp,
             settings=TILE_SETTINGS,
         shell:
@@ -58,7 +62,7 @@ def batch_mpp_flag(rows):
     return "--mpp " + " ".join("metadata" if v is None else str(v) for v in values)
 
 
-if config["tile"]["slides_per_job"] == 1:
+if not TILE_BATCHES:
     tiling_rule(
         "tile",
         slides=slide_path,
@@ -69,16 +73,15 @@ if config["tile"]["slides_per_job"] == 1:
         benchmark="results/benchmarks/tile/{slide}.tsv",
     )
 else:
-    for batch, members in extraction_batches(
-        SLIDES, config["tile"]["slides_per_job"]
-    ).items():
-        tiling_rule(
-            f"tile_{batch}",
-            slides=[slide_file(slide) for slide in members],
-            slide_ids=" ".join(members),
-            tiles_out=tiles(members),
-            qc_out=expand("results/qc/{slide}.png", slide=members),
-            mpp=batch_mpp_flag([SLIDE_ROWS[slide] for slide in members]),
-            log=f"results/logs/tile/{batch}.log",
-            benchmark=f"results/benchmarks/tile/{batch}.tsv",
-        )
+    tiling_rule(
+        "tile",
+        slides=lambda wildcards: [slide_file(s) for s in TILE_BATCHES[wildcards.batch]],
+        tiles_out="results/tiles/batches/{batch}.h5",
+        qc_out="results/qc/batches/{batch}.png",
+        mpp=lambda wildcards: batch_mpp_flag(
+            [SLIDE_ROWS[s] for s in TILE_BATCHES[wildcards.batch]]
+        ),
+        log="results/logs/tile/batches/{batch}.log",
+        benchmark="results/benchmarks/tile/batches/{batch}.tsv",
+        batches=TILE_BATCHES,
+    )

@@ -149,7 +149,10 @@ rule report_sample:
         predictions="results/final/predictions.csv",
         metrics="results/final/metrics.json",
         rounds="results/final/rounds.csv",
-        qc=expand("results/qc/{slide}.png", slide=SAMPLE_QC),
+        # batched tiling keeps each slide's QC picture in its tiles file (one PNG per batch)
+        qc=[] if TILE_BATCHES else expand("results/qc/{slide}.png", slide=SAMPLE_QC),
+        tiles=tiles() if TILE_BATCHES else [],
+        tiles_list=file_list("tiles_all", tiles()) if TILE_BATCHES else [],
         heatmaps=expand("results/final/heatmaps/{slide}.png", slide=SAMPLE_HEATMAPS),
     output:
         **{f"qc_{s}": sample_output("qc", s, "Tiling QC") for s in SAMPLE_QC},
@@ -182,8 +185,17 @@ rule report_sample:
     params:
         small=sample_files,
         settings=flags("viz"),
+        # batched tiling: the sample's QC pictures come from every slide's tiles files
+        qc_from_tiles=(
+            lambda wildcards, input: (
+                f"--tiles @{shlex.quote(input.tiles_list)} --qc-slides {' '.join(SAMPLE_QC)}"
+                if TILE_BATCHES
+                else ""
+            )
+        ),
     shell:
-        "python -m hnm report-sample --images {input.qc:q} {input.heatmaps:q} "
+        "python -m hnm report-sample {params.qc_from_tiles} "
+        "--images {input.qc:q} {input.heatmaps:q} "
         "--out {params.small:q} --sheet {input.sheet:q} --predictions {input.predictions:q} "
         "--out-index {output.index:q} --metrics {input.metrics:q} --rounds {input.rounds:q} "
         "--out-metrics {output.metrics:q} {params.settings} > {log:q} 2>&1"

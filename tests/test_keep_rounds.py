@@ -94,7 +94,7 @@ def test_keep_all_leaves_the_plan_as_it_was_and_a_round0_target_keeps_its_featur
     plan = _plan(
         tmp_path / "round0", "features_round0", "--config", "rounds=2", "extract={keep_rounds: 1}"
     )
-    assert "extract_b00_pruned" in plan and "Would remove" not in plan
+    assert "rule extract_pruned:" in plan and "Would remove" not in plan
 
 
 def _skipped_slides(root: Path, rounds: int) -> tuple[list[str], dict[int, list[str]]]:

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from hnm.extract.batches import extraction_batches
-from tests.workflow_runner import jobs_run, run, write_config
+from tests.workflow_runner import jobs_run, run, wildcards_run, write_config
 
 pytestmark = pytest.mark.workflow
 
@@ -46,15 +46,20 @@ def _slide_ids(train_tumor: int) -> list[str]:
 
 def test_added_slides_re_extract_only_the_batches_they_join(tmp_path) -> None:  # noqa: ANN001
     write_config(tmp_path, BASE)
-    first = jobs_run(run(tmp_path, "features_round0", timeout=1200))
+    first = run(tmp_path, "features_round0", timeout=1200)
     before = extraction_batches(_slide_ids(10), PER_JOB)
-    assert sum(n for rule, n in first.items() if rule.startswith("extract_")) == len(before)
-    assert sum(n for rule, n in first.items() if rule.startswith("tile_")) == len(before)
+    # one tiling rule and one extraction rule, one job per batch, one file per batch
+    assert jobs_run(first)["extract"] == jobs_run(first)["tile"] == len(before)
+    assert wildcards_run(first, "extract", "batch") == set(before)
+    assert sorted(p.stem for p in (tmp_path / "results/tiles/batches").glob("*.h5")) == sorted(
+        before
+    )
 
     grown = {**BASE, "demo": {**BASE["demo"], "slides": {**BASE["demo"]["slides"]}}}
     grown["demo"]["slides"]["train"] = {"tumor": 15, "normal": 10}
     write_config(tmp_path, grown)
-    second = jobs_run(run(tmp_path, "features_round0", timeout=1200))
+    result = run(tmp_path, "features_round0", timeout=1200)
+    second = jobs_run(result)
     after = extraction_batches(_slide_ids(15), PER_JOB)
     new = set(_slide_ids(15)) - set(_slide_ids(10))
     # The batches whose members changed: those the new slides joined, and the halves of one that
@@ -64,13 +69,13 @@ def test_added_slides_re_extract_only_the_batches_they_join(tmp_path) -> None:  
     landed = {name for name in before for slide in new if slide in _members(after, name)}
     assert all(any(name.startswith(leaf) for leaf in landed) or new & set(after[name])
                for name in changed), (changed, landed)  # fmt: skip
-    extracted = {rule for rule in second if rule.startswith("extract_")}
-    assert extracted == {f"extract_{name}" for name in changed}, (extracted, changed)
+    extracted = wildcards_run(result, "extract", "batch")
+    assert extracted == changed, (extracted, changed)
     assert len(changed) <= 2 * len(new) < len(after)  # most batches untouched
     # Tiling is batched the same way (tile.slides_per_job): the same batches are tiled again,
     # and only the new slides are drawn.
-    tiled = {rule for rule in second if rule.startswith("tile_")}
-    assert tiled == {f"tile_{name}" for name in changed}, (tiled, changed)
+    tiled = wildcards_run(result, "tile", "batch")
+    assert tiled == changed, (tiled, changed)
     assert second.get("synth", 0) == len(new), second
     # Batches average within a factor 2 of slides_per_job.
     assert 45 / len(after) >= PER_JOB / 2

@@ -146,6 +146,23 @@ def jobs_run(result: subprocess.CompletedProcess[str]) -> dict[str, int]:
     return counts
 
 
+def wildcards_run(result: subprocess.CompletedProcess[str], rule: str, name: str) -> set[str]:
+    """The values of wildcard `name` of every job of `rule` the run started, from the job blocks
+    Snakemake prints ("rule extract:" ... "wildcards: round=0, batch=b01")."""
+    values: set[str] = set()
+    current = ""
+    for line in (result.stdout + result.stderr).splitlines():
+        stripped = line.strip()
+        if stripped.startswith(("rule ", "localrule ")) and stripped.endswith(":"):
+            current = stripped.split()[1][:-1]
+        elif current == rule and stripped.startswith("wildcards:"):
+            for pair in stripped[len("wildcards:") :].split(","):
+                key, _, value = pair.strip().partition("=")
+                if key == name:
+                    values.add(value)
+    return values
+
+
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")

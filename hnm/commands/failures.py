@@ -94,23 +94,23 @@ def run(args: argparse.Namespace) -> int:
         log.warning(
             "%d of %d slides were skipped and are excluded: %s (see %s)",
             len(failures),
-            len(args.tiles),
+            len(slide_paths),
             ", ".join(failures),
             args.out,
         )
     else:
-        log.info("no skipped slides among %d; wrote %s", len(args.tiles), args.out)
+        log.info("no skipped slides among %d; wrote %s", len(slide_paths), args.out)
     return 0
 
 
 def _tiling(paths: Iterable[str]) -> tuple[list[Failure], dict[str, str]]:
     """(the slides that failed at tiling, every slide's path as its tiles file gives it)."""
     from hnm.core.errors import HnmError
-    from hnm.io.h5io import read_tiles
+    from hnm.io.h5io import files_by_slide, read_tiles
 
     found = []
     slide_paths = {}
-    for tiles in paths:
+    for tiles in files_by_slide(paths, "tiles").values():
         try:
             _coords, attrs = read_tiles(tiles)
         except (OSError, KeyError) as error:
@@ -125,10 +125,11 @@ def _tiling(paths: Iterable[str]) -> tuple[list[Failure], dict[str, str]]:
 
 def _extraction(paths: Iterable[str]) -> list[Failure]:
     from hnm.core.errors import HnmError
-    from hnm.io.h5io import read_feature_attrs
+    from hnm.io.h5io import read_feature_attrs, slides_in
 
     found = []
-    for features in paths:
+    # every round's files: one slide appears once per round, so no mapping by slide
+    for features in (slide for path in paths for slide in slides_in(path)):
         try:
             attrs = read_feature_attrs(features)
         except (OSError, KeyError) as error:

@@ -27,7 +27,7 @@ from hnm.compare.spec import CompareSpec
 from hnm.core.errors import HnmError
 from hnm.evaluate.metrics import roc_auc
 from hnm.io.annotations import load_polygons_by_class, patch_labels
-from hnm.io.h5io import read_tiles
+from hnm.io.h5io import SlideData, files_in_folder, read_tiles, slide_file
 from hnm.mine.health import mining_health
 
 METRICS = (
@@ -68,6 +68,7 @@ class PatchTruth:
         self.classes = classes
         self.sheet = pd.read_csv(results / "sheet_eval.tsv", sep="\t")
         self._flags: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._tiles: dict[str, SlideData] | None = None
 
     def flags(self, slide_id: str) -> tuple[np.ndarray, np.ndarray]:
         if slide_id not in self._flags:
@@ -78,7 +79,9 @@ class PatchTruth:
                     f"slide '{slide_id}' has no annotation in {self.results / 'sheet_eval.tsv'}; the "
                     "comparison's patch metrics need patch truth for every slide"
                 )
-            coords, attrs = read_tiles(self.results / "tiles" / f"{slide_id}.h5")
+            if self._tiles is None:
+                self._tiles = files_in_folder(self.results / "tiles", "tiles")
+            coords, attrs = read_tiles(slide_file(self._tiles, slide_id, "tiles"))
             path = Path(annotation)
             path = path if path.is_absolute() else self.results.parent / path
             by_class = load_polygons_by_class(path, list(self.classes))

@@ -74,7 +74,7 @@ def check_patch_size(arch: str, arch_kwargs: dict[str, Any], patch_size: int) ->
         )
 
 
-def check_preset_resolution(meta: Any, tiles_attrs: dict[str, Any], tiles_path: str) -> None:
+def check_preset_resolution(meta: Any, tiles_attrs: dict[str, Any], tiles_path: object) -> None:
     """Refuse to extract a foundation model's features from patches at a resolution it was not
     trained at (encoder.allow_other_mpp in its encoder file allows it)."""
     from hnm.encoders.presets import resolution_advice, resolution_mismatch

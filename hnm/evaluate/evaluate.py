@@ -25,7 +25,7 @@ from hnm.core.atomic import atomic_path, write_json
 from hnm.core.errors import CheckpointError, HnmError
 from hnm.core.formatting import fmt_metric
 from hnm.evaluate.metrics import average_precision, best_f1, binary_metrics, roc_auc
-from hnm.io.h5io import files_by_slide, read_tiles_or_fail, slide_file
+from hnm.io.h5io import SlideData, files_by_slide, read_tiles_or_fail, slide_file
 from hnm.io.sheet import SPLITS, read_normalised_sheet
 
 log = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ def evaluate(
 def patch_metrics(
     sheet: pd.DataFrame,
     scores_path: str | os.PathLike[str] | None,
-    tiles_files: dict[str, Path],
+    tiles_files: dict[str, SlideData],
     split: str,
     classes: list[str],
     min_fraction: float,
@@ -215,7 +215,7 @@ def versus_summary(truth: np.ndarray, other: np.ndarray, score: np.ndarray) -> d
 def annotated_labels(
     slide_id: str,
     annotation: str,
-    tiles_files: dict[str, Path],
+    tiles_files: dict[str, SlideData],
     idx: np.ndarray,
     classes: list[str],
     min_fraction: float,

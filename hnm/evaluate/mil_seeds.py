@@ -27,6 +27,7 @@ from hnm.core.formatting import fmt_metric
 from hnm.evaluate.evaluate import patch_metrics
 from hnm.evaluate.metrics import roc_auc
 from hnm.evaluate.settings import EvaluateSettings
+from hnm.io.h5io import SlideData
 from hnm.mil.settings import MilSettings
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def own_aucs(evaluation: dict[str, Any]) -> dict[str, float | None]:
 def held_out_aucs(
     mil_dir: Path,
     eval_sheet: pd.DataFrame,
-    tiles_files: dict[str, Path],
+    tiles_files: dict[str, SlideData],
     evaluation: EvaluateSettings,
 ) -> dict[str, float | None]:
     """Test slide AUC and test patch AUC of a hnm mil output folder, as `hnm evaluate` computes
@@ -79,7 +80,7 @@ def mil_seed_runs(
     sheet_path: str | os.PathLike[str],
     feature_files: Sequence[str | os.PathLike[str]],
     eval_sheet: pd.DataFrame,
-    tiles_files: dict[str, Path],
+    tiles_files: dict[str, SlideData],
     own_evaluation: dict[str, Any],
     mil: MilSettings,
     evaluation: EvaluateSettings,

@@ -23,10 +23,8 @@ import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import pandas as pd
 
@@ -35,7 +33,7 @@ from hnm.core.threads import usable_cores
 from hnm.evaluate.evaluate import annotated_labels, versus_summary
 from hnm.evaluate.metrics import roc_auc
 from hnm.evaluate.settings import EvaluateSettings
-from hnm.io.h5io import read_feature_rows, read_tiles_or_fail, slide_file
+from hnm.io.h5io import SlideData, open_slide, read_feature_rows, read_tiles_or_fail, slide_file
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +44,7 @@ class LabelledSlide:
     then each versus class) over the file's rows."""
 
     slide_id: str
-    features: Path
+    features: SlideData
     masks: np.ndarray  # (n_classes, n_patches) bool
 
     @property
@@ -57,8 +55,8 @@ class LabelledSlide:
 def labelled_slides(
     sheet: pd.DataFrame,
     split: str,
-    feature_files: dict[str, Path],
-    tiles_files: dict[str, Path],
+    feature_files: dict[str, SlideData],
+    tiles_files: dict[str, SlideData],
     classes: Sequence[str],
     min_fraction: float,
 ) -> tuple[list[LabelledSlide], list[str]]:
@@ -96,10 +94,10 @@ def labelled_slides(
     return slides, skipped
 
 
-def _feature_coords(path: Path, slide_id: str) -> tuple[np.ndarray, str]:
+def _feature_coords(path: SlideData, slide_id: str) -> tuple[np.ndarray, str]:
     """(the feature file's patch coordinates, "" or why the slide has no usable features)."""
     try:
-        with h5py.File(path, "r") as handle:
+        with open_slide(path) as handle:
             dataset = handle["features"]
             if bool(dataset.attrs.get("failed", False)):
                 return np.zeros((0, 2), np.int64), "features marked failed upstream"
@@ -124,10 +122,10 @@ def sample_rows(counts: Sequence[int], limit: int, seed: int) -> list[np.ndarray
     return [chosen[(chosen >= lo) & (chosen < hi)] - lo for lo, hi in zip(bounds[:-1], bounds[1:])]
 
 
-def read_rows(path: Path, rows: np.ndarray | None = None) -> np.ndarray:
+def read_rows(path: SlideData, rows: np.ndarray | None = None) -> np.ndarray:
     """Rows of a feature file (all without `rows`) as float64, one slide in memory at a time:
     the float32 every stage reads (hnm.io.h5io, either stored dtype), widened for the probe."""
-    with h5py.File(path, "r") as handle:
+    with open_slide(path) as handle:
         features = read_feature_rows(handle["features"]).astype(np.float64)
     return features if rows is None else features[rows]
 
@@ -166,8 +164,8 @@ def empty_result(settings: EvaluateSettings, reason: str) -> dict[str, Any]:
 
 def linear_probe(
     sheet: pd.DataFrame,
-    feature_files: dict[str, Path],
-    tiles_files: dict[str, Path],
+    feature_files: dict[str, SlideData],
+    tiles_files: dict[str, SlideData],
     settings: EvaluateSettings,
     seed: int,
     threads: int = 0,

@@ -28,7 +28,14 @@ from hnm.encoders import EncoderFileMeta, load_encoder_file, read_encoder_meta
 from hnm.encoders.inputs import check_patch_size, check_preset_resolution
 from hnm.extract.settings import ExtractSettings
 from hnm.extract.sources import choose_source
-from hnm.io.h5io import FeatureWriter, read_tiles_or_fail
+from hnm.io.h5io import (
+    BatchFile,
+    FeatureWriter,
+    OutPath,
+    PathOrSlide,
+    as_slide_data,
+    read_tiles_or_fail,
+)
 from hnm.io.patches import PatchGeometry
 
 log = logging.getLogger(__name__)
@@ -145,7 +152,7 @@ def precision_context(
 def _base_attrs(
     slide_id: str,
     slide_path: str,
-    tiles_path: str,
+    tiles_path: PathOrSlide,
     tiles_attrs: dict[str, Any],
     meta: EncoderFileMeta,
     round_: int,
@@ -154,7 +161,7 @@ def _base_attrs(
     return {
         "slide_id": slide_id,
         "slide_path": os.fspath(slide_path),
-        "tiles_file": os.fspath(tiles_path),
+        "tiles_file": os.fspath(as_slide_data(tiles_path).path),
         "round": int(round_),
         "encoder_arch": meta.arch,
         "encoder_arch_kwargs": meta.arch_kwargs,
@@ -174,7 +181,7 @@ def _base_attrs(
     }
 
 
-def _write_empty(out_path: str, attrs: dict[str, Any], dim: int, **extra: Any) -> None:
+def _write_empty(out_path: OutPath, attrs: dict[str, Any], dim: int, **extra: Any) -> None:
     empty = np.zeros((0, 2), np.int64)
     with FeatureWriter(out_path, dim, empty, {**attrs, **extra}, dtype=attrs["dtype"]):
         pass
@@ -204,12 +211,12 @@ class JobEncoder:
 
 
 def extract_slides(
-    jobs: list[tuple[str, str, str, str]],
+    jobs: list[tuple[str, str, PathOrSlide, OutPath]],
     encoder_path: str,
     round_: int,
     settings: ExtractSettings = ExtractSettings(),
 ) -> list[ExtractResult]:
-    """`extract_slide` for each (slide path, slide id, tiles path, out path), one encoder load."""
+    """`extract_slide` for each (slide path, slide id, tiles, out), one encoder load."""
     encoder = JobEncoder(encoder_path, settings)
     return [
         extract_slide(slide, slide_id, tiles, encoder_path, round_, out, settings, encoder)
@@ -217,13 +224,30 @@ def extract_slides(
     ]
 
 
+def extract_batch(
+    slides: list[tuple[str, str, PathOrSlide]],
+    encoder_path: str,
+    round_: int,
+    out: str | os.PathLike[str],
+    settings: ExtractSettings = ExtractSettings(),
+) -> list[ExtractResult]:
+    """Every (slide path, slide id, tiles) into one batch features file, a group per slide; the
+    file appears only when every slide is in."""
+    with BatchFile(out) as batch:
+        results = extract_slides(
+            [(*slide, batch.slide(slide[1])) for slide in slides], encoder_path, round_, settings
+        )
+    log.info("wrote %s (%d slides)", out, len(slides))
+    return results
+
+
 def extract_slide(
     slide_path: str,
     slide_id: str,
-    tiles_path: str,
+    tiles_path: PathOrSlide,
     encoder_path: str,
     round_: int,
-    out_path: str,
+    out_path: OutPath,
     settings: ExtractSettings = ExtractSettings(),
     encoder: JobEncoder | None = None,
 ) -> ExtractResult:
@@ -334,7 +358,7 @@ def _run(
     attrs: dict[str, Any],
     slide_path: str,
     slide_id: str,
-    out_path: str,
+    out_path: OutPath,
     settings: ExtractSettings,
     device: torch.device,
     precision: str,

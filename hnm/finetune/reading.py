@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,7 +12,7 @@ import torch
 
 from hnm.core.errors import HnmError, SlideError
 from hnm.finetune.plan import Pools, StepPlan
-from hnm.io.h5io import read_tiles_or_fail, slide_file
+from hnm.io.h5io import SlideData, read_tiles_or_fail, slide_file
 from hnm.io.patches import JpegTileReader, PatchReader, ReadFailure, open_patch_reader
 
 log = logging.getLogger("hnm.finetune.train")
@@ -48,7 +47,7 @@ class StepPatches(torch.utils.data.Dataset):
 
 
 def open_readers(
-    slides: list[str], sheet: pd.DataFrame, tiles_files: dict[str, Path], sets: pd.DataFrame
+    slides: list[str], sheet: pd.DataFrame, tiles_files: dict[str, SlideData], sets: pd.DataFrame
 ) -> list[PatchReader | JpegTileReader]:
     """One patch reader per slide of the sets, checked against the sheet and its tiles file.
 
@@ -91,7 +90,7 @@ def usable_pools(
     sets: pd.DataFrame,
     sets_path: str,
     sheet: pd.DataFrame,
-    tiles_files: dict[str, Path],
+    tiles_files: dict[str, SlideData],
     skipped: dict[str, dict[str, str]],
     skip: bool,
 ) -> tuple[Pools, list[PatchReader | JpegTileReader]]:

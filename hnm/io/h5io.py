@@ -1,4 +1,11 @@
-"""The two per-slide HDF5 files every stage exchanges: tiles and features.
+"""The two HDF5 files every stage exchanges per slide: tiles and features.
+
+A slide's datasets sit at the root of a file of its own (`<slide_id>.h5`, one job per slide) or in
+a group named by its id inside a batch file holding every slide of a job (root attribute
+`layout: slides`). A batch file is one workflow output for many slides, which keeps the number of
+files Snakemake has to plan for at ten thousand slides in the thousands rather than the hundreds of
+thousands. Stages do not care which: `files_by_slide` maps each slide to a `SlideData` (file and
+group), and `open_slide` opens it.
 
 Layout follows CLAM (`coords` (N, 2) level-0 pixel x/y, `features` (N, D)) so files interchange with
 CLAM/TRIDENT tools, and adds attributes those tools lose (true mpp, read level and size, encoder,
@@ -10,10 +17,12 @@ as float32 (`read_feature_rows`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -51,12 +60,139 @@ def _decode_attrs(attrs: h5py.AttributeManager) -> dict[str, Any]:
     return decoded
 
 
-def write_tiles(path: str | os.PathLike[str], coords: np.ndarray, attrs: dict[str, Any]) -> None:
+# The root attribute `layout` of a batch file: one group per slide, named by its id.
+BATCH_LAYOUT = "slides"
+# Where the workflow puts batch files: under the per-slide files' folder (results/tiles/batches/).
+BATCH_FOLDER = "batches"
+
+
+@dataclass(frozen=True)
+class SlideData:
+    """Where one slide's datasets are: the root of its own file (group "") or a batch file's group."""
+
+    path: Path
+    slide_id: str
+    group: str = ""
+
+    def __str__(self) -> str:
+        return str(self.path) if not self.group else f"{self.path} (slide {self.group})"
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def stat(self) -> os.stat_result:
+        """The file's: a batch file changes as a whole."""
+        return self.path.stat()
+
+
+PathOrSlide = str | os.PathLike[str] | SlideData
+
+
+def as_slide_data(where: PathOrSlide) -> SlideData:
+    """A plain path is a per-slide file: its name is the slide's id."""
+    if isinstance(where, SlideData):
+        return where
+    path = Path(where)
+    return SlideData(path, path.name[: -len(".h5")] if path.name.endswith(".h5") else path.stem)
+
+
+@contextlib.contextmanager
+def open_slide(where: PathOrSlide) -> Iterator[h5py.Group]:
+    """The slide's datasets, read-only: a file's root or its group in a batch file."""
+    where = as_slide_data(where)
+    with h5py.File(where.path, "r") as handle:
+        yield handle[where.group] if where.group else handle
+
+
+class BatchFile(AbstractContextManager["BatchFile"]):
+    """A batch file being written: slides go in one group each (`slide`), and the file is renamed
+    into place only when every slide of the job is in, so a killed job leaves no batch file that
+    looks finished."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._atomic = atomic_path(self.path)
+        self.handle: h5py.File | None = None
+
+    def __enter__(self) -> "BatchFile":
+        temporary = self._atomic.__enter__()
+        self.handle = h5py.File(temporary, "w")
+        self.handle.attrs["layout"] = BATCH_LAYOUT
+        return self
+
+    def slide(self, slide_id: str) -> "SlideTarget":
+        return SlideTarget(self.path, slide_id, self)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        assert self.handle is not None
+        self.handle.close()
+        if exc is not None and exc_type is not None:
+            self._atomic.__exit__(exc_type, exc, traceback)
+            return
+        self._atomic.__exit__(None, None, None)
+
+
+@dataclass(frozen=True)
+class SlideTarget:
+    """Where a stage writes one slide: a file of its own (`batch` None) or a group of a batch file."""
+
+    path: Path
+    slide_id: str
+    batch: BatchFile | None = None
+
+    def __str__(self) -> str:
+        return str(self.path) if self.batch is None else f"{self.path} (slide {self.slide_id})"
+
+
+OutPath = str | os.PathLike[str] | SlideTarget
+
+
+def as_slide_target(out: OutPath) -> SlideTarget:
+    if isinstance(out, SlideTarget):
+        return out
+    return SlideTarget(Path(out), as_slide_data(out).slide_id)
+
+
+@contextlib.contextmanager
+def slide_output(out: OutPath) -> Iterator[h5py.Group]:
+    """A group to write one slide's datasets into; they count only if the block ends without an
+    error: a file of its own is renamed into place then, a batch file's group is removed if not."""
+    target = as_slide_target(out)
+    if target.batch is None:
+        with atomic_path(target.path) as temporary, h5py.File(temporary, "w") as handle:
+            yield handle
+        return
+    handle = target.batch.handle
+    assert handle is not None, "slide_output: the batch file is not open"
+    if target.slide_id in handle:  # an earlier try of this slide in the same job
+        del handle[target.slide_id]
+    group = handle.create_group(target.slide_id)
+    try:
+        yield group
+    except BaseException:
+        del handle[target.slide_id]
+        raise
+
+
+def write_tiles(
+    out: OutPath,
+    coords: np.ndarray,
+    attrs: dict[str, Any],
+    extra: dict[str, np.ndarray] | None = None,
+) -> None:
+    """The tiles datasets of one slide; `extra` adds datasets beside `coords` (tissue_fraction)."""
     coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
-    with atomic_path(path) as temporary, h5py.File(temporary, "w") as handle:
+    with slide_output(out) as handle:
         handle.create_dataset("coords", data=coords, maxshape=(None, 2))
         for key, value in {**attrs, "code_version": __version__}.items():
             handle["coords"].attrs[key] = _encode_attr(value)
+        for name, data in (extra or {}).items():
+            handle.create_dataset(name, data=data)
 
 
 def level0_tiles_attrs(
@@ -80,22 +216,20 @@ def level0_tiles_attrs(
     }
 
 
-def read_tiles(path: str | os.PathLike[str]) -> tuple[np.ndarray, dict[str, Any]]:
-    with h5py.File(path, "r") as handle:
+def read_tiles(path: PathOrSlide) -> tuple[np.ndarray, dict[str, Any]]:
+    with open_slide(path) as handle:
         return handle["coords"][:].astype(np.int64), _decode_attrs(handle["coords"].attrs)
 
 
 def read_tiles_or_fail(
-    path: str | os.PathLike[str], remedy: str = "re-run tiling"
+    path: PathOrSlide, remedy: str = "re-run tiling"
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """`read_tiles` for stages that need the file: a missing, truncated or foreign file becomes an
     HnmError naming it and what to do, instead of h5py's OSError or KeyError."""
     try:
         return read_tiles(path)
     except (OSError, KeyError) as error:
-        raise HnmError(
-            f"tiles file {os.fspath(path)} cannot be read ({error}); {remedy}"
-        ) from error
+        raise HnmError(f"tiles file {path} cannot be read ({error}); {remedy}") from error
 
 
 # HDF5 chunks of at most this many feature rows. A chunked dataset's last chunk takes a whole
@@ -119,13 +253,14 @@ class FeatureWriter(AbstractContextManager["FeatureWriter"]):
 
     def __init__(
         self,
-        path: str | os.PathLike[str],
+        path: OutPath,
         dim: int,
         coords: np.ndarray,
         attrs: dict[str, Any],
         dtype: str = "float32",
     ) -> None:
-        self.path = Path(path)
+        self.target = as_slide_target(path)
+        self.path = self.target  # named in messages: the file, and the slide's group in a batch
         self.dim = dim
         self.coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
         self.attrs = attrs
@@ -136,12 +271,11 @@ class FeatureWriter(AbstractContextManager["FeatureWriter"]):
             )
         self.dtype = dtype
         self.written = 0
-        self._atomic = atomic_path(self.path)
-        self._handle: h5py.File | None = None
+        self._output = slide_output(self.target)
+        self._handle: h5py.Group | None = None
 
     def __enter__(self) -> "FeatureWriter":
-        temporary = self._atomic.__enter__()
-        self._handle = h5py.File(temporary, "w")
+        self._handle = self._output.__enter__()
         total = len(self.coords)
         self._features = self._handle.create_dataset(
             "features",
@@ -190,11 +324,11 @@ class FeatureWriter(AbstractContextManager["FeatureWriter"]):
                 f"{self.path}: wrote {self.written} feature rows for {len(self.coords)} patches"
             )
             exc_type = RuntimeError
-        self._handle.close()
         if exc is not None and exc_type is not None:
-            self._atomic.__exit__(exc_type, exc, traceback)
+            # the context manager drops the unfinished file or group, and re-raises `exc`
+            self._output.__exit__(exc_type, exc, traceback)
             raise exc
-        self._atomic.__exit__(None, None, None)
+        self._output.__exit__(None, None, None)
 
 
 def read_feature_rows(dataset: h5py.Dataset) -> np.ndarray:
@@ -204,10 +338,10 @@ def read_feature_rows(dataset: h5py.Dataset) -> np.ndarray:
 
 
 def read_features(
-    path: str | os.PathLike[str],
+    path: PathOrSlide,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """(features (N, D) float32, coords (N, 2), attrs)."""
-    with h5py.File(path, "r") as handle:
+    with open_slide(path) as handle:
         return (
             read_feature_rows(handle["features"]),
             handle["coords"][:].astype(np.int64),
@@ -215,28 +349,50 @@ def read_features(
         )
 
 
-def read_feature_attrs(path: str | os.PathLike[str]) -> dict[str, Any]:
-    with h5py.File(path, "r") as handle:
+def read_feature_attrs(path: PathOrSlide) -> dict[str, Any]:
+    with open_slide(path) as handle:
         return _decode_attrs(handle["features"].attrs)
 
 
-def files_by_slide(paths: Iterable[str | os.PathLike[str]], what: str) -> dict[str, Path]:
-    """{slide_id: path} for per-slide files named `<slide_id>.h5`, as the workflow passes them.
+def slides_in(path: str | os.PathLike[str]) -> list[SlideData]:
+    """The slides a file holds: every group of a batch file, or the file itself, named by its id.
+
+    A file that does not exist (yet) counts as a per-slide file: `slide_file` then says it is
+    missing, naming the slide."""
+    path = Path(path)
+    if path.exists():
+        try:
+            with h5py.File(path, "r") as handle:
+                if handle.attrs.get("layout") == BATCH_LAYOUT:
+                    return [SlideData(path, name, name) for name in handle]
+        except OSError as error:
+            raise HnmError(
+                f"{path} cannot be read as HDF5 ({error}); delete it and run the stage that "
+                "writes it again"
+            ) from error
+    return [as_slide_data(path)]
+
+
+def files_by_slide(paths: Iterable[str | os.PathLike[str]], what: str) -> dict[str, SlideData]:
+    """{slide_id: SlideData} for the files the workflow passes: per-slide files named
+    `<slide_id>.h5`, or batch files holding one group per slide.
 
     Stages receive the exact files of their job (never a folder to search), so a slide's file
-    that is missing here is a missing input, not a slide to skip quietly."""
-    mapping: dict[str, Path] = {}
-    for path in map(Path, paths):
-        slide_id = path.name[: -len(".h5")] if path.name.endswith(".h5") else path.stem
-        if slide_id in mapping:
-            raise HnmError(
-                f"two {what} files for slide '{slide_id}': {mapping[slide_id]} and {path}"
-            )
-        mapping[slide_id] = path
+    that is missing here is a missing input, not a slide to skip quietly. A batch file may hold
+    slides the stage does not need (a batch mixes splits); stages look slides up by their sheet."""
+    mapping: dict[str, SlideData] = {}
+    for path in paths:
+        for slide in slides_in(path):
+            if slide.slide_id in mapping:
+                raise HnmError(
+                    f"two {what} files for slide '{slide.slide_id}': {mapping[slide.slide_id]} "
+                    f"and {slide}"
+                )
+            mapping[slide.slide_id] = slide
     return mapping
 
 
-def slide_file(files: dict[str, Path], slide_id: str, what: str) -> Path:
+def slide_file(files: dict[str, SlideData], slide_id: str, what: str) -> SlideData:
     """The slide's file from `files_by_slide`, or an error naming the slide and what to pass."""
     if slide_id not in files:
         raise HnmError(
@@ -245,7 +401,21 @@ def slide_file(files: dict[str, Path], slide_id: str, what: str) -> Path:
         )
     if not files[slide_id].exists():
         raise HnmError(
-            f"slide '{slide_id}': {what} file {files[slide_id]} is missing; run the stage that "
-            "writes it first"
+            f"slide '{slide_id}': {what} file {files[slide_id].path} is missing; run the stage "
+            "that writes it first"
         )
     return files[slide_id]
+
+
+def files_in_folder(folder: str | os.PathLike[str], what: str) -> dict[str, SlideData]:
+    """{slide_id: SlideData} for a finished run's folder of tiles or one round's features: its
+    per-slide files and the batch files of its `batches/` folder. For tools that read a run
+    afterwards (hnm compare); stages get their files from the workflow instead."""
+    folder = Path(folder)
+    paths = [
+        path
+        for place in (folder, folder / BATCH_FOLDER)
+        for path in sorted(place.glob("*.h5"))
+        if not path.name.startswith(".")  # an unfinished write's temporary file
+    ]
+    return files_by_slide(paths, what)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import h5py
@@ -20,7 +19,7 @@ import pandas as pd
 import torch
 
 from hnm.core.errors import HnmError
-from hnm.io.h5io import read_feature_rows
+from hnm.io.h5io import SlideData, open_slide, read_feature_rows
 from hnm.mil.batch import BagBatch, make_batch
 from hnm.mil.files import FAILED_UPSTREAM
 
@@ -83,13 +82,13 @@ class Cohort:
 
 
 def load_cohort(
-    sheet: pd.DataFrame, feature_files: Mapping[str, Path], device: torch.device
+    sheet: pd.DataFrame, feature_files: Mapping[str, SlideData], device: torch.device
 ) -> Cohort:
     """Every slide of the sheet whose features are usable; failed or empty files are excluded.
 
     `feature_files` maps slide ids to the files the job was given (hnm.io.h5io.files_by_slide);
     a sheet slide without one is a missing input."""
-    planned: list[tuple[pd.Series, Path, int]] = []
+    planned: list[tuple[pd.Series, SlideData, int]] = []
     excluded: list[dict[str, Any]] = []
     identities: list[dict[str, Any]] = []
     missing: list[str] = []
@@ -139,7 +138,7 @@ def load_cohort(
     bags: list[Bag] = []
     start = 0
     for row, path, rows in planned:
-        with h5py.File(path, "r") as handle:
+        with open_slide(path) as handle:
             block = read_feature_rows(handle["features"])  # float32, either dtype
             coords = _coords(handle, rows)
             side = patch_level0(dict(handle["features"].attrs))
@@ -177,14 +176,14 @@ def patch_level0(attrs: Mapping[str, Any]) -> int:
     return int(round(side)) if np.isfinite(side) and side > 0 else 0
 
 
-def _coords(handle: h5py.File, rows: int) -> np.ndarray:
+def _coords(handle: h5py.Group, rows: int) -> np.ndarray:
     """The feature file's (rows, 2) level-0 x, y; -1 where a file has none (older or foreign)."""
     if "coords" in handle and handle["coords"].shape == (rows, 2):
         return np.asarray(handle["coords"][:], dtype=np.int64)
     return np.full((rows, 2), -1, dtype=np.int64)
 
 
-def _inspect(path: Path, slide_id: str) -> tuple[int, int, str, float, dict[str, Any]]:
+def _inspect(path: SlideData, slide_id: str) -> tuple[int, int, str, float, dict[str, Any]]:
     """(rows, feature dim, reason to exclude or "", extraction seconds, failure) without reading
     the features; the seconds are what the extraction stage recorded for the slide (0 if none).
 
@@ -192,7 +191,7 @@ def _inspect(path: Path, slide_id: str) -> tuple[int, int, str, float, dict[str,
     round), kept in the MIL's excluded_slides: with extract.keep_rounds the file itself is removed
     after this round, and `hnm failures` then reads the skip from there."""
     try:
-        with h5py.File(path, "r") as handle:
+        with open_slide(path) as handle:
             if "features" not in handle:
                 raise HnmError(
                     f"feature file {path} of slide '{slide_id}' has no `features` dataset; "

@@ -11,14 +11,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
 from hnm.core.errors import HnmError, SlideError
-from hnm.io.h5io import read_tiles_or_fail, slide_file
+from hnm.io.h5io import SlideData, read_tiles_or_fail, slide_file
 from hnm.io.patches import JpegTileReader, PatchReader, ReadFailure, open_patch_reader
 
 log = logging.getLogger(__name__)
@@ -41,7 +40,7 @@ class TrainingPatches:
 
 def training_patches(
     sheet: pd.DataFrame,
-    tiles_files: dict[str, Path],
+    tiles_files: dict[str, SlideData],
     skipped: dict[str, dict[str, str]] | None = None,
 ) -> TrainingPatches:
     """Every patch of the sheet's train slides, read through open_patch_reader like fine-tuning.

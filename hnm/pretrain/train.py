@@ -120,12 +120,14 @@ def _inputs_fingerprint(
 ) -> str:
     # Loader processes change how patches are read, never which: a rerun may use another count.
     kept = {k: v for k, v in asdict(settings).items() if k != "workers"}
+    # a batch file holds several slides: each file is hashed once
+    digests = {path: file_digest(path) for path in {tiles[slide].path for slide in pool.slides}}
     return fingerprint(
         {
             **kept,
             "precision": precision,
             "encoder_sha256": file_digest(encoder_in),
-            "tiles_sha256": {slide: file_digest(tiles[slide]) for slide in pool.slides},
+            "tiles_sha256": {slide: digests[tiles[slide].path] for slide in pool.slides},
         }
     )
 

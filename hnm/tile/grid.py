@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hnm.core.atomic import atomic_path
 from hnm.core.errors import SlideError
+from hnm.io.h5io import OutPath, write_tiles
 from hnm.tile.tissue import TissueMask, TissueParams, detect_tissue
 
 if TYPE_CHECKING:
@@ -251,23 +251,19 @@ def tile_slide(
 
 
 def write_tiles_file(
-    path: str | os.PathLike[str],
+    path: OutPath,
     coords: np.ndarray,
     attrs: dict[str, Any],
     tissue_fraction: np.ndarray | None = None,
+    qc_png: np.ndarray | None = None,
 ) -> None:
-    """The shared tiles layout (hnm.io.h5io.write_tiles) plus `tissue_fraction`, written atomically."""
-    import h5py
-
-    from hnm.io.h5io import write_tiles
-
-    with atomic_path(path) as temporary:
-        write_tiles(temporary, coords, attrs)
-        if tissue_fraction is not None:
-            with h5py.File(temporary, "a") as handle:
-                handle.create_dataset(
-                    "tissue_fraction", data=np.asarray(tissue_fraction, dtype=np.float32)
-                )
+    """The shared tiles layout (hnm.io.h5io.write_tiles) plus `tissue_fraction` and, in a batch
+    file, the QC picture's PNG bytes (`qc_png`), written atomically (a file of its own, or a batch
+    file's group)."""
+    extra = {} if qc_png is None else {"qc_png": qc_png}
+    if tissue_fraction is not None:
+        extra["tissue_fraction"] = np.asarray(tissue_fraction, dtype=np.float32)
+    write_tiles(path, coords, attrs, extra)
 
 
 def failed_attrs(

@@ -7,6 +7,7 @@ contour and the kept patches drawn on it, and a legend that says what the number
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 from collections.abc import Sequence
@@ -113,6 +114,28 @@ def render_failed(slide_id: str, path: str, error: str) -> Image.Image:
 def write_png(path: str | os.PathLike[str], image: Image.Image) -> None:
     with atomic_path(path) as temporary:
         image.save(temporary, format="PNG")
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    """The picture as PNG bytes, as a batch tiles file keeps each slide's (dataset `qc_png`)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def stack(images: Sequence[Image.Image], gap: int = 24) -> Image.Image:
+    """Pictures one under the other on white, `gap` px apart: one batch's QC pictures in one PNG,
+    so a person pages through a thousand batches rather than ten thousand files."""
+    if not images:
+        raise ValueError("stack: no pictures")
+    width = max(image.width for image in images)
+    height = sum(image.height for image in images) + gap * (len(images) - 1)
+    canvas = Image.new("RGB", (width, height), "white")
+    top = 0
+    for image in images:
+        canvas.paste(image.convert("RGB"), (0, top))
+        top += image.height + gap
+    return canvas
 
 
 def _with_legend(picture: Image.Image, legend: Sequence[str]) -> Image.Image:

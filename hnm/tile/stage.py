@@ -1,5 +1,8 @@
 """The tiling stage: one slide -> its tiles HDF5 and QC PNG, or a failed-slide record in skip mode.
 
+In a batch (`qc_path` None, the tiles going into a batch file's group) the QC picture is kept in
+the slide's group as PNG bytes (`qc_png`) and returned, for the job's one stacked PNG.
+
 With on_slide_error skip a slide that cannot be opened or read (or has no usable resolution) does
 not fail the job: its tiles file is written with 0 patches and failed=True plus the reason, so a
 cohort run goes on and every later stage excludes the slide (and `hnm failures` lists it). With
@@ -13,8 +16,10 @@ import os
 import time
 
 import numpy as np
+from PIL import Image
 
 from hnm.core.errors import SlideError
+from hnm.io.h5io import BatchFile, OutPath
 from hnm.tile import qc
 from hnm.tile.grid import TilingResult, failed_attrs, tile_slide, write_tiles_file
 from hnm.tile.settings import TileSettings
@@ -25,12 +30,13 @@ log = logging.getLogger("hnm.tile")
 def tile_to_files(
     slide: str | os.PathLike[str],
     slide_id: str,
-    out: str | os.PathLike[str],
-    qc_path: str | os.PathLike[str],
+    out: OutPath,
+    qc_path: str | os.PathLike[str] | None,
     settings: TileSettings,
     mpp: float | None = None,
-) -> None:
-    """Write `out` (tiles) and `qc_path` (QC image) for one slide; `mpp` overrides its metadata."""
+) -> Image.Image:
+    """Write `out` (tiles) and `qc_path` (QC image) for one slide, or with `qc_path` None keep the
+    QC image in the tiles; returns the QC image. `mpp` overrides the slide's metadata."""
     grid, tissue_params = settings.grid(), settings.tissue()
     try:
         result = tile_slide(slide, slide_id, grid, tissue_params, mpp)
@@ -41,9 +47,9 @@ def tile_to_files(
         reason = error.problem
         log.warning("skipping slide '%s' (%s) (on_slide_error skip): %s", slide_id, slide, reason)
         attrs = failed_attrs(slide_id, str(slide), reason, grid, tissue_params)
-        qc.write_png(qc_path, qc.render_failed(slide_id, str(slide), reason))
-        write_tiles_file(out, [], attrs, tissue_fraction=[])
-        return
+        image = qc.render_failed(slide_id, str(slide), reason)
+        _write(out, qc_path, image, [], attrs, [])
+        return image
 
     try:
         started = time.perf_counter()
@@ -61,17 +67,58 @@ def tile_to_files(
         image = qc_image(result, slide, slide_id, legend)
         attrs["timings"]["qc_s"] = time.perf_counter() - started
         started = time.perf_counter()
-        qc.write_png(qc_path, image)
-        write_tiles_file(out, result.coords, attrs, result.tissue_fraction)
+        _write(out, qc_path, image, result.coords, attrs, result.tissue_fraction)
         log.info(
-            "%s: wrote %s (%.3f s) and %s",
+            "%s: wrote %s (%.3f s)%s",
             slide_id,
             out,
             time.perf_counter() - started,
-            qc_path,
+            f" and {qc_path}" if qc_path is not None else "",
         )
+        return image
     finally:
         result.osr.close()
+
+
+def _write(
+    out: OutPath,
+    qc_path: str | os.PathLike[str] | None,
+    image: Image.Image,
+    coords: np.ndarray | list[list[int]],
+    attrs: dict,
+    tissue_fraction: np.ndarray | list[float],
+) -> None:
+    """The tiles, and the QC picture beside them (a PNG file) or in them (`qc_png`)."""
+    if qc_path is not None:
+        qc.write_png(qc_path, image)
+        write_tiles_file(out, coords, attrs, tissue_fraction)
+        return
+    write_tiles_file(
+        out,
+        coords,
+        attrs,
+        tissue_fraction,
+        qc_png=np.frombuffer(qc.png_bytes(image), dtype=np.uint8),
+    )
+
+
+def tile_batch(
+    slides: list[str],
+    slide_ids: list[str],
+    out: str | os.PathLike[str],
+    qc_path: str | os.PathLike[str],
+    settings: TileSettings,
+    mpps: list[float | None],
+) -> None:
+    """Every slide into one batch tiles file (a group each, its QC picture inside) and their QC
+    pictures stacked into one PNG; neither file appears unless every slide is done."""
+    with BatchFile(out) as batch:
+        images = [
+            tile_to_files(slide, slide_id, batch.slide(slide_id), None, settings, mpp)
+            for slide, slide_id, mpp in zip(slides, slide_ids, mpps)
+        ]
+        qc.write_png(qc_path, qc.stack(images))
+    log.info("wrote %s (%d slides) and %s", out, len(slides), qc_path)
 
 
 def qc_image(

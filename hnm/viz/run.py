@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import os
@@ -17,7 +18,14 @@ from PIL import Image
 from hnm.core.atomic import atomic_path
 from hnm.core.errors import HnmError
 from hnm.evaluate.settings import EvaluateSettings
-from hnm.io.h5io import files_by_slide, read_tiles_or_fail, slide_file
+from hnm.io.h5io import (
+    BATCH_FOLDER,
+    SlideData,
+    files_by_slide,
+    open_slide,
+    read_tiles_or_fail,
+    slide_file,
+)
 from hnm.io.sheet import read_normalised_sheet
 from hnm.viz.settings import VizSettings
 
@@ -48,7 +56,7 @@ def _slide_of(out: str | os.PathLike[str], suffix: str) -> str:
 
 
 def _positions(
-    slide_id: str, tiles: dict[str, Path], idx: np.ndarray
+    slide_id: str, tiles: dict[str, SlideData], idx: np.ndarray
 ) -> tuple[np.ndarray, dict[str, Any]]:
     coords, attrs = read_tiles_or_fail(slide_file(tiles, slide_id, "tiles"))
     if len(idx) and (idx.min() < 0 or idx.max() >= len(coords)):
@@ -301,10 +309,20 @@ def write_report_sample(
     predictions_path: str | os.PathLike[str],
     out_index: str | os.PathLike[str],
     settings: VizSettings,
+    tiles_paths: Paths = (),
+    qc_slides: Sequence[str] = (),
 ) -> None:
     """Each image shrunk to report_thumb_px, as JPEG (the report embeds these), and a CSV listing every
-    slide with its prediction and where its full-size files are."""
-    for image, out in zip(images, outs):
+    slide with its prediction and where its full-size files are.
+
+    With batched tiling a slide's QC picture is in its tiles (batch file, `qc_png`), not a PNG of
+    its own: `qc_slides` are read from `tiles_paths` and shrunk to the first outs, before `images`;
+    the index then points each slide at its batch's stacked QC PNG."""
+    tiles = files_by_slide(tiles_paths, "tiles")
+    pictures = [*(_qc_picture(tiles, slide) for slide in qc_slides), *images]
+    if len(pictures) != len(outs):
+        raise HnmError(f"{len(pictures)} images to shrink but {len(outs)} --out files")
+    for image, out in zip(pictures, outs):
         with Image.open(image) as picture:
             picture = picture.convert("RGB")
             picture.thumbnail((settings.report_thumb_px, settings.report_thumb_px))
@@ -313,13 +331,31 @@ def write_report_sample(
     sheet = read_normalised_sheet(sheet_path)
     predictions = pd.read_csv(predictions_path)[["slide_id", "prob", "predicted"]]
     index = sheet[["slide_id", "split", "label"]].merge(predictions, on="slide_id", how="left")
-    index["qc"] = "results/qc/" + index["slide_id"] + ".png"
+    index["qc"] = [qc_picture_path(tiles.get(slide), slide) for slide in index["slide_id"]]
     index["heatmap"] = np.where(
         index["split"] == "train", "", "results/final/heatmaps/" + index["slide_id"] + ".png"
     )
     index["qupath"] = "results/final/heatmaps/" + index["slide_id"] + ".geojson"
     with atomic_path(out_index) as temporary:
         index.to_csv(temporary, index=False)
+
+
+def qc_picture_path(tiles: SlideData | None, slide_id: str) -> str:
+    """Where a slide's QC picture is in the run folder: its own PNG, or its batch's stacked one."""
+    if tiles is not None and tiles.group:
+        return f"results/qc/{BATCH_FOLDER}/{tiles.path.stem}.png"
+    return f"results/qc/{slide_id}.png"
+
+
+def _qc_picture(tiles: dict[str, SlideData], slide_id: str) -> io.BytesIO:
+    """A slide's QC picture as its batch tiles file keeps it (hnm.tile.stage)."""
+    where = slide_file(tiles, slide_id, "tiles")
+    with open_slide(where) as handle:
+        if "qc_png" not in handle:
+            raise HnmError(
+                f"tiles of slide '{slide_id}' in {where} hold no QC picture (qc_png); re-run tiling"
+            )
+        return io.BytesIO(handle["qc_png"][:].tobytes())
 
 
 def write_metrics_html(

@@ -1,0 +1,64 @@
+"""A run made with one file per slide, moved into batch files by `hnm regroup`, carries on with
+tiling and extraction batched and nothing to make again: same features, same decisions."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hnm.cli import main
+from hnm.extract.batches import extraction_batches
+from hnm.io.h5io import files_by_slide, open_slide, read_features, read_tiles
+from tests.workflow_runner import FinishedRun, run, write_config
+
+pytestmark = pytest.mark.workflow
+
+PER_JOB = 4
+
+
+def test_a_regrouped_run_has_nothing_to_redo(tiny_run: FinishedRun, tmp_path: Path) -> None:
+    folder = tmp_path / "run"
+    shutil.copytree(tiny_run.folder, folder)  # copy2: the files keep their modification times
+    results = folder / "results"
+    slides = sorted(p.stem for p in (results / "tiles").glob("*.h5"))
+    before = {s: read_features(results / "r1" / "features" / f"{s}.h5") for s in slides}
+    tiles_before = {s: read_tiles(results / "tiles" / f"{s}.h5") for s in slides}
+    qc_before = {s: (results / "qc" / f"{s}.png").read_bytes() for s in slides}
+
+    args = ["regroup", "--results", str(results), "--tile-slides-per-job", str(PER_JOB)]
+    args += ["--extract-slides-per-job", str(PER_JOB)]
+    assert main([*args, "--dry-run"]) == 0
+    assert (results / "r1" / "features" / f"{slides[0]}.h5").exists()  # a dry run changes nothing
+    assert main(args) == 0
+
+    batches = extraction_batches(slides, PER_JOB)
+    for round_ in (0, 1):
+        found = sorted((results / f"r{round_}" / "features" / "batches").glob("*.h5"))
+        assert [p.stem for p in found] == sorted(batches)
+        assert not list((results / f"r{round_}" / "features").glob("*.h5"))
+    features = files_by_slide(sorted((results / "r1/features/batches").glob("*.h5")), "features")
+    tiles = files_by_slide(sorted((results / "tiles/batches").glob("*.h5")), "tiles")
+    for slide in slides:
+        for got, expected in zip(read_features(features[slide]), before[slide]):
+            if isinstance(expected, np.ndarray):
+                np.testing.assert_array_equal(got, expected)
+            else:
+                assert got == expected
+        assert np.array_equal(read_tiles(tiles[slide])[0], tiles_before[slide][0])
+        assert read_tiles(tiles[slide])[1] == tiles_before[slide][1]
+        with open_slide(tiles[slide]) as group:
+            assert group["qc_png"][:].tobytes() == qc_before[slide]
+    assert sorted(p.stem for p in (results / "qc" / "batches").glob("*.png")) == sorted(batches)
+
+    # The run goes on batched: Snakemake finds nothing to make again but the per-round lists of
+    # files, which now name batch files (and re-run nothing: consumers read them as ancient()).
+    write_config(
+        folder, {"tile": {"slides_per_job": PER_JOB}, "extract": {"slides_per_job": PER_JOB}}
+    )
+    plan = run(folder, "-n")
+    planned = set(re.findall(r"^(\w+)\s+\d+$", plan.stdout, re.M)) - {"total", "job", "count"}
+    assert planned <= {"file_list"}, plan.stdout[-3000:]
