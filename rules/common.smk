@@ -23,7 +23,7 @@ from hnm.core.renames import check_section_names
 from hnm.core.reproducible import job_environment
 from hnm.encoders.presets import workflow_problems
 from hnm.evaluate.settings import PROBE_SETTINGS
-from hnm.extract.batches import extraction_batches
+from hnm.extract.batches import batches_by_split, extraction_batches
 from hnm.extract.keep import kept_rounds, pruned_rounds, round_pattern
 from hnm.io.sheet import demo_sheet, validate_sheet
 from hnm.mil.files import MIL_FILES
@@ -190,9 +190,12 @@ def slide_mpp_flag(wildcards):
 
 # Batched stages (tile.slides_per_job or extract.slides_per_job above 1) write one file per batch
 # of slides, a group per slide (hnm.io.h5io), under batches/: {batch name: slides} and each slide's
-# batch. A slide's batch follows from its id alone (hnm.extract.batches).
+# batch. A slide's batch follows from its id alone (hnm.extract.batches); tiling's from its id
+# within its split, so that the train slides' tiles files, which training reads, hold no other.
 TILE_BATCHES = (
-    extraction_batches(SLIDES, config["tile"]["slides_per_job"])
+    batches_by_split(
+        {s: SLIDE_ROWS[s]["split"] for s in SLIDES}, config["tile"]["slides_per_job"]
+    )
     if config["tile"]["slides_per_job"] > 1
     else {}
 )
@@ -205,7 +208,7 @@ TILE_BATCH_OF = {s: batch for batch, members in TILE_BATCHES.items() for s in me
 
 
 wildcard_constraints:
-    batch=r"b[01]*",
+    batch=r"(?:(?:train|val|test)_)?b[01]*",
 
 
 def batch_files(pattern, batches, slides):

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from hnm.extract.batches import extraction_batches, hash_bits
+from hnm.extract.batches import batches_by_split, extraction_batches, hash_bits
 
 
 def _slides(count: int, seed: int) -> list[str]:
@@ -46,3 +46,20 @@ def test_new_slides_change_only_the_batches_they_fall_into(where: str) -> None:
 def test_bad_limit() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         extraction_batches(["a"], 0)
+
+
+def test_batches_by_split_never_mix_splits_and_a_new_test_slide_leaves_train_alone() -> None:
+    slides = _slides(120, 4)
+    split_of = {slide: ("train", "val", "test")[i % 3] for i, slide in enumerate(slides)}
+    before = batches_by_split(split_of, 8)
+    assert sorted(s for members in before.values() for s in members) == sorted(slides)
+    for name, members in before.items():
+        split = name.split("_")[0]
+        assert {split_of[s] for s in members} == {split}
+        assert name[len(split) + 1 :] in extraction_batches(
+            [s for s in slides if split_of[s] == split], 8
+        )
+    new = {s: "test" for s in _slides(5, 5) if s not in split_of}
+    after = batches_by_split({**split_of, **new}, 8)
+    changed = {name for name in after if before.get(name) != after[name]}
+    assert changed and all(name.startswith("test_") for name in changed)

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from hnm.extract.batches import extraction_batches
+from hnm.extract.batches import batches_by_split, extraction_batches
 from tests.workflow_runner import jobs_run, run, wildcards_run, write_config
 
 pytestmark = pytest.mark.workflow
@@ -48,12 +48,13 @@ def test_added_slides_re_extract_only_the_batches_they_join(tmp_path) -> None:  
     write_config(tmp_path, BASE)
     first = run(tmp_path, "features_round0", timeout=1200)
     before = extraction_batches(_slide_ids(10), PER_JOB)
+    tiles_before = batches_by_split(_splits(_slide_ids(10)), PER_JOB)
     # one tiling rule and one extraction rule, one job per batch, one file per batch
-    assert jobs_run(first)["extract"] == jobs_run(first)["tile"] == len(before)
+    assert jobs_run(first)["extract"] == len(before)
+    assert jobs_run(first)["tile"] == len(tiles_before)
     assert wildcards_run(first, "extract", "batch") == set(before)
-    assert sorted(p.stem for p in (tmp_path / "results/tiles/batches").glob("*.h5")) == sorted(
-        before
-    )
+    made = sorted(p.stem for p in (tmp_path / "results/tiles/batches").glob("*.h5"))
+    assert made == sorted(tiles_before)
 
     grown = {**BASE, "demo": {**BASE["demo"], "slides": {**BASE["demo"]["slides"]}}}
     grown["demo"]["slides"]["train"] = {"tumor": 15, "normal": 10}
@@ -72,13 +73,21 @@ def test_added_slides_re_extract_only_the_batches_they_join(tmp_path) -> None:  
     extracted = wildcards_run(result, "extract", "batch")
     assert extracted == changed, (extracted, changed)
     assert len(changed) <= 2 * len(new) < len(after)  # most batches untouched
-    # Tiling is batched the same way (tile.slides_per_job): the same batches are tiled again,
-    # and only the new slides are drawn.
+    # Tiling is batched the same way within each split (tile.slides_per_job): the train
+    # batches the new (train) slides change are tiled again, no other, and only the new slides
+    # are drawn.
+    tiles_after = batches_by_split(_splits(_slide_ids(15)), PER_JOB)
+    tiles_changed = {n for n, members in tiles_after.items() if tiles_before.get(n) != members}
     tiled = wildcards_run(result, "tile", "batch")
-    assert tiled == changed, (tiled, changed)
+    assert tiled == tiles_changed and all(n.startswith("train_") for n in tiled), tiled
     assert second.get("synth", 0) == len(new), second
     # Batches average within a factor 2 of slides_per_job.
     assert 45 / len(after) >= PER_JOB / 2
+
+
+def _splits(slide_ids: list[str]) -> dict[str, str]:
+    """{slide: split}, from the demo's ids (demo_{split}_{label}_{index})."""
+    return {slide: slide.split("_")[1] for slide in slide_ids}
 
 
 def _members(batches: dict[str, list[str]], prefix: str) -> set[str]:

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import re
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+from PIL import Image
 
 from hnm.cli import main
-from hnm.extract.batches import extraction_batches
+from hnm.extract.batches import batches_by_split, extraction_batches
 from hnm.io.h5io import files_by_slide, open_slide, read_features, read_tiles
-from tests.workflow_runner import FinishedRun, run, write_config
+from tests.workflow_runner import FinishedRun, jobs_run, run, write_config
 
 pytestmark = pytest.mark.workflow
 
@@ -52,7 +55,9 @@ def test_a_regrouped_run_has_nothing_to_redo(tiny_run: FinishedRun, tmp_path: Pa
         assert read_tiles(tiles[slide])[1] == tiles_before[slide][1]
         with open_slide(tiles[slide]) as group:
             assert group["qc_png"][:].tobytes() == qc_before[slide]
-    assert sorted(p.stem for p in (results / "qc" / "batches").glob("*.png")) == sorted(batches)
+    assert len(list((results / "qc" / "batches").glob("*.png"))) == len(
+        list((results / "tiles" / "batches").glob("*.h5"))
+    )
 
     # The run goes on batched: Snakemake finds nothing to make again but the per-round lists of
     # files, which now name batch files (and re-run nothing: consumers read them as ancient()).
@@ -62,3 +67,23 @@ def test_a_regrouped_run_has_nothing_to_redo(tiny_run: FinishedRun, tmp_path: Pa
     plan = run(folder, "-n")
     planned = set(re.findall(r"^(\w+)\s+\d+$", plan.stdout, re.M)) - {"total", "job", "count"}
     assert planned <= {"file_list"}, plan.stdout[-3000:]
+
+    # The report's sample now takes its QC pictures from the batch tiles files, and its index
+    # points each slide at its batch's stacked picture.
+    (results / "report" / "slides.csv").unlink()
+    started = time.time()
+    jobs = jobs_run(run(folder))
+    assert set(jobs) - {"file_list"} == {"report_sample", "all"}, jobs
+    index = pd.read_csv(results / "report" / "slides.csv").set_index("slide_id")
+    sheet = pd.read_csv(results / "sheet.tsv", sep="\t")
+    tile_batches = batches_by_split(dict(zip(sheet["slide_id"], sheet["split"])), PER_JOB)
+    assert sorted(p.stem for p in (results / "tiles/batches").glob("*.h5")) == sorted(tile_batches)
+    for batch, members in tile_batches.items():
+        for slide in members:
+            assert index.loc[slide, "qc"] == f"results/qc/batches/{batch}.png"
+    pictures = sorted((results / "report" / "qc").glob("*.jpg"))
+    assert pictures
+    for picture in pictures:
+        assert picture.stat().st_mtime >= started - 1  # made again, from the tiles files
+        with Image.open(picture) as small:
+            assert max(small.size) <= 480 and small.getextrema()[0][1] > 0

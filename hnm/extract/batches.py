@@ -11,7 +11,7 @@ grows past the limit splits into its two halves); every other batch keeps its me
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 
 def hash_bits(slide_id: str) -> str:
@@ -41,3 +41,16 @@ def _split(
     depth = len(prefix)
     _split([item for item in keyed if item[0][depth] == "0"], prefix + "0", limit, batches)
     _split([item for item in keyed if item[0][depth] == "1"], prefix + "1", limit, batches)
+
+
+def batches_by_split(split_of: Mapping[str, str], slides_per_job: int) -> dict[str, list[str]]:
+    """`extraction_batches` within each split, named `{split}_{batch}`: batches that never mix
+    splits. Tiling batches this way, since the training stages read the train slides' tiles files:
+    a validation or test slide added later must not rewrite one of them (and so pretrain the
+    round-0 encoder again, and extract every round anew)."""
+    batches: dict[str, list[str]] = {}
+    for split in sorted(set(split_of.values())):
+        members = [slide for slide, where in split_of.items() if where == split]
+        for name, slides in extraction_batches(members, slides_per_job).items():
+            batches[f"{split}_{name}"] = slides
+    return batches

@@ -29,7 +29,7 @@ import numpy as np
 
 from hnm.core.atomic import atomic_path
 from hnm.core.errors import HnmError
-from hnm.extract.batches import extraction_batches
+from hnm.extract.batches import batches_by_split, extraction_batches
 from hnm.io.h5io import BATCH_FOLDER, BATCH_LAYOUT
 from hnm.io.sheet import read_normalised_sheet
 
@@ -56,10 +56,12 @@ def regroup_run(
             f"{sheet_path} is missing: regroup reads the run's slides from it; give the results "
             "folder of a run that has started"
         )
-    slides = list(read_normalised_sheet(sheet_path)["slide_id"].astype(str))
+    sheet = read_normalised_sheet(sheet_path)
+    slides = list(sheet["slide_id"].astype(str))
     done = Regrouped()
     if tile_per_job > 1:
-        for batch, members in extraction_batches(slides, tile_per_job).items():
+        split_of = dict(zip(slides, sheet["split"].astype(str)))
+        for batch, members in batches_by_split(split_of, tile_per_job).items():
             _regroup(
                 results / "tiles",
                 batch,
