@@ -189,18 +189,19 @@ def slide_mpp_flag(wildcards):
 
 
 # Batched stages (tile.slides_per_job or extract.slides_per_job above 1) write one file per batch
-# of slides, a group per slide (hnm.io.h5io), under batches/: {batch name: slides} and each slide's
-# batch. A slide's batch follows from its id alone (hnm.extract.batches); tiling's from its id
-# within its split, so that the train slides' tiles files, which training reads, hold no other.
+# of slides, a group per slide (hnm.io.h5io), under batches/: {batch name: slides}. A slide's batch
+# follows from its id within its split (hnm.extract.batches.batches_by_split): a validation or test
+# slide added later never rewrites a file of train slides, which pretraining and fine-tuning read,
+# and with the two settings equal a tiling batch is an extraction batch, so a rewritten tiles file
+# re-extracts its own batch and no other.
+SPLIT_OF = {s: SLIDE_ROWS[s]["split"] for s in SLIDES}
 TILE_BATCHES = (
-    batches_by_split(
-        {s: SLIDE_ROWS[s]["split"] for s in SLIDES}, config["tile"]["slides_per_job"]
-    )
+    batches_by_split(SPLIT_OF, config["tile"]["slides_per_job"])
     if config["tile"]["slides_per_job"] > 1
     else {}
 )
 EXTRACT_BATCHES = (
-    extraction_batches(SLIDES, config["extract"]["slides_per_job"])
+    batches_by_split(SPLIT_OF, config["extract"]["slides_per_job"])
     if config["extract"]["slides_per_job"] > 1
     else {}
 )
@@ -249,6 +250,13 @@ def file_list(name, paths, folder="results"):
     path = f"{folder}/lists/{name}.txt"
     FILE_LISTS[path] = [str(each) for each in paths]
     return ancient(path)
+
+
+def list_digest_of(folder):
+    """The file_list rules' digest param for lists in `folder`/lists (a wildcards function)."""
+    return lambda wildcards: list_digest(
+        listed_paths(f"{folder}/lists/{wildcards.name}.txt")
+    )
 
 
 def listed_paths(path):

@@ -36,6 +36,8 @@ if PREDICT.sheet:
             f"{PREDICT_DIR}/lists/{{name}}.txt",
         log:
             f"{PREDICT_DIR}/logs/lists/{{name}}.log",
+        params:
+            digest=list_digest_of(PREDICT_DIR),
 
     tiling_rule(
         "predict_tile",

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from hnm.io.h5io import read_features
+from hnm.io.h5io import files_in_folder, read_features
 from tests.odd_cohort import CORRUPT, PWNED, ROWS, TILING, rewrite_annotation, write_cohort
 from tests.workflow_runner import REPO, TINY_CONFIG, jobs_run, run, write_config
 
@@ -81,10 +81,11 @@ def test_undecodable_slide_is_skipped_without_costing_its_batch(
     folder, _, _ = odd_run
     results = folder / "results"
     for round_ in (0, 1):
+        # one features file per job of 16 slides, a group per slide (hnm.io.h5io)
+        found = files_in_folder(results / f"r{round_}" / "features", "features")
+        assert {p.path.parent.name for p in found.values()} == {"batches"}
         for slide_id, *_ in ROWS:
-            features, _, attrs = read_features(
-                results / f"r{round_}" / "features" / f"{slide_id}.h5"
-            )
+            features, _, attrs = read_features(found[slide_id])
             if slide_id == CORRUPT:
                 assert attrs["failed"] and len(features) == 0
             else:

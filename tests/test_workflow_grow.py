@@ -47,21 +47,21 @@ def _slide_ids(train_tumor: int) -> list[str]:
 def test_added_slides_re_extract_only_the_batches_they_join(tmp_path) -> None:  # noqa: ANN001
     write_config(tmp_path, BASE)
     first = run(tmp_path, "features_round0", timeout=1200)
-    before = extraction_batches(_slide_ids(10), PER_JOB)
-    tiles_before = batches_by_split(_splits(_slide_ids(10)), PER_JOB)
+    # Batches never mix splits; tiling and extraction batch alike (the same slides_per_job).
+    before = batches_by_split(_splits(_slide_ids(10)), PER_JOB)
     # one tiling rule and one extraction rule, one job per batch, one file per batch
-    assert jobs_run(first)["extract"] == len(before)
-    assert jobs_run(first)["tile"] == len(tiles_before)
+    assert jobs_run(first)["extract"] == jobs_run(first)["tile"] == len(before)
     assert wildcards_run(first, "extract", "batch") == set(before)
+    assert wildcards_run(first, "tile", "batch") == set(before)
     made = sorted(p.stem for p in (tmp_path / "results/tiles/batches").glob("*.h5"))
-    assert made == sorted(tiles_before)
+    assert made == sorted(before)
 
     grown = {**BASE, "demo": {**BASE["demo"], "slides": {**BASE["demo"]["slides"]}}}
     grown["demo"]["slides"]["train"] = {"tumor": 15, "normal": 10}
     write_config(tmp_path, grown)
     result = run(tmp_path, "features_round0", timeout=1200)
     second = jobs_run(result)
-    after = extraction_batches(_slide_ids(15), PER_JOB)
+    after = batches_by_split(_splits(_slide_ids(15)), PER_JOB)
     new = set(_slide_ids(15)) - set(_slide_ids(10))
     # The batches whose members changed: those the new slides joined, and the halves of one that
     # grew past slides_per_job and split (its old members' features are made again by the half
@@ -73,13 +73,11 @@ def test_added_slides_re_extract_only_the_batches_they_join(tmp_path) -> None:  
     extracted = wildcards_run(result, "extract", "batch")
     assert extracted == changed, (extracted, changed)
     assert len(changed) <= 2 * len(new) < len(after)  # most batches untouched
-    # Tiling is batched the same way within each split (tile.slides_per_job): the train
-    # batches the new (train) slides change are tiled again, no other, and only the new slides
-    # are drawn.
-    tiles_after = batches_by_split(_splits(_slide_ids(15)), PER_JOB)
-    tiles_changed = {n for n, members in tiles_after.items() if tiles_before.get(n) != members}
+    # Tiling is batched the same way (tile.slides_per_job): the same batches are tiled again,
+    # all of them train batches (the new slides are train slides), and only the new slides are
+    # drawn.
     tiled = wildcards_run(result, "tile", "batch")
-    assert tiled == tiles_changed and all(n.startswith("train_") for n in tiled), tiled
+    assert tiled == changed and all(name.startswith("train_") for name in tiled), tiled
     assert second.get("synth", 0) == len(new), second
     # Batches average within a factor 2 of slides_per_job.
     assert 45 / len(after) >= PER_JOB / 2

@@ -14,9 +14,10 @@ import pytest
 from PIL import Image
 
 from hnm.cli import main
-from hnm.extract.batches import batches_by_split, extraction_batches
+from hnm.extract.batches import batches_by_split
 from hnm.io.h5io import files_by_slide, open_slide, read_features, read_tiles
-from tests.workflow_runner import FinishedRun, jobs_run, run, write_config
+from tests.test_workflow_predict import new_slides_sheet
+from tests.workflow_runner import FinishedRun, jobs_run, run, wildcards_run, write_config
 
 pytestmark = pytest.mark.workflow
 
@@ -38,7 +39,8 @@ def test_a_regrouped_run_has_nothing_to_redo(tiny_run: FinishedRun, tmp_path: Pa
     assert (results / "r1" / "features" / f"{slides[0]}.h5").exists()  # a dry run changes nothing
     assert main(args) == 0
 
-    batches = extraction_batches(slides, PER_JOB)
+    sheet = pd.read_csv(results / "sheet.tsv", sep="\t")
+    batches = batches_by_split(dict(zip(sheet["slide_id"], sheet["split"])), PER_JOB)
     for round_ in (0, 1):
         found = sorted((results / f"r{round_}" / "features" / "batches").glob("*.h5"))
         assert [p.stem for p in found] == sorted(batches)
@@ -75,10 +77,8 @@ def test_a_regrouped_run_has_nothing_to_redo(tiny_run: FinishedRun, tmp_path: Pa
     jobs = jobs_run(run(folder))
     assert set(jobs) - {"file_list"} == {"report_sample", "all"}, jobs
     index = pd.read_csv(results / "report" / "slides.csv").set_index("slide_id")
-    sheet = pd.read_csv(results / "sheet.tsv", sep="\t")
-    tile_batches = batches_by_split(dict(zip(sheet["slide_id"], sheet["split"])), PER_JOB)
-    assert sorted(p.stem for p in (results / "tiles/batches").glob("*.h5")) == sorted(tile_batches)
-    for batch, members in tile_batches.items():
+    assert sorted(p.stem for p in (results / "tiles/batches").glob("*.h5")) == sorted(batches)
+    for batch, members in batches.items():
         for slide in members:
             assert index.loc[slide, "qc"] == f"results/qc/batches/{batch}.png"
     pictures = sorted((results / "report" / "qc").glob("*.jpg"))
@@ -87,3 +87,18 @@ def test_a_regrouped_run_has_nothing_to_redo(tiny_run: FinishedRun, tmp_path: Pa
         assert picture.stat().st_mtime >= started - 1  # made again, from the tiles files
         with Image.open(picture) as small:
             assert max(small.size) <= 480 and small.getextrema()[0][1] > 0
+
+    # Predicting the test slides as new ones, with extraction batched into one file per job,
+    # gives the regrouped run's own probabilities.
+    final = pd.read_csv(results / "final" / "predictions.csv")
+    test = final[final["split"] == "test"].set_index("slide_id")
+    sheet = new_slides_sheet(folder, "new.tsv", list(test.index))
+    result = run(folder, "predict", "--config", f"predict={{sheet: '{sheet}'}}")
+    assert wildcards_run(result, "predict_extract", "batch"), result.stdout[-3000:]
+    assert list((results / "predict" / "new" / "features" / "batches").glob("*.h5"))
+    predictions = pd.read_csv(results / "predict" / "new" / "predictions.csv")
+    predictions = predictions.set_index("slide_id")
+    assert sorted(predictions.index) == sorted(test.index)
+    np.testing.assert_allclose(
+        predictions["prob"], test.loc[predictions.index, "prob"], rtol=0, atol=1e-6
+    )

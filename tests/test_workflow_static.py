@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hnm.extract.batches import extraction_batches
+from hnm.extract.batches import batches_by_split
 from hnm.io.sheet import demo_sheet
 from tests.workflow_runner import wildcards_run
 
@@ -270,7 +270,7 @@ def test_extraction_jobs_take_slides_per_job_slides(per_job: int, tmp_path: Path
         assert jobs == {"extract": str(slides * rounds)}
     else:
         sheet = demo_sheet(config["demo"]["slides"], "slides", "annotations")
-        batches = extraction_batches(sheet["slide_id"], per_job)
+        batches = batches_by_split(dict(zip(sheet["slide_id"], sheet["split"])), per_job)
         assert jobs == {"extract": str(len(batches) * rounds)}
         assert wildcards_run(result, "extract", "batch") == set(batches)
 

@@ -45,9 +45,9 @@ def _split(
 
 def batches_by_split(split_of: Mapping[str, str], slides_per_job: int) -> dict[str, list[str]]:
     """`extraction_batches` within each split, named `{split}_{batch}`: batches that never mix
-    splits. Tiling batches this way, since the training stages read the train slides' tiles files:
-    a validation or test slide added later must not rewrite one of them (and so pretrain the
-    round-0 encoder again, and extract every round anew)."""
+    splits. The workflow batches tiling and extraction this way, since the training stages read
+    the train slides' tiles files: a validation or test slide added later must not rewrite one of
+    them (and so pretrain the round-0 encoder again, and extract every round anew)."""
     batches: dict[str, list[str]] = {}
     for split in sorted(set(split_of.values())):
         members = [slide for slide, where in split_of.items() if where == split]

@@ -29,7 +29,7 @@ import numpy as np
 
 from hnm.core.atomic import atomic_path
 from hnm.core.errors import HnmError
-from hnm.extract.batches import batches_by_split, extraction_batches
+from hnm.extract.batches import batches_by_split
 from hnm.io.h5io import BATCH_FOLDER, BATCH_LAYOUT
 from hnm.io.sheet import read_normalised_sheet
 
@@ -57,10 +57,9 @@ def regroup_run(
             "folder of a run that has started"
         )
     sheet = read_normalised_sheet(sheet_path)
-    slides = list(sheet["slide_id"].astype(str))
+    split_of = dict(zip(sheet["slide_id"].astype(str), sheet["split"].astype(str)))
     done = Regrouped()
     if tile_per_job > 1:
-        split_of = dict(zip(slides, sheet["split"].astype(str)))
         for batch, members in batches_by_split(split_of, tile_per_job).items():
             _regroup(
                 results / "tiles",
@@ -71,7 +70,7 @@ def regroup_run(
                 qc=results / "qc",
             )
     if extract_per_job > 1:
-        batches = extraction_batches(slides, extract_per_job)
+        batches = batches_by_split(split_of, extract_per_job)
         for folder in sorted(results.glob("r*/features")):
             for batch, members in batches.items():
                 _regroup(folder, batch, members, done, dry_run)
