@@ -212,21 +212,14 @@ wildcard_constraints:
     batch=r"(?:(?:train|val|test)_)?b[01]*",
 
 
-def batch_files(pattern, batches, slides):
-    """The batch files (`pattern` with {batch}) holding `slides`, each once, in name order."""
-    wanted = set(slides)
-    return [
-        pattern.format(batch=batch)
-        for batch, members in sorted(batches.items())
-        if wanted.intersection(members)
-    ]
-
-
 def tiles(slides=None):
-    """The tiles files of `slides` (all by default): one per slide, or their batches' files."""
+    """The tiles files of `slides` (all by default): one per slide, or their batches' files, each
+    once, in name order. Each extraction job asks for its slides' (an input function): a lookup
+    per slide, not a search of every batch, or planning grows with batches x jobs."""
     slides = SLIDES if slides is None else slides
     if TILE_BATCHES:
-        return batch_files("results/tiles/batches/{batch}.h5", TILE_BATCHES, slides)
+        batches = sorted({TILE_BATCH_OF[slide] for slide in slides})
+        return [f"results/tiles/batches/{batch}.h5" for batch in batches]
     return expand("results/tiles/{slide}.h5", slide=slides)
 
 

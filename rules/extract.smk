@@ -64,12 +64,26 @@ def extraction_rule(
     # The per-slide command is the one runs begun before batch files recorded (Snakemake re-runs
     # a job whose command changed).
     out_flag = "--batch --out {output:q}" if batches is not None else "--out {output:q}"
+    # A batch job's slide files are not inputs: its tiles files, made from them, already are (a
+    # changed slide is tiled again, and its batch extracted again). Each input file costs
+    # Snakemake a lookup while it plans: at 10,000 slides x 21 rounds, 210,000 of them.
+    slide_inputs = {} if batches is not None else {"slides": slides}
+    slide_flag = "{params.slide_paths}" if batches is not None else "{input.slides:q}"
+    slide_params = (
+        {}
+        if batches is None
+        else {
+            "slide_paths": lambda wildcards: " ".join(
+                shlex.quote(str(path)) for path in slides(wildcards)
+            )
+        }
+    )
 
     rule:
         name:
             name
         input:
-            slides=slides,
+            **slide_inputs,
             tiles=tiles,
             encoder=encoder,
         output:
@@ -89,14 +103,16 @@ def extraction_rule(
             # resources.extract.runtime is per slide
             runtime=retry_scaled("extract", "runtime", slides=per_job),
         params:
+            **slide_params,
             slide_ids=slide_ids,
             round=round_,
             settings=EXTRACT_SETTINGS,
             device=config["device"],
             gpu_slot=GPU_SLOT,
         shell:
-            "{params.gpu_slot}python -m hnm extract --slide {input.slides:q} --slide-id "
-            "{params.slide_ids} --tiles {input.tiles:q} --encoder {input.encoder:q} --round "
+            "{params.gpu_slot}python -m hnm extract --slide "
+            + slide_flag
+            + " --slide-id {params.slide_ids} --tiles {input.tiles:q} --encoder {input.encoder:q} --round "
             "{params.round} --device {params.device} --threads {threads} {params.settings} "
             + out_flag
             + " > {log:q} 2>&1"
@@ -122,7 +138,9 @@ if config["extract"]["slides_per_job"] == 1:
 else:
     extraction_rule(
         "extract",
-        slides=lambda wildcards: [slide_file(s) for s in EXTRACT_BATCHES[wildcards.batch]],
+        slides=lambda wildcards: [
+            slide_file(s) for s in EXTRACT_BATCHES[wildcards.batch]
+        ],
         tiles=lambda wildcards: tiles(EXTRACT_BATCHES[wildcards.batch]),
         encoder="results/r{round}/encoder.pt",
         outputs="results/r{round}/features/batches/{batch}.h5",

@@ -46,7 +46,9 @@ def tiling_rule(name, slides, tiles_out, qc_out, mpp, log, benchmark, batches=No
             **(
                 {}
                 if per_slide
-                else {"slide_ids": lambda wildcards: " ".join(batches[wildcards.batch])}
+                else {
+                    "slide_ids": lambda wildcards: " ".join(batches[wildcards.batch])
+                }
             ),
             mpp=mpp,
             settings=TILE_SETTINGS,

@@ -68,14 +68,17 @@ def test_a_regrouped_run_has_nothing_to_redo(tiny_run: FinishedRun, tmp_path: Pa
     )
     plan = run(folder, "-n")
     planned = set(re.findall(r"^(\w+)\s+\d+$", plan.stdout, re.M)) - {"total", "job", "count"}
-    assert planned <= {"file_list"}, plan.stdout[-3000:]
-
-    # The report's sample now takes its QC pictures from the batch tiles files, and its index
-    # points each slide at its batch's stacked picture.
+    assert planned == {"file_list"}, plan.stdout[-3000:]
+    # A file still to make when the lists are rewritten waits for the next run: Snakemake 9.27
+    # does not look at the jobs after a list it rewrites (docs/usage.md, "Runs begun before
+    # batch files"). Here the report's sample, which now takes its QC pictures from the batch
+    # tiles files and points each slide at its batch's stacked picture.
     (results / "report" / "slides.csv").unlink()
+    assert set(jobs_run(run(folder))) == {"file_list"}
     started = time.time()
-    jobs = jobs_run(run(folder))
-    assert set(jobs) - {"file_list"} == {"report_sample", "all"}, jobs
+    result = run(folder)
+    jobs = jobs_run(result)
+    assert set(jobs) == {"report_sample", "all"}, result.stdout + result.stderr
     index = pd.read_csv(results / "report" / "slides.csv").set_index("slide_id")
     assert sorted(p.stem for p in (results / "tiles/batches").glob("*.h5")) == sorted(batches)
     for batch, members in batches.items():

@@ -40,16 +40,25 @@ def run(args: argparse.Namespace) -> int:
         Path(args.results), args.tile_slides_per_job, args.extract_slides_per_job, args.dry_run
     )
     verb = "would write" if args.dry_run else "wrote"
+    removed = (
+        ""
+        if args.dry_run
+        else f", removed {len(done.removed)} per-slide file(s) and {done.forgotten} Snakemake "
+        "record(s) of files made from them"
+    )
+    left = ", ".join(map(str, done.incomplete[:5])) + (" ..." if len(done.incomplete) > 5 else "")
     log.info(
         "%s %d batch file(s)%s; %d batch(es) have a slide missing and are left to Snakemake%s",
         verb,
         len(done.written),
-        "" if args.dry_run else f", removing {done.removed} per-slide file(s)",
+        removed,
         len(done.incomplete),
-        ": "
-        + ", ".join(map(str, done.incomplete[:5]))
-        + (" ..." if len(done.incomplete) > 5 else "")
-        if done.incomplete
-        else "",
+        f": {left}" if left else "",
     )
+    if done.written and not args.dry_run:
+        log.info(
+            "next: your usual snakemake command rewrites the lists of files (results/lists); "
+            "where the run had jobs left, run it once more: Snakemake starts no job after a "
+            "list it rewrites"
+        )
     return 0
