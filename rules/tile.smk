@@ -33,7 +33,9 @@ def tiling_rule(name, slides, tiles_out, qc_out, mpp, log, benchmark, batches=No
         benchmark:
             benchmark
         group:
-            "per_slide"
+            # SLURM bundles single-slide jobs (the profiles' group-components); a batch job
+            # already holds its slides, and 50 of them in one submission would ask for days
+            "per_slide" if per_slide else None
         conda:
             "../envs/slide.yaml"
         resources:

@@ -275,6 +275,19 @@ def test_extraction_jobs_take_slides_per_job_slides(per_job: int, tmp_path: Path
         assert wildcards_run(result, "extract", "batch") == set(batches)
 
 
+@pytest.mark.parametrize("per_job", [1, 8])
+def test_slurm_bundles_single_slide_tiling_jobs_only(per_job: int, tmp_path: Path) -> None:
+    """The SLURM profile's per_slide group bundles one-slide tiling jobs; a batch tiling job
+    already holds its slides and is submitted on its own (50 batches would ask for days)."""
+    result = snakemake(
+        tmp_path, "-n", "--workflow-profile", str(REPO / "workflow" / "profiles" / "slurm"),
+        "--config", f"tile={{slides_per_job: {per_job}}}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"^tile\s+\d+$", result.stdout, re.M)
+    assert ("Group job per_slide" in result.stdout) == (per_job == 1)
+
+
 @pytest.mark.parametrize("overlays", [["paper"], ["paper", "its2clr"], ["paper", "dsmil"]])
 def test_ready_made_configs_validate_and_plan(
     overlays: list[str], tmp_path: Path, paper_plan: subprocess.CompletedProcess[str]
