@@ -17,10 +17,11 @@ for arg in "$@"; do
     if [[ $arg == --all ]]; then
         tier=()
     elif [[ $arg == --conda-pins ]]; then
-        # The SLURM dry run needs the SLURM executor plugin, which the tier leaves out
+        # The SLURM dry runs need the SLURM executor plugin, which the tier leaves out
         # (scripts/conda_pins.py, LEFT_OUT).
         tier=(-m "not slow and (not workflow or conda_pins)"
-            --deselect "tests/test_workflow_static.py::test_dry_run_with_each_profile[slurm]")
+            --deselect "tests/test_workflow_static.py::test_dry_run_with_each_profile[slurm]"
+            --deselect "tests/test_workflow_static.py::test_slurm_bundles_single_slide_tiling_jobs_only")
         setup=scripts/setup-venv-conda-pins.sh
         venv=.venv-conda-pins
     else
