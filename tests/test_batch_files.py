@@ -18,7 +18,7 @@ from hnm.core.errors import HnmError
 from hnm.encoders import build_encoder, save_encoder_file
 from hnm.io.h5io import (
     BATCH_LAYOUT,
-    BatchFile,
+    batch_file,
     files_by_slide,
     files_in_folder,
     open_slide,
@@ -173,7 +173,7 @@ def test_a_failing_slide_leaves_no_batch_file(test_slides, tmp_path, capsys) -> 
 
 def test_a_group_written_in_error_is_removed(tmp_path) -> None:
     attrs = {"slide_id": "a", "failed": False}
-    with BatchFile(tmp_path / "b.h5") as batch:
+    with batch_file(tmp_path / "b.h5") as batch:
         write_tiles(batch.slide("a"), np.zeros((3, 2)), attrs)
         with pytest.raises(TypeError):
             write_tiles(batch.slide("b"), np.zeros((3, 2)), {"bad": object()})
@@ -181,7 +181,7 @@ def test_a_group_written_in_error_is_removed(tmp_path) -> None:
 
 
 def test_a_slide_in_two_files_and_a_missing_file_are_named(tmp_path) -> None:
-    with BatchFile(tmp_path / "b0.h5") as batch:
+    with batch_file(tmp_path / "b0.h5") as batch:
         write_tiles(batch.slide("a"), np.zeros((1, 2)), {})
         write_tiles(batch.slide("b"), np.zeros((1, 2)), {})
     write_tiles(tmp_path / "a.h5", np.zeros((1, 2)), {})

@@ -69,10 +69,10 @@ def run(args: argparse.Namespace) -> int:
 def _tiles_of(paths: list[str], slide_ids: list[str]) -> list[SlideData]:
     """Each slide's tiles: files of one slide each pair with the slides in order, whatever their
     names (as before batch files); otherwise each slide is looked up in the files by its id."""
-    from hnm.io.h5io import files_by_slide, slide_file, slides_in
+    from hnm.io.h5io import slide_file, slides_by_id, slides_in
 
     found = [slides_in(path) for path in paths]
     if len(paths) == len(slide_ids) and all(len(s) == 1 and not s[0].group for s in found):
         return [SlideData(Path(path), slide_id) for path, slide_id in zip(paths, slide_ids)]
-    tiles = files_by_slide(paths, "tiles")
+    tiles = slides_by_id((slide for slides in found for slide in slides), "tiles")
     return [slide_file(tiles, slide_id, "tiles") for slide_id in slide_ids]

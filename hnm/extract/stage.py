@@ -29,11 +29,11 @@ from hnm.encoders.inputs import check_patch_size, check_preset_resolution
 from hnm.extract.settings import ExtractSettings
 from hnm.extract.sources import choose_source
 from hnm.io.h5io import (
-    BatchFile,
     FeatureWriter,
     OutPath,
     PathOrSlide,
     as_slide_data,
+    batch_file,
     read_tiles_or_fail,
 )
 from hnm.io.patches import PatchGeometry
@@ -233,7 +233,7 @@ def extract_batch(
 ) -> list[ExtractResult]:
     """Every (slide path, slide id, tiles) into one batch features file, a group per slide; the
     file appears only when every slide is in."""
-    with BatchFile(out) as batch:
+    with batch_file(out) as batch:
         results = extract_slides(
             [(*slide, batch.slide(slide[1])) for slide in slides], encoder_path, round_, settings
         )

@@ -104,37 +104,24 @@ def open_slide(where: PathOrSlide) -> Iterator[h5py.Group]:
         yield handle[where.group] if where.group else handle
 
 
-class BatchFile(AbstractContextManager["BatchFile"]):
-    """A batch file being written: slides go in one group each (`slide`), and the file is renamed
-    into place only when every slide of the job is in, so a killed job leaves no batch file that
-    looks finished."""
+@dataclass(frozen=True)
+class BatchFile:
+    """A batch file being written (`batch_file`): slides go in one group each (`slide`)."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-        self._atomic = atomic_path(self.path)
-        self.handle: h5py.File | None = None
-
-    def __enter__(self) -> "BatchFile":
-        temporary = self._atomic.__enter__()
-        self.handle = h5py.File(temporary, "w")
-        self.handle.attrs["layout"] = BATCH_LAYOUT
-        return self
+    path: Path
+    handle: h5py.File
 
     def slide(self, slide_id: str) -> "SlideTarget":
         return SlideTarget(self.path, slide_id, self)
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        assert self.handle is not None
-        self.handle.close()
-        if exc is not None and exc_type is not None:
-            self._atomic.__exit__(exc_type, exc, traceback)
-            return
-        self._atomic.__exit__(None, None, None)
+
+@contextlib.contextmanager
+def batch_file(path: str | os.PathLike[str]) -> Iterator[BatchFile]:
+    """A batch file to write slides into, renamed into place only when the block ends without an
+    error, every slide of the job in, so a killed job leaves no batch file that looks finished."""
+    with atomic_path(path) as temporary, h5py.File(temporary, "w") as handle:
+        handle.attrs["layout"] = BATCH_LAYOUT
+        yield BatchFile(Path(path), handle)
 
 
 @dataclass(frozen=True)
@@ -168,7 +155,6 @@ def slide_output(out: OutPath) -> Iterator[h5py.Group]:
             yield handle
         return
     handle = target.batch.handle
-    assert handle is not None, "slide_output: the batch file is not open"
     if target.slide_id in handle:  # an earlier try of this slide in the same job
         del handle[target.slide_id]
     group = handle.create_group(target.slide_id)
@@ -259,8 +245,8 @@ class FeatureWriter(AbstractContextManager["FeatureWriter"]):
         attrs: dict[str, Any],
         dtype: str = "float32",
     ) -> None:
-        self.target = as_slide_target(path)
-        self.path = self.target  # named in messages: the file, and the slide's group in a batch
+        # named in messages: the file, and the slide's group in a batch
+        self.path = as_slide_target(path)
         self.dim = dim
         self.coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
         self.attrs = attrs
@@ -271,7 +257,7 @@ class FeatureWriter(AbstractContextManager["FeatureWriter"]):
             )
         self.dtype = dtype
         self.written = 0
-        self._output = slide_output(self.target)
+        self._output = slide_output(self.path)
         self._handle: h5py.Group | None = None
 
     def __enter__(self) -> "FeatureWriter":
@@ -380,15 +366,19 @@ def files_by_slide(paths: Iterable[str | os.PathLike[str]], what: str) -> dict[s
     Stages receive the exact files of their job (never a folder to search), so a slide's file
     that is missing here is a missing input, not a slide to skip quietly. A batch file may hold
     slides the stage does not need (a batch mixes splits); stages look slides up by their sheet."""
+    return slides_by_id((slide for path in paths for slide in slides_in(path)), what)
+
+
+def slides_by_id(slides: Iterable[SlideData], what: str) -> dict[str, SlideData]:
+    """{slide_id: SlideData}, refusing a slide found in two files."""
     mapping: dict[str, SlideData] = {}
-    for path in paths:
-        for slide in slides_in(path):
-            if slide.slide_id in mapping:
-                raise HnmError(
-                    f"two {what} files for slide '{slide.slide_id}': {mapping[slide.slide_id]} "
-                    f"and {slide}"
-                )
-            mapping[slide.slide_id] = slide
+    for slide in slides:
+        if slide.slide_id in mapping:
+            raise HnmError(
+                f"two {what} files for slide '{slide.slide_id}': {mapping[slide.slide_id]} "
+                f"and {slide}"
+            )
+        mapping[slide.slide_id] = slide
     return mapping
 
 

@@ -27,10 +27,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from hnm.core.atomic import atomic_path
 from hnm.core.errors import HnmError
 from hnm.extract.batches import batches_by_split
-from hnm.io.h5io import BATCH_FOLDER, BATCH_LAYOUT
+from hnm.io.h5io import BATCH_FOLDER, BATCH_LAYOUT, batch_file, slide_output
 from hnm.io.sheet import read_normalised_sheet
 
 log = logging.getLogger(__name__)
@@ -134,20 +133,17 @@ def _regroup(
     if picture_path is not None:
         _stack_pictures(pictures, picture_path)
         os.utime(picture_path, ns=(newest, newest))
-    with atomic_path(target) as temporary:
-        with h5py.File(temporary, "w") as out:
-            out.attrs["layout"] = BATCH_LAYOUT
-            for slide, source in zip(members, sources):
-                group = out.create_group(slide)
-                with h5py.File(source, "r") as handle:
-                    if handle.attrs.get("layout") == BATCH_LAYOUT:
-                        raise HnmError(f"{source} is a batch file already; leave it where it is")
-                    for name in handle:
-                        handle.copy(handle[name], group, name=name)
+    with batch_file(target) as batch:
+        for slide, source in zip(members, sources):
+            with slide_output(batch.slide(slide)) as group, h5py.File(source, "r") as handle:
+                if handle.attrs.get("layout") == BATCH_LAYOUT:
+                    raise HnmError(f"{source} is a batch file already; leave it where it is")
+                for name in handle:
+                    handle.copy(handle[name], group, name=name)
                 if qc is not None:
                     png = (qc / f"{slide}.png").read_bytes()
                     group.create_dataset("qc_png", data=np.frombuffer(png, dtype=np.uint8))
-        os.utime(temporary, ns=(newest, newest))
+    os.utime(target, ns=(newest, newest))
     for path in [*sources, *pictures]:
         path.unlink()
         done.removed.append(path)

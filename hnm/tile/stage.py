@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from hnm.core.errors import SlideError
-from hnm.io.h5io import BatchFile, OutPath
+from hnm.io.h5io import OutPath, batch_file
 from hnm.tile import qc
 from hnm.tile.grid import TilingResult, failed_attrs, tile_slide, write_tiles_file
 from hnm.tile.settings import TileSettings
@@ -112,7 +112,7 @@ def tile_batch(
 ) -> None:
     """Every slide into one batch tiles file (a group each, its QC picture inside) and their QC
     pictures stacked into one PNG; neither file appears unless every slide is done."""
-    with BatchFile(out) as batch:
+    with batch_file(out) as batch:
         images = [
             tile_to_files(slide, slide_id, batch.slide(slide_id), None, settings, mpp)
             for slide, slide_id, mpp in zip(slides, slide_ids, mpps)
